@@ -1,0 +1,238 @@
+"""The reverse pass: ``P_i = Σ_{(i,j)∈E} P_j · J_{i→j}``, seeded with ``P_out = v``.
+
+The adjoints are built from the same operators as the forward graph, in the same
+graph, so they are compiled by the same pipeline and can be differentiated again.
+:func:`vjp` is written against the small interface of ``ops.py`` (operators,
+``.sum``/``.reshape``/``.broadcast_to``/``.transpose``, an ``apply``/``const``
+owner), so the runtime replays it on tensors for ``create_graph=True``.
+"""
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass, field
+
+import numpy as np
+import sympy as sp
+
+from . import ops
+from .graph import Expr, Graph, GraphError
+from .ops import ELEMENTWISE, STRUCTURED
+
+
+# ---- instantiating a partial (a tiny sympy template) on operands -----------------------
+@functools.lru_cache(maxsize=None)
+def _template(op: str, slot: int) -> sp.Expr:
+    return ELEMENTWISE[op].local_jacobian(slot)
+
+
+def instantiate(op: str, slot: int, args, out, owner):
+    """``J`` for operand ``slot`` of ``op``, built from ``owner``'s operators."""
+    from .sympy_import import build
+    expr = _template(op, slot)
+    env = {ops.A: args[0], ops.OUT: out}
+    if len(args) > 1:
+        env[ops.B] = args[1]
+    if expr.is_Number:
+        return float(expr)
+    return build([expr], env, owner)[0]
+
+
+def vjp(op: str, params, adjoint, args, out, owner):
+    """Contributions ``P_out · J_{k→out}`` for every operand k (None where constant)."""
+    if op in STRUCTURED:
+        return STRUCTURED[op].vjp(adjoint, args, out, params)
+    contributions = []
+    for slot, arg in enumerate(args):
+        if op == "heaviside" or op == "sign":
+            contributions.append(None)
+            continue
+        j = instantiate(op, slot, args, out, owner)
+        contributions.append(ops.unbroadcast(adjoint * j, arg.shape))
+    return contributions
+
+
+# ---- the reverse pass on a Graph ------------------------------------------------------------
+def _as_list(x):
+    return list(x) if isinstance(x, (list, tuple)) else [x]
+
+
+def relevant_nodes(g: Graph, outputs, wrt) -> set:
+    """Nodes on some path from a ``wrt`` node to an output."""
+    import networkx as nx
+    up = set()
+    for o in outputs:
+        up |= nx.ancestors(g.nx, o.id) | {o.id}
+    down = set()
+    for w in wrt:
+        down |= nx.descendants(g.nx, w.id) | {w.id}
+    return up & down
+
+
+def grad(g: Graph, outputs, wrt, seeds=None) -> list[Expr]:
+    """Adjoints of ``wrt`` for ``outputs`` seeded with ``seeds`` (one per output)."""
+    outputs, wrt = _as_list(outputs), _as_list(wrt)
+    for e in outputs + wrt:
+        if not isinstance(e, Expr) or e.graph is not g:
+            raise GraphError(f"{e!r} is not a node of this graph")
+    seeds = _seeds(g, outputs, seeds)
+    live = relevant_nodes(g, outputs, wrt)
+    adjoint: dict[int, Expr] = {}
+    for o, s in zip(outputs, seeds):
+        if o.id in live:
+            adjoint[o.id] = adjoint[o.id] + s if o.id in adjoint else s
+    for i in sorted(live, reverse=True):  # ids are a topological order
+        if i not in adjoint:
+            continue
+        node = Expr(g, i)
+        if node.op in ("input", "const"):
+            continue
+        args = node.args
+        for arg, contribution in zip(args, vjp(node.op, node.params, adjoint[i], args, node, g)):
+            if contribution is None or arg.id not in live:
+                continue
+            prev = adjoint.get(arg.id)
+            adjoint[arg.id] = contribution if prev is None else prev + contribution
+    return [adjoint[w.id] if w.id in adjoint else g.broadcast_to(g.const(0.0, w.dtype), w.shape)
+            for w in wrt]
+
+
+def _seeds(g, outputs, seeds):
+    if seeds is None:
+        seeds = [None] * len(outputs)
+    seeds = _as_list(seeds)
+    if len(seeds) != len(outputs):
+        raise GraphError(f"{len(outputs)} outputs but {len(seeds)} seeds: give one per output")
+    out = []
+    for o, s in zip(outputs, seeds):
+        if s is None:
+            if o.shape != ():
+                raise GraphError(f"output {o.name} has shape {o.shape}: a seed of that shape is "
+                                 "needed (the v of vᵀJ); only scalar outputs default to 1")
+            s = g.const(1.0, o.dtype)
+        elif not isinstance(s, Expr):
+            s = g.const(s, o.dtype)
+        if s.shape != o.shape:
+            s = g.broadcast_to(s, o.shape) if s.shape == () else s
+            if s.shape != o.shape:
+                raise GraphError(f"seed for {o.name} has shape {s.shape}, the output has shape "
+                                 f"{o.shape}: they must match")
+        out.append(s)
+    return out
+
+
+# ---- what the user reads: J on edges, P equations ------------------------------------------------
+@dataclass(frozen=True)
+class LinearMap:
+    """The local Jacobian of a structured operator, as its VJP rule."""
+    op: str
+    text: str
+
+    def __str__(self):
+        return self.text
+
+
+def _display_symbol(g: Graph, id: int):
+    e = Expr(g, id)
+    return sp.Float(e.params[0]) if e.op == "const" else g.symbol(id)
+
+
+def local_jacobian(g: Graph, source: Expr, target: Expr):
+    """``J_{source→target}``: a sympy expression (the diagonal entry for tensors), or a
+    :class:`LinearMap` for structured operators.
+
+    >>> g = Graph(); u1, u2 = g.input("u1"), g.input("u2")
+    >>> u4 = u2 * (u1 + u2)
+    >>> g.local_jacobian(u2, u4)
+    u3
+    """
+    slots = [s for s, a in enumerate(target.args) if a.id == source.id]
+    if not slots:
+        raise GraphError(f"{source.name} is not an operand of {target.name}: no edge "
+                         f"({source.name}, {target.name})")
+    if target.op in STRUCTURED:
+        return LinearMap(target.op, STRUCTURED[target.op].text)
+    env = {ops.OUT: _display_symbol(g, target.id)}
+    for sym, arg in zip((ops.A, ops.B), target.args):
+        env[sym] = _display_symbol(g, arg.id)
+    total = sum((ELEMENTWISE[target.op].local_jacobian(s) for s in slots), sp.S.Zero)
+    return total.subs(env, simultaneous=True)
+
+
+@dataclass
+class Adjoint:
+    """One row of the reverse sweep: ``P_i = Σ_j P_j·J_{i→j}``."""
+    node: Expr
+    terms: list = field(default_factory=list)     # [(consumer Expr, J)]
+    value: object = None                         # numbers when ``at`` was given
+
+    @property
+    def name(self):
+        return "P" + self.node.name[1:] if self.node.name.startswith("u") else f"P_{self.node.name}"
+
+    def symbolic(self) -> str:
+        if not self.terms:
+            return "seed"
+        return " + ".join(f"{_p(c)}·J_{{{_n(self.node)}→{_n(c)}}}" for c, _ in self.terms)
+
+    def expanded(self) -> str:
+        if not self.terms:
+            return "seed"
+        return " + ".join(f"{_p(c)}·({j})" if not isinstance(j, LinearMap) else
+                          f"[{j}]" for c, j in self.terms)
+
+    def __str__(self):
+        text = f"{self.name} = {self.symbolic()}"
+        if self.terms:
+            text += f" = {self.expanded()}"
+        if self.value is not None:
+            text += f" = {_fmt(self.value)}"
+        return text
+
+
+def _n(e: Expr) -> str:
+    return e.name[1:] if e.name.startswith("u") and e.name[1:].isdigit() else e.name
+
+
+def _p(e: Expr) -> str:
+    return f"P{_n(e)}" if _n(e).isdigit() else f"P_{e.name}"
+
+
+def _fmt(v):
+    v = np.asarray(v)
+    return f"{v.item():g}" if v.ndim == 0 else np.array2string(v, precision=4)
+
+
+def adjoint_table(g: Graph, of, wrt=None, at=None, seed=None) -> list[Adjoint]:
+    """Adjoint equations for every node feeding ``of``, in reverse topological order.
+
+    >>> g = Graph(); u1, u2 = g.input("u1"), g.input("u2")
+    >>> u4 = u2 * (u1 + u2)
+    >>> for row in g.adjoints(of=u4, at={"u1": 2, "u2": 3}): print(row)
+    P4 = seed = 1
+    P3 = P4·J_{3→4} = P4·(u2) = 3
+    P2 = P4·J_{2→4} + P3·J_{2→3} = P4·(u3) + P3·(1.0) = 8
+    P1 = P3·J_{1→3} = P3·(1.0) = 3
+    """
+    outputs = _as_list(of)
+    if wrt is None:
+        wrt = [e for e in g.inputs]
+    live = relevant_nodes(g, outputs, _as_list(wrt))
+    live |= {o.id for o in outputs}
+    live = {i for i in live if Expr(g, i).op != "const"}
+    rows = []
+    for i in sorted(live, reverse=True):
+        node = Expr(g, i)
+        row = Adjoint(node)
+        for _, j in sorted(g.nx.out_edges(i), reverse=True):
+            if j in live and j not in {c.id for c, _ in row.terms}:
+                row.terms.append((Expr(g, j), local_jacobian(g, node, Expr(g, j))))
+        rows.append(row)
+    if at is not None:
+        work = g.copy()
+        nodes = [Expr(work, r.node.id) for r in rows]
+        outs = [Expr(work, o.id) for o in outputs]
+        grads = work.grad(outs, nodes, seed)
+        values = work.evaluate(grads, at)
+        for row, v in zip(rows, values):
+            row.value = v
+    return rows

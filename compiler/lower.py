@@ -1,0 +1,394 @@
+"""Lowering to LLVM IR (llvmlite.ir): one module, one entry point per program.
+
+Entry points have the signature ``i32 entry(ptr table)``: ``table`` holds one data
+pointer per input, then one per output, in the program's order.  The entry
+allocates one workspace for temporaries, runs every step (a call to an internal
+function per kernel or matmul, whose buffer parameters are ``noalias``), frees
+the workspace and returns 0 (1 when the workspace could not be allocated).
+
+Scalar sympy is lowered by dispatch on the expression's type — one small method
+per construct, as sympy's own ``llvmjitcode`` printer does.
+"""
+from __future__ import annotations
+
+import math
+from contextlib import contextmanager
+
+import numpy as np
+import sympy as sp
+from llvmlite import ir
+
+from .schedule import Kernel, MatMul, Program
+from .simplify import ScalarKernel
+
+I32, I64, PTR = ir.IntType(32), ir.IntType(64), ir.PointerType()
+FLOAT = {np.dtype(np.float64): ir.DoubleType(), np.dtype(np.float32): ir.FloatType()}
+LIBM = {("tan", "d"): "tan", ("tan", "f"): "tanf", ("tanh", "d"): "tanh", ("tanh", "f"): "tanhf"}
+ARITH = ("contract",)               # fuse a*b+c into FMA where the target has it
+REDUCE = ("reassoc", "contract")    # lets sum loops vectorise; not "fast": keeps NaN checks
+ALIGN = 64
+
+
+def new_module(name: str) -> ir.Module:
+    return ir.Module(name=name)
+
+
+@contextmanager
+def loop(b: ir.IRBuilder, count: int, name: str):
+    """``for i in range(count)`` (count ≥ 1) as a do-while loop; yields ``i``."""
+    pre = b.block
+    body = b.append_basic_block(f"{name}.body")
+    done = b.append_basic_block(f"{name}.done")
+    b.branch(body)
+    b.position_at_end(body)
+    i = b.phi(I64, name=name)
+    i.add_incoming(ir.Constant(I64, 0), pre)
+    yield i
+    nxt = b.add(i, ir.Constant(I64, 1))
+    i.add_incoming(nxt, b.block)
+    b.cbranch(b.icmp_unsigned("<", nxt, ir.Constant(I64, count)), body, done)
+    b.position_at_end(done)
+
+
+def collapse(domain: tuple, stride_sets: list) -> tuple:
+    """Merge adjacent dims that every access walks contiguously; drop size-1 dims."""
+    dims = [(n, [s[d] for s in stride_sets]) for d, n in enumerate(domain) if n != 1]
+    merged = []
+    for n, strides in dims:
+        if merged:
+            pn, pstrides = merged[-1]
+            if all(ps == s * n for ps, s in zip(pstrides, strides)):
+                merged[-1] = (pn * n, strides)
+                continue
+        merged.append((n, strides))
+    shape = tuple(n for n, _ in merged)
+    per_access = [tuple(st[k] for _, st in merged) for k in range(len(stride_sets))]
+    return shape, per_access
+
+
+class Lowerer:
+    """Emits one program (a list of steps over buffers) into ``module``."""
+
+    def __init__(self, module: ir.Module):
+        self.module = module
+        self._count = 0
+
+    # ---- helpers ---------------------------------------------------------------
+    def _fn(self, name, ret, params):
+        fn = ir.Function(self.module, ir.FunctionType(ret, params), name=name)
+        return fn
+
+    def _extern(self, name, ty, nargs=1):
+        if name in self.module.globals:
+            return self.module.globals[name]
+        return ir.Function(self.module, ir.FunctionType(ty, [ty] * nargs), name=name)
+
+    def _intrinsic(self, name, ty):
+        return self.module.declare_intrinsic(name, [ty])
+
+    # ---- entry point --------------------------------------------------------------
+    def program(self, name: str, g, prog: Program, scalar: dict) -> None:
+        entry = self._fn(name, I32, [PTR])
+        entry.args[0].name = "table"
+        b = ir.IRBuilder(entry.append_basic_block("entry"))
+        pointers = {}
+        n_in = len(prog.inputs)
+        offsets, total = [], 0
+        for k, buf in enumerate(prog.buffers):
+            if buf.kind == "temp":
+                offsets.append((k, total))
+                total += -(-buf.size * buf.dtype.itemsize // ALIGN) * ALIGN
+            else:
+                slot = buf.index + (n_in if buf.kind == "output" else 0)
+                p = b.gep(entry.args[0], [ir.Constant(I64, slot)], source_etype=PTR)
+                pointers[k] = b.load(p, typ=PTR, name=f"buf{k}")
+        workspace = None
+        if total:
+            malloc = self.module.globals.get("malloc") or ir.Function(
+                self.module, ir.FunctionType(PTR, [I64]), name="malloc")
+            workspace = b.call(malloc, [ir.Constant(I64, total)], name="workspace")
+            ok = b.block.function.append_basic_block("ok")
+            fail = b.block.function.append_basic_block("oom")
+            b.cbranch(b.icmp_unsigned("==", workspace, ir.Constant(PTR, None)), fail, ok)
+            b.position_at_end(fail)
+            b.ret(ir.Constant(I32, 1))
+            b.position_at_end(ok)
+            for k, off in offsets:
+                pointers[k] = b.gep(workspace, [ir.Constant(I64, off)],
+                                    source_etype=ir.IntType(8), name=f"tmp{k}")
+        for n, step in enumerate(prog.steps):
+            fname = f"{name}.step{n}"
+            if isinstance(step, MatMul):
+                used = self.matmul(fname, step)
+            else:
+                used = self.kernel(fname, g, step, scalar[id(step)])
+            fn, buffers = used
+            b.call(fn, [pointers[k] for k in buffers])
+        if workspace is not None:
+            free = self.module.globals.get("free") or ir.Function(
+                self.module, ir.FunctionType(ir.VoidType(), [PTR]), name="free")
+            b.call(free, [workspace])
+        b.ret(ir.Constant(I32, 0))
+
+    def _step_fn(self, name, buffers):
+        fn = self._fn(name, ir.VoidType(), [PTR] * len(buffers))
+        fn.linkage = "internal"
+        fn.attributes.add("nounwind")
+        for arg in fn.args:
+            arg.add_attribute("noalias")
+        return fn
+
+    # ---- a fused elementwise kernel -------------------------------------------------------
+    def kernel(self, name, g, k: Kernel, sk: ScalarKernel):
+        buffers = sorted({v.buffer for v in k.loads.values()} | {v.buffer for v in k.stores.values()}
+                         | {v.buffer for _, v in k.reductions.values()})
+        fn = self._step_fn(name, buffers)
+        ptr = dict(zip(buffers, fn.args))
+        b = ir.IRBuilder(fn.append_basic_block("entry"))
+        ty = FLOAT[k.dtype]
+
+        red_strides = {r: _reduction_strides(k.domain, g.nx.nodes[r]["params"], v)
+                       for r, (_, v) in k.reductions.items()}
+        for r, (_, v) in k.reductions.items():   # accumulators start at zero
+            size = math.prod(v.shape)
+            rty = FLOAT[v.dtype]
+            if size == 1:
+                b.store(ir.Constant(rty, 0.0), ptr[v.buffer])
+            else:
+                with loop(b, size, "z") as i:
+                    b.store(ir.Constant(rty, 0.0), b.gep(ptr[v.buffer], [i], source_etype=rty))
+
+        accesses = ([("load", i, v.broadcast_to(k.domain)) for i, v in k.loads.items()]
+                    + [("store", i, v.strides) for i, v in k.stores.items()]
+                    + [("reduce", r, red_strides[r]) for r in k.reductions])
+        shape, strides = collapse(k.domain, [s for _, _, s in accesses])
+        accesses = [(kind, i, st) for (kind, i, _), st in zip(accesses, strides)]
+        indices = []
+        cms = [loop(b, n, f"i{d}") for d, n in enumerate(shape)]
+        for cm in cms:
+            indices.append(cm.__enter__())
+
+        def address(buffer, dtype, st):
+            off = None
+            for i, s in zip(indices, st):
+                if s == 0:
+                    continue
+                term = i if s == 1 else b.mul(i, ir.Constant(I64, s))
+                off = term if off is None else b.add(off, term)
+            base = ptr[buffer]
+            return base if off is None else b.gep(base, [off], source_etype=FLOAT[dtype])
+
+        env = {}
+        for (kind, i, st) in accesses:
+            if kind == "load":
+                v = k.loads[i]
+                val = b.load(address(v.buffer, v.dtype, st), typ=FLOAT[v.dtype])
+                env[sp.Symbol(f"x{i}", real=True)] = _convert(b, val, ty)
+        lowering = ExprLowering(self, b, ty, env)
+        for sym, expr in sk.assignments:
+            env[sym] = lowering(expr)
+        for (kind, i, st) in accesses:
+            if kind == "store":
+                v = k.stores[i]
+                val = _convert(b, lowering(sk.results[i]), FLOAT[v.dtype])
+                b.store(val, address(v.buffer, v.dtype, st))
+            elif kind == "reduce":
+                v = k.reductions[i][1]
+                rty = FLOAT[v.dtype]
+                where = address(v.buffer, v.dtype, st)
+                val = _convert(b, lowering(sk.results[i]), rty)
+                b.store(b.fadd(b.load(where, typ=rty), val, flags=REDUCE), where)
+        for cm in reversed(cms):
+            cm.__exit__(None, None, None)
+        b.ret_void()
+        return fn, buffers
+
+    # ---- matmul: C[i, j] = Σ_p A[i, p]·B[p, j] ----------------------------------------------
+    def matmul(self, name, step: MatMul):
+        a, bv, c = step.a, step.b, step.out
+        buffers = sorted({a.buffer, bv.buffer, c.buffer})
+        fn = self._step_fn(name, buffers)
+        ptr = dict(zip(buffers, fn.args))
+        b = ir.IRBuilder(fn.append_basic_block("entry"))
+        ty = FLOAT[c.dtype]
+        (m, kk), (_, n) = a.shape, bv.shape
+
+        def at(view, i, j):
+            off = b.add(b.mul(i, ir.Constant(I64, view.strides[0])),
+                        b.mul(j, ir.Constant(I64, view.strides[1])))
+            return b.gep(ptr[view.buffer], [off], source_etype=FLOAT[view.dtype])
+
+        with loop(b, m * n, "z") as i:
+            b.store(ir.Constant(ty, 0.0), b.gep(ptr[c.buffer], [i], source_etype=ty))
+        with loop(b, m, "i") as i:
+            with loop(b, kk, "p") as p:
+                aval = _convert(b, b.load(at(a, i, p), typ=FLOAT[a.dtype]), ty)
+                with loop(b, n, "j") as j:
+                    bval = _convert(b, b.load(at(bv, p, j), typ=FLOAT[bv.dtype]), ty)
+                    where = at(c, i, j)
+                    prod = b.fmul(aval, bval, flags=REDUCE)
+                    b.store(b.fadd(b.load(where, typ=ty), prod, flags=REDUCE), where)
+        b.ret_void()
+        return fn, buffers
+
+
+def _reduction_strides(domain, params, view):
+    """Strides, in the domain, of the accumulator a sum writes to (0 on summed axes)."""
+    axes, keepdims = params
+    out_strides = iter(view.strides)
+    strides = []
+    for d in range(len(domain)):
+        if d in axes:
+            strides.append(0)
+            if keepdims:
+                next(out_strides)
+        else:
+            strides.append(next(out_strides))
+    return tuple(strides)
+
+
+def _convert(b, value, ty):
+    if value.type == ty:
+        return value
+    if isinstance(ty, ir.DoubleType):
+        return b.fpext(value, ty)
+    return b.fptrunc(value, ty)
+
+
+class ExprLowering:
+    """Scalar sympy → llvmlite values; one method per sympy construct."""
+
+    def __init__(self, lowerer: Lowerer, b: ir.IRBuilder, ty, env: dict):
+        self.lowerer, self.b, self.ty, self.env = lowerer, b, ty, env
+        self.char = "d" if isinstance(ty, ir.DoubleType) else "f"
+        self.memo = {}
+
+    def __call__(self, expr):
+        if expr in self.env:
+            return self.env[expr]
+        if expr in self.memo:
+            return self.memo[expr]
+        method = getattr(self, "_" + type(expr).__name__, None)
+        if method is None:
+            if expr.is_Number:
+                method = self._Number
+            else:
+                raise NotImplementedError(f"no LLVM lowering for {type(expr).__name__}: {expr}")
+        value = method(expr)
+        self.memo[expr] = value
+        return value
+
+    def const(self, x):
+        return ir.Constant(self.ty, float(x))
+
+    def _Number(self, e):
+        return self.const(e)
+
+    def _Symbol(self, e):
+        raise KeyError(f"symbol {e} has no value in this kernel")
+
+    def _Add(self, e):
+        b = self.b
+        pos, neg = [], []
+        for t in e.args:  # a − b rather than a + (−1)·b
+            coeff, rest = t.as_coeff_Mul()
+            if coeff.is_negative and coeff.is_finite:
+                neg.append(rest if coeff == -1 else (-coeff) * rest)
+            else:
+                pos.append(t)
+        acc = None
+        for t in pos:
+            v = self(t)
+            acc = v if acc is None else b.fadd(acc, v, flags=ARITH)
+        for t in neg:
+            v = self(t)
+            acc = b.fsub(self.const(0.0), v) if acc is None else b.fsub(acc, v, flags=ARITH)
+        return acc
+
+    def _Mul(self, e):
+        b = self.b
+        num, den, sign = [], [], False
+        for f in e.args:
+            if f == -1:
+                sign = not sign
+            elif isinstance(f, sp.Pow) and f.exp.is_Number and f.exp.is_negative:
+                den.append(f.base ** (-f.exp))
+            else:
+                num.append(f)
+        acc = None
+        for f in num:
+            v = self(f)
+            acc = v if acc is None else b.fmul(acc, v, flags=ARITH)
+        if den:
+            d = None
+            for f in den:
+                v = self(f)
+                d = v if d is None else b.fmul(d, v, flags=ARITH)
+            acc = b.fdiv(acc if acc is not None else self.const(1.0), d, flags=ARITH)
+        if sign:
+            acc = b.fneg(acc)
+        return acc
+
+    def _Pow(self, e):
+        b = self.b
+        base, exp = e.args
+        if exp == sp.S.Half:
+            return self._call_intrinsic("llvm.sqrt", base)
+        if exp == -sp.S.Half:
+            return b.fdiv(self.const(1.0), self._call_intrinsic("llvm.sqrt", base))
+        if exp.is_Number and float(exp).is_integer() and abs(float(exp)) <= 64:
+            n = int(exp)
+            x = self(base)
+            result = _powi(b, x, abs(n), self.const(1.0))
+            return b.fdiv(self.const(1.0), result) if n < 0 else result
+        fn = self.lowerer._intrinsic("llvm.pow", self.ty)
+        return b.call(fn, [self(base), self(exp)], fastmath=ARITH)
+
+    def _call_intrinsic(self, name, arg):
+        return self.b.call(self.lowerer._intrinsic(name, self.ty), [self(arg)], fastmath=ARITH)
+
+    def _libm(self, name, arg):
+        fn = self.lowerer._extern(LIBM[(name, self.char)], self.ty)
+        return self.b.call(fn, [self(arg)])
+
+    def _exp(self, e): return self._call_intrinsic("llvm.exp", e.args[0])
+    def _log(self, e): return self._call_intrinsic("llvm.log", e.args[0])
+    def _sin(self, e): return self._call_intrinsic("llvm.sin", e.args[0])
+    def _cos(self, e): return self._call_intrinsic("llvm.cos", e.args[0])
+    def _Abs(self, e): return self._call_intrinsic("llvm.fabs", e.args[0])
+    def _tan(self, e): return self._libm("tan", e.args[0])
+    def _tanh(self, e): return self._libm("tanh", e.args[0])
+
+    def _minmax(self, e, name):
+        args = [self(a) for a in e.args]
+        fn = self.lowerer._intrinsic(name, self.ty)
+        acc = args[0]
+        for v in args[1:]:
+            acc = self.b.call(fn, [acc, v])  # NaN-propagating, as torch.maximum
+        return acc
+
+    def _Max(self, e): return self._minmax(e, "llvm.maximum")
+    def _Min(self, e): return self._minmax(e, "llvm.minimum")
+
+    def _sign(self, e):
+        b, x = self.b, self(e.args[0])
+        pos = b.select(b.fcmp_ordered(">", x, self.const(0.0)), self.const(1.0), x)
+        return b.select(b.fcmp_ordered("<", x, self.const(0.0)), self.const(-1.0), pos)
+
+    def _Heaviside(self, e):
+        b, x = self.b, self(e.args[0])
+        h0 = self(e.args[1]) if len(e.args) > 1 else self.const(0.5)
+        mid = b.select(b.fcmp_ordered(">", x, self.const(0.0)), self.const(1.0), h0)
+        return b.select(b.fcmp_ordered("<", x, self.const(0.0)), self.const(0.0), mid)
+
+
+def _powi(b, x, n, one):
+    """x**n by repeated squaring, n ≥ 0."""
+    result, base = None, x
+    while n:
+        if n & 1:
+            result = base if result is None else b.fmul(result, base, flags=ARITH)
+        n >>= 1
+        if n:
+            base = b.fmul(base, base, flags=ARITH)
+    return one if result is None else result

@@ -1,0 +1,217 @@
+"""Partition a graph into steps: fused elementwise kernels and matmuls over buffers.
+
+* A *kernel* is one loop nest over a domain shape.  Its members are the
+  elementwise nodes of that shape, dtype and *stage*; sums whose operand has
+  that shape join it as accumulators, so a reduction is fused into its producer
+  and forward and backward of an elementwise region share one pass.
+* The *stage* of a node counts the structured operators (sum, matmul, or a view
+  of a value computed in a kernel) on the longest path from the inputs: a value
+  made by a structured operator can only be read once that operator has run.
+* Broadcasting is a stride of 0; ``reshape`` and ``transpose`` are views (new
+  strides over the same buffer), never copies.
+* A member is stored to a buffer only when something outside its kernel reads
+  it, or it is an output.  Temporaries live in one workspace the native entry
+  allocates.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import networkx as nx
+import numpy as np
+
+from .graph import Expr, Graph
+from .ops import ELEMENTWISE
+
+
+@dataclass(frozen=True)
+class View:
+    """Elements ``buffer[offset + Σ idx_d·strides_d]``; strides in elements."""
+    buffer: int
+    shape: tuple
+    strides: tuple
+    dtype: np.dtype
+
+    def broadcast_to(self, domain: tuple) -> tuple:
+        """Strides of this view read over ``domain`` (numpy broadcasting)."""
+        lead = len(domain) - len(self.shape)
+        strides = [0] * lead
+        for n, s, d in zip(self.shape, self.strides, domain[lead:]):
+            strides.append(0 if n == 1 and d != 1 else s)
+        return tuple(strides)
+
+
+@dataclass
+class Buffer:
+    kind: str          # "input" | "output" | "temp"
+    index: int         # position among inputs, outputs, or temps
+    size: int          # elements
+    dtype: np.dtype
+
+
+@dataclass
+class Kernel:
+    domain: tuple
+    dtype: np.dtype
+    members: list                  # elementwise node ids, topological order
+    loads: dict                    # node id -> View (values read from buffers)
+    stores: dict                   # member id -> View
+    reductions: dict               # sum node id -> (operand id, View of the result)
+    consts: dict                   # const node id -> float
+
+
+@dataclass
+class MatMul:
+    a: View
+    b: View
+    out: View
+
+
+@dataclass
+class Program:
+    inputs: list                   # node ids, in pointer-table order
+    outputs: list                  # node ids, in pointer-table order
+    buffers: list = field(default_factory=list)
+    steps: list = field(default_factory=list)
+
+
+def contiguous_strides(shape: tuple) -> tuple:
+    strides, acc = [], 1
+    for n in reversed(shape):
+        strides.append(acc)
+        acc *= n
+    return tuple(reversed(strides))
+
+
+def schedule(g: Graph, inputs: list[int], outputs: list[int]) -> Program:
+    attrs = g.nx.nodes
+    need = _ancestors(g, outputs)
+    consumers = {i: [] for i in need}
+    for i in need:
+        for a in attrs[i]["args"]:
+            consumers[a].append(i)
+
+    stage, group = _stages(g, need)
+    prog = Program(list(inputs), list(outputs))
+    view: dict[int, View] = {}
+
+    def new_buffer(kind, index, node):
+        a = attrs[node]
+        prog.buffers.append(Buffer(kind, index, math.prod(a["shape"]), a["dtype"]))
+        return View(len(prog.buffers) - 1, a["shape"], contiguous_strides(a["shape"]),
+                    a["dtype"])
+
+    for k, i in enumerate(inputs):
+        view[i] = new_buffer("input", k, i)
+    out_index = {i: k for k, i in enumerate(outputs)}
+    temps = 0
+
+    kernels: dict[tuple, Kernel] = {}
+    producer: dict[int, object] = {}     # buffer -> step that writes it
+    order = []
+    for i in sorted(need):
+        a = attrs[i]
+        op = a["op"]
+        if op in ("input", "const"):
+            continue
+        if op in ("reshape", "transpose"):
+            base = view[a["args"][0]]
+            if op == "reshape":
+                view[i] = View(base.buffer, a["shape"], contiguous_strides(a["shape"]), base.dtype)
+            else:
+                perm = a["params"][0]
+                view[i] = View(base.buffer, a["shape"], tuple(base.strides[p] for p in perm),
+                               base.dtype)
+            continue
+        materialise = i in out_index or any(
+            group.get(c) != group.get(i) or attrs[c]["op"] not in ELEMENTWISE
+            and attrs[c]["op"] != "sum" for c in consumers[i])
+        if materialise:
+            if i in out_index:
+                view[i] = new_buffer("output", out_index[i], i)
+            else:
+                view[i] = new_buffer("temp", temps, i)
+                temps += 1
+        if op == "matmul":
+            x, y = a["args"]
+            step = MatMul(view[x], view[y], view[i])
+            producer[view[i].buffer] = step
+            order.append(step)
+            continue
+        key = group[i]
+        kernel = kernels.get(key)
+        if kernel is None:
+            domain = key[1]
+            kernel = kernels[key] = Kernel(domain, np.dtype(key[2]), [], {}, {}, {}, {})
+            order.append(kernel)
+        if op == "sum":
+            operand = a["args"][0]
+            _read(kernel, operand, attrs, view, group, key)
+            kernel.reductions[i] = (operand, view[i])
+        else:
+            kernel.members.append(i)
+            for arg in a["args"]:
+                _read(kernel, arg, attrs, view, group, key)
+            if materialise:
+                kernel.stores[i] = view[i]
+        if materialise:
+            producer[view[i].buffer] = kernel
+    prog.steps = _order_steps(order, producer)
+    return prog
+
+
+def _read(kernel: Kernel, arg: int, attrs, view, group, key):
+    if attrs[arg]["op"] == "const":
+        kernel.consts[arg] = attrs[arg]["params"][0]
+    elif group.get(arg) != key or attrs[arg]["op"] not in ELEMENTWISE:
+        kernel.loads[arg] = view[arg]
+
+
+def _ancestors(g: Graph, outputs) -> set:
+    need, stack = set(), list(outputs)
+    while stack:
+        i = stack.pop()
+        if i not in need:
+            need.add(i)
+            stack.extend(g.nx.nodes[i]["args"])
+    return need
+
+
+def _stages(g: Graph, need: set):
+    """Stage of every node and the kernel group (stage, shape, dtype) of fusable ones."""
+    attrs = g.nx.nodes
+    stage, group = {}, {}
+    for i in sorted(need):
+        a = attrs[i]
+        op, args = a["op"], a["args"]
+        if op in ("input", "const"):
+            stage[i] = 0
+        elif op in ELEMENTWISE:
+            stage[i] = max(stage[x] for x in args)
+            group[i] = (stage[i], a["shape"], a["dtype"].char)
+        elif op == "sum":
+            (x,) = args
+            group[i] = (stage[x], attrs[x]["shape"], attrs[x]["dtype"].char)
+            stage[i] = stage[x] + 1
+        elif op == "matmul":
+            stage[i] = max(stage[x] for x in args) + 1
+        else:  # a view is readable when its base buffer is
+            (x,) = args
+            stage[i] = stage[x] + (1 if attrs[x]["op"] in ELEMENTWISE else 0)
+    return stage, group
+
+
+def _order_steps(order, producer):
+    """Topological order of steps by the buffers they read."""
+    deps = nx.DiGraph()
+    for n, step in enumerate(order):
+        deps.add_node(n)
+    index = {id(s): n for n, s in enumerate(order)}
+    for n, step in enumerate(order):
+        reads = [step.a, step.b] if isinstance(step, MatMul) else list(step.loads.values())
+        for v in reads:
+            p = producer.get(v.buffer)
+            if p is not None and p is not step:
+                deps.add_edge(index[id(p)], n)
+    return [order[n] for n in nx.lexicographical_topological_sort(deps)]

@@ -1,0 +1,109 @@
+"""A fused kernel as scalar sympy: assignments ``t = expr`` that sympy simplifies.
+
+Every member of a kernel becomes a scalar sympy expression over the values the
+kernel loads.  A member read once inside its kernel is inlined into its reader
+while the result stays small, so sympy's automatic canonicalisation sees
+``x·1``, ``x + 0``, ``P·(1 − σ)·σ`` and constant arithmetic and folds them; the
+rest become assignments.  ``sympy.cse`` then shares repeated subexpressions.
+
+Budgets keep this linear: an inlined expression holds at most ``INLINE_SIZE``
+operations (so no expression is deep, and lowering never recurses far), and CSE
+runs only on kernels under ``CSE_BUDGET`` operations — beyond that the graph's
+hash-consing and LLVM's GVN already share what is shared.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import sympy as sp
+
+from . import ops
+from .graph import Graph
+from .ops import ELEMENTWISE
+
+INLINE_SIZE = 24
+CSE_BUDGET = 4000
+
+
+@dataclass
+class ScalarKernel:
+    """``assignments`` in order; ``results`` maps a stored or reduced node to its value."""
+    assignments: list          # [(Symbol, Expr)]
+    results: dict              # node id -> Expr (over symbols)
+    loads: dict                # Symbol -> node id read from a buffer
+
+    def __str__(self):
+        lines = [f"{s} = {e}" for s, e in self.assignments]
+        lines += [f"u{i} := {e}" for i, e in self.results.items()]
+        return "\n".join(lines)
+
+
+def _number(value: float):
+    return sp.Integer(int(value)) if float(value).is_integer() else sp.Float(value)
+
+
+def to_sympy(g: Graph, kernel) -> ScalarKernel:
+    attrs = g.nx.nodes
+    members = set(kernel.members)
+    uses = {m: 0 for m in members}
+    for m in kernel.members:
+        for a in attrs[m]["args"]:
+            if a in uses:
+                uses[a] += 1
+    for operand, _ in kernel.reductions.values():
+        if operand in uses:
+            uses[operand] += 1
+
+    loads = {}
+    value, size = {}, {}
+    for i in kernel.loads:
+        s = sp.Symbol(f"x{i}", real=True)
+        loads[s], value[i], size[i] = i, s, 0
+    for i, v in kernel.consts.items():
+        value[i], size[i] = _number(v), 0
+
+    assignments = []
+    for m in kernel.members:
+        a = attrs[m]
+        args = a["args"]
+        env = dict(zip((ops.A, ops.B), (value[x] for x in args)))
+        expr = ELEMENTWISE[a["op"]].formula.xreplace(env)
+        n = 1 + sum(size[x] for x in args)
+        keep = m in kernel.stores or uses[m] != 1 or n > INLINE_SIZE
+        if keep and not (expr.is_Atom):
+            s = sp.Symbol(f"t{m}", real=True)
+            assignments.append((s, expr))
+            value[m], size[m] = s, 0
+        else:
+            value[m], size[m] = expr, (0 if expr.is_Atom else n)
+
+    results = {m: value[m] for m in kernel.stores}
+    results.update({r: value[operand] for r, (operand, _) in kernel.reductions.items()})
+    if sum(1 + size.get(m, 0) for m in kernel.members) <= CSE_BUDGET and assignments:
+        assignments, results = _cse(assignments, results)
+    return ScalarKernel(assignments, results, loads)
+
+
+def _cse(assignments, results):
+    """Share repeated subexpressions across the kernel's assignments and results."""
+    names = [s for s, _ in assignments]
+    exprs = [e for _, e in assignments] + list(results.values())
+    symbols = sp.numbered_symbols("c", real=True)
+    shared, reduced = sp.cse(exprs, symbols=symbols, order="none")
+    # cse's own definitions go first: they only read loads and earlier definitions
+    # because assignment symbols are opaque to it, any definition mentioning one must
+    # come after that assignment.  Place each by its latest dependency.
+    position = {s: k for k, s in enumerate(names)}
+    placed = [[] for _ in range(len(names) + 1)]
+    depth = {}
+    for c, e in shared:
+        deps = [position[s] + 1 for s in e.free_symbols if s in position]
+        deps += [depth[s] for s in e.free_symbols if s in depth]
+        depth[c] = max(deps, default=0)
+        placed[depth[c]].append((c, e))
+    out = list(placed[0])
+    for k, s in enumerate(names):
+        out.append((s, reduced[k]))
+        out.extend(placed[k + 1])
+    new_results = dict(zip(results.keys(), reduced[len(names):]))
+    return out, new_results

@@ -1,0 +1,117 @@
+"""SymPy expressions → graph nodes.
+
+Used for ``Graph.from_sympy`` and to instantiate the operator table's partials
+(``J`` templates) on graph nodes.  Iterative (an explicit stack), so an
+expression of any depth converts; a SymPy subexpression met twice is one node.
+"""
+from __future__ import annotations
+
+import sympy as sp
+
+from .graph import GraphError
+
+# sympy function class -> operator name in the table
+_FUNCTIONS = {
+    sp.sin: "sin", sp.cos: "cos", sp.tan: "tan", sp.exp: "exp", sp.log: "log",
+    sp.tanh: "tanh", sp.Abs: "abs", sp.sign: "sign",
+}
+
+
+def build(exprs, env: dict, apply):
+    """Convert ``exprs``; ``env`` maps free symbols to operands, ``apply(op, *args)``
+    makes a node (a Graph, or any object with ``.apply`` and ``.const``)."""
+    if hasattr(apply, "apply"):
+        owner = apply
+        apply = owner.apply
+        const = owner.const
+    else:
+        raise TypeError("build needs a graph-like object")
+    memo: dict = {}
+    for root in exprs:
+        stack = [(sp.sympify(root), False)]
+        while stack:
+            e, ready = stack.pop()
+            if e in memo:
+                continue
+            if not ready:
+                stack.append((e, True))
+                stack.extend((a, False) for a in _operands(e) if a not in memo)
+                continue
+            memo[e] = _convert(e, memo, env, apply, const)
+    return [memo[sp.sympify(r)] for r in exprs]
+
+
+def _operands(e):
+    if isinstance(e, sp.Heaviside):
+        return e.args[:1]
+    if isinstance(e, sp.Pow) and e.exp == sp.S.Half:
+        return (e.base,)
+    return e.args
+
+
+def _convert(e, memo, env, apply, const):
+    if e.is_Symbol:
+        if e not in env:
+            raise GraphError(f"symbol {e} is not an input: pass it in inputs (or declare it)")
+        return env[e]
+    if e.is_Number:
+        if not e.is_real:
+            raise GraphError(f"constant {e} is not a real number")
+        return const(float(e))
+    if e in (sp.pi, sp.E):
+        return const(float(e))
+    args = [memo[a] for a in _operands(e)]
+    if isinstance(e, sp.Add):
+        return _chain(apply, "add", args)
+    if isinstance(e, sp.Mul):
+        return _mul(e, memo, apply, const)
+    if isinstance(e, sp.Pow):
+        if e.exp == sp.S.Half:
+            return apply("sqrt", args[0])
+        if e.exp == -1:
+            return apply("div", const(1.0), args[0])
+        return apply("pow", args[0], args[1])
+    if isinstance(e, (sp.Max, sp.Min)):
+        return _chain(apply, "maximum" if isinstance(e, sp.Max) else "minimum", args)
+    if isinstance(e, sp.Heaviside):
+        h0 = e.args[1] if len(e.args) > 1 else sp.S.Half
+        return apply("heaviside", args[0], const(float(h0)))
+    if type(e) in _FUNCTIONS:
+        return apply(_FUNCTIONS[type(e)], *args)
+    raise GraphError(f"SymPy function {type(e).__name__} (in {e}) has no symgrad operator; "
+                     "supported: + - * / **, " + ", ".join(sorted(set(_FUNCTIONS.values())))
+                     + ", sqrt, Max, Min, Heaviside")
+
+
+def _chain(apply, op, args):
+    """A balanced tree, so a 1000-term sum is depth 10, not 1000."""
+    while len(args) > 1:
+        args = [apply(op, *args[i:i + 2]) if i + 1 < len(args) else args[i]
+                for i in range(0, len(args), 2)]
+    return args[0]
+
+
+def _mul(e, memo, apply, const):
+    """x·y/z as mul and div; a −1 coefficient as neg."""
+    num, den, negate = [], [], False
+    for f in e.args:
+        if f == -1:
+            negate = not negate
+        elif isinstance(f, sp.Pow) and f.exp.is_Number and f.exp < 0:
+            d = f.base if f.exp == -1 else f.base ** (-f.exp)
+            den.append(memo[d] if d in memo else build([d], _env_of(memo), _Owner(apply, const))[0])
+        else:
+            num.append(memo[f])
+    out = _chain(apply, "mul", num) if num else const(1.0)
+    if den:
+        out = apply("div", out, _chain(apply, "mul", den))
+    return apply("neg", out) if negate else out
+
+
+class _Owner:
+    def __init__(self, apply, const):
+        self.apply, self.const = apply, const
+
+
+def _env_of(memo):
+    return {k: v for k, v in memo.items() if isinstance(k, sp.Symbol)}

@@ -1,0 +1,1 @@
+"""symgrad.runtime: JIT engine, compiled functions (the PyTorch-style API comes later)."""

@@ -1,0 +1,149 @@
+"""CompiledFunction: what ``Graph.compile`` returns; checks arguments, calls native code."""
+from __future__ import annotations
+
+import ctypes
+import numbers
+
+import numpy as np
+
+from symgrad.compiler.graph import DTYPES
+from . import jit
+
+
+class ArgumentError(ValueError):
+    """An argument of a compiled function has the wrong shape, dtype or kind."""
+
+
+def _coerce(value, name: str, shape: tuple, dtype: np.dtype) -> np.ndarray:
+    """``value`` as a C-contiguous array of exactly ``shape`` and ``dtype``, or a clear error."""
+    if isinstance(value, np.ndarray):
+        if value.dtype != dtype:
+            if value.dtype.kind != "f":
+                raise TypeError(f"{name}: expected a {DTYPES[dtype]} array, got dtype "
+                                f"{value.dtype}; convert it with .astype(np.{DTYPES[dtype]})")
+            value = value.astype(dtype)
+    elif isinstance(value, (bool, np.bool_)) or not isinstance(value, (numbers.Real, list, tuple)):
+        raise TypeError(f"{name}: expected a real number or a {DTYPES[dtype]} array of shape "
+                        f"{shape}, got {type(value).__name__}")
+    else:
+        try:
+            value = np.asarray(value, dtype=dtype)
+        except (TypeError, ValueError) as err:
+            raise TypeError(f"{name}: cannot read {value!r} as {DTYPES[dtype]} numbers "
+                            f"({err})") from None
+    if value.shape != shape:
+        raise ArgumentError(f"{name}: expected shape {shape}, got {value.shape}")
+    return np.ascontiguousarray(value)
+
+
+class CompiledFunction:
+    """Native forward and vector–Jacobian product of a graph.
+
+    ``f(*inputs, **inputs)`` returns the outputs; ``f.vjp(*inputs, seed=v)`` returns
+    ``(outputs, gradients)`` with one gradient per ``wrt`` node: ``vᵀJ``.
+    """
+
+    def __init__(self, graph, work, artifact, inputs, outputs, out_ids, wrt, seeds, grad_ids):
+        self.graph, self.work, self.artifact = graph, work, artifact
+        self.inputs = [(e.name, e.shape, e.dtype) for e in inputs]
+        self.outputs = [(o.name, o.shape, o.dtype) for o in outputs]
+        self.wrt = [(w.name, w.shape, w.dtype) for w in wrt]
+        self.seeds = [(s.name, s.shape, s.dtype) for s in seeds]
+        self._out_ids, self._grad_ids = out_ids, grad_ids
+        self._entries = {k: (jit.ENTRY(e.address), e) for k, e in artifact.entries.items()}
+        self._names = {n: k for k, (n, _, _) in enumerate(self.inputs)}
+
+    # ---- what was generated --------------------------------------------------------
+    @property
+    def llvm_ir(self) -> str:
+        return self.artifact.llvm_ir
+
+    @property
+    def optimized_ir(self) -> str:
+        return self.artifact.optimized_ir
+
+    def kernels(self, entry="vjp"):
+        """The simplified scalar kernels (sympy) of an entry point."""
+        entry = entry if entry in self.artifact.entries else "forward"
+        return self.artifact.entries[entry].kernels
+
+    def __repr__(self):
+        ins = ", ".join(f"{n}{list(s) if s else ''}" for n, s, _ in self.inputs)
+        return f"<CompiledFunction ({ins}) -> {len(self.outputs)} output(s), wrt {len(self.wrt)}>"
+
+    # ---- calling ---------------------------------------------------------------------
+    def _bind(self, args, kwargs) -> list:
+        if len(args) > len(self.inputs):
+            raise TypeError(f"takes {len(self.inputs)} inputs "
+                            f"({', '.join(n for n, _, _ in self.inputs)}), got {len(args)}")
+        values = list(args) + [None] * (len(self.inputs) - len(args))
+        for key, v in kwargs.items():
+            if key not in self._names:
+                raise TypeError(f"unknown input {key!r}; inputs are "
+                                f"{', '.join(n for n, _, _ in self.inputs)}")
+            if values[self._names[key]] is not None:
+                raise TypeError(f"input {key!r} given twice (by position and by name)")
+            values[self._names[key]] = v
+        missing = [n for (n, _, _), v in zip(self.inputs, values) if v is None]
+        if missing:
+            raise TypeError(f"missing input(s): {', '.join(missing)}")
+        return [_coerce(v, n, s, d) for v, (n, s, d) in zip(values, self.inputs)]
+
+    def _run(self, kind, arrays) -> dict:
+        fn, entry = self._entries[kind]
+        results = {}
+        table = (ctypes.c_void_p * (len(arrays) + len(entry.outputs)))()
+        for k, a in enumerate(arrays):
+            table[k] = a.ctypes.data
+        attrs = self.work.nx.nodes
+        for k, i in enumerate(entry.outputs):
+            out = results[i] = np.empty(attrs[i]["shape"], attrs[i]["dtype"])
+            table[len(arrays) + k] = out.ctypes.data
+        if fn(table) != 0:
+            raise MemoryError("the compiled function could not allocate its workspace")
+        return results
+
+    @staticmethod
+    def _unwrap(values):
+        values = [v.item() if v.ndim == 0 else v for v in values]
+        return values[0] if len(values) == 1 else tuple(values)
+
+    def __call__(self, *args, **kwargs):
+        results = self._run("forward", self._bind(args, kwargs))
+        return self._unwrap([results[i] for i in self._out_ids])
+
+    def vjp(self, *args, seed=None, **kwargs):
+        """Outputs and ``vᵀJ`` for every ``wrt`` node, with ``seed`` = v (one per output)."""
+        if "vjp" not in self._entries:
+            raise TypeError("this function was compiled without wrt=[...]: nothing to "
+                            "differentiate; pass wrt to Graph.compile")
+        arrays = self._bind(args, kwargs)
+        seeds = self._seed_arrays(seed)
+        results = self._run("vjp", arrays + seeds)
+        values = self._unwrap([results[i] for i in self._out_ids])
+        grads = [results[i] for i in self._grad_ids]
+        grads = tuple(g.item() if g.ndim == 0 else g for g in grads)
+        # a node asked for twice shares one buffer: give each caller its own array
+        return values, tuple(g.copy() if isinstance(g, np.ndarray) and
+                             any(g is h for h in grads[:k]) else g for k, g in enumerate(grads))
+
+    def _seed_arrays(self, seed):
+        if len(self.seeds) == 1 and not (isinstance(seed, (list, tuple)) and
+                                         len(seed) == 1 and self.seeds[0][1] != (1,)):
+            seed = [seed]
+        elif seed is None:
+            seed = [None] * len(self.seeds)
+        seed = list(seed)
+        if len(seed) != len(self.seeds):
+            raise ArgumentError(f"{len(self.seeds)} outputs need {len(self.seeds)} seeds, "
+                                f"got {len(seed)}")
+        arrays = []
+        for s, (name, shape, dtype), (oname, _, _) in zip(seed, self.seeds, self.outputs):
+            if s is None:
+                if shape != ():
+                    raise ArgumentError(
+                        f"output {oname} has shape {shape}: pass seed= an array of that shape "
+                        "(the v of vᵀJ); only a scalar output has the default seed 1")
+                s = 1.0
+            arrays.append(_coerce(s, f"seed for {oname}", shape, dtype))
+        return arrays
