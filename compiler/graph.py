@@ -309,6 +309,8 @@ class Graph:
                 return x
         if x.op == "const":
             return self.broadcast_to(x, shape)
+        if x.op == "transpose":  # a reshape reads a contiguous buffer: copy the strided view
+            x = self.apply("copy", x)
         return self._structured("reshape", [x], (shape,))
 
     def transpose(self, x: Expr, perm=None) -> Expr:

@@ -83,8 +83,9 @@ class Lowerer:
             return self.module.globals[name]
         return ir.Function(self.module, ir.FunctionType(ty, [ty] * nargs), name=name)
 
-    def _intrinsic(self, name, ty):
-        return self.module.declare_intrinsic(name, [ty])
+    def _intrinsic(self, name, ty, nargs=1):
+        suffix = "f64" if isinstance(ty, ir.DoubleType) else "f32"
+        return self._extern(f"{name}.{suffix}", ty, nargs)
 
     # ---- entry point --------------------------------------------------------------
     def program(self, name: str, g, prog: Program, scalar: dict) -> None:
@@ -341,7 +342,7 @@ class ExprLowering:
             x = self(base)
             result = _powi(b, x, abs(n), self.const(1.0))
             return b.fdiv(self.const(1.0), result) if n < 0 else result
-        fn = self.lowerer._intrinsic("llvm.pow", self.ty)
+        fn = self.lowerer._intrinsic("llvm.pow", self.ty, 2)
         return b.call(fn, [self(base), self(exp)], fastmath=ARITH)
 
     def _call_intrinsic(self, name, arg):
@@ -361,7 +362,7 @@ class ExprLowering:
 
     def _minmax(self, e, name):
         args = [self(a) for a in e.args]
-        fn = self.lowerer._intrinsic(name, self.ty)
+        fn = self.lowerer._intrinsic(name, self.ty, 2)
         acc = args[0]
         for v in args[1:]:
             acc = self.b.call(fn, [acc, v])  # NaN-propagating, as torch.maximum

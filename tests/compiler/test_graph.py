@@ -1,0 +1,130 @@
+"""Graph building, hash-consing, sympy import, scaling and errors."""
+import time
+
+import numpy as np
+import pytest
+import sympy as sp
+
+from symgrad.compiler import Graph, GraphError, ShapeError, sin, exp
+from symgrad.compiler.pipeline import stats
+
+
+def test_nodes_are_numbered_and_hash_consed():
+    g = Graph()
+    x, y = g.input("x"), g.input("y")
+    a, b = x * y, x * y
+    assert a == b and len(g) == 3
+    sq = x * x          # one node, two edges (slots 0 and 1)
+    assert sorted(d["slot"] for _, _, d in g.nx.in_edges(sq.id, data=True)) == [0, 1]
+    assert g.local_jacobian(x, sq) == 2 * sp.Symbol("x", real=True)
+
+
+def test_folding_keeps_graph_lean():
+    g = Graph()
+    x = g.input("x", (3,))
+    assert (x * 1) is not None and (x * 1) == x and (x + 0) == x and (-(-x)) == x
+    assert (g.const(2.0) * 3.0).op == "const"
+
+
+def test_from_sympy_shares_subexpressions_and_differentiates():
+    x, y = sp.symbols("x y")
+    shared = sp.sin(x * y)
+    g, (e1, e2) = Graph.from_sympy([shared + x, shared * y], [x, y])
+    muls = [n for n, d in g.nx.nodes(data=True) if d["op"] == "sin"]
+    assert len(muls) == 1
+    f = g.compile([e1, e2], [g.node("x"), g.node("y")])
+    values, grads = f.vjp(0.3, 0.7, seed=(1.0, 2.0))
+    expr = (shared + x) + 2 * (shared * y)
+    ref = [float(sp.diff(expr, s).subs({x: 0.3, y: 0.7})) for s in (x, y)]
+    np.testing.assert_allclose(grads, ref, rtol=1e-12)
+
+
+def test_from_sympy_rejects_unknown_functions():
+    x = sp.Symbol("x")
+    with pytest.raises(GraphError, match="gamma"):
+        Graph.from_sympy([sp.gamma(x)], [x])
+    with pytest.raises(GraphError, match="not an input"):
+        Graph.from_sympy([x + sp.Symbol("z")], [x])
+
+
+def test_hessian_vector_product_of_scalar_function():
+    g = Graph()
+    x = g.input("x", (3,))
+    v = g.input("v", (3,))
+    f_expr = (sin(x) * exp(x)).sum()
+    (gx,) = g.grad([f_expr], [x])
+    hv = g.grad([(gx * v).sum()], [x])[0]
+    f = g.compile([hv], [])
+    xs, vs = np.array([0.1, 0.5, -0.3]), np.array([1.0, -2.0, 0.5])
+    # f'' of sin(x)·e^x is 2cos(x)·e^x
+    np.testing.assert_allclose(f(xs, vs), 2 * np.cos(xs) * np.exp(xs) * vs, rtol=1e-12)
+
+
+def test_chain_of_10000_operators_compiles():
+    g = Graph()
+    h = x = g.input("x")
+    for k in range(10_000):
+        h = sin(h) * 0.5 + (k % 7) * 1e-3
+    f = g.compile([h], [x])
+    value, (dx,) = f.vjp(0.3)
+    ref_h, ref_d = 0.3, 1.0
+    for k in range(10_000):
+        ref_d *= np.cos(ref_h) * 0.5
+        ref_h = np.sin(ref_h) * 0.5 + (k % 7) * 1e-3
+    assert value == pytest.approx(ref_h, rel=1e-12) and dx == pytest.approx(ref_d, rel=1e-9)
+
+
+def _compile_time(n):
+    g = Graph()
+    x, y = g.input("x", (n,)), g.input("y", (n,))
+    loss = (sin(x * y) * exp(-y * y) + x).sum()
+    start = time.perf_counter()
+    g.compile([loss], [x, y])
+    return time.perf_counter() - start
+
+
+def test_compile_time_does_not_depend_on_tensor_size():
+    _compile_time(10)  # warm the JIT
+    small, large = _compile_time(10**3), _compile_time(10**6)
+    assert large < 5 * small + 0.5   # loose: the measurement itself is in benchmarks/
+
+
+def test_compile_counter_counts():
+    before = stats["compiles"]
+    g = Graph()
+    x = g.input("x")
+    g.compile([x * 2])
+    assert stats["compiles"] == before + 1
+
+
+@pytest.mark.parametrize("call, error, words", [
+    (lambda f: f(np.ones(4)), Exception, ["x", "(3,)", "(4,)"]),
+    (lambda f: f(np.ones(3, dtype=np.int64)), TypeError, ["x", "float64", "int64"]),
+    (lambda f: f.vjp(np.ones(3)), ValueError, ["shape (3,)", "seed"]),
+    (lambda f: f.vjp(np.ones(3), seed=np.ones(2)), ValueError, ["seed", "(3,)", "(2,)"]),
+    (lambda f: f("abc"), TypeError, ["x"]),
+    (lambda f: f(), TypeError, ["missing", "x"]),
+])
+def test_bad_calls_raise_clear_errors(call, error, words):
+    g = Graph()
+    x = g.input("x", (3,))
+    f = g.compile([x * x], [x])
+    with pytest.raises(error) as info:
+        call(f)
+    for w in words:
+        assert w in str(info.value)
+
+
+def test_building_errors_name_the_problem():
+    g = Graph()
+    x, y = g.input("x", (3,)), g.input("y", (4,))
+    with pytest.raises(ShapeError, match=r"\(3,\) and \(4,\)"):
+        x + y
+    with pytest.raises(ShapeError, match="inner dimensions"):
+        g.input("a", (2, 3)) @ g.input("b", (2, 3))
+    with pytest.raises(GraphError, match="another graph"):
+        x + Graph().input("z", (3,))
+    with pytest.raises(GraphError, match="already exists"):
+        g.input("x")
+    with pytest.raises(ShapeError, match="cannot reshape"):
+        x.reshape(2, 2)
