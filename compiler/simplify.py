@@ -7,9 +7,12 @@ while the result stays small, so sympy's automatic canonicalisation sees
 rest become assignments.  ``sympy.cse`` then shares repeated subexpressions.
 
 Budgets keep this linear: an inlined expression holds at most ``INLINE_SIZE``
-operations (so no expression is deep, and lowering never recurses far), and CSE
-runs only on kernels under ``CSE_BUDGET`` operations — beyond that the graph's
-hash-consing and LLVM's GVN already share what is shared.
+operations (so no expression is deep, and lowering never recurses far).  Sympy's
+automatic evaluation costs up to milliseconds per node (assumption queries), so
+it runs only on kernels of at most ``SYMPY_BUDGET`` members, and CSE only under
+``CSE_BUDGET`` operations; larger kernels keep their expressions as built
+(unevaluated, linear time) — the graph's hash-consing and folding already
+shared and simplified them, and LLVM's GVN shares the rest.
 """
 from __future__ import annotations
 
@@ -22,6 +25,7 @@ from .graph import Graph
 from .ops import ELEMENTWISE
 
 INLINE_SIZE = 24
+SYMPY_BUDGET = 1500
 CSE_BUDGET = 4000
 
 
@@ -62,6 +66,19 @@ def to_sympy(g: Graph, kernel) -> ScalarKernel:
     for i, v in kernel.consts.items():
         value[i], size[i] = _number(v), 0
 
+    evaluate = len(kernel.members) <= SYMPY_BUDGET
+    with sp.evaluate(evaluate):  # entered once: entering clears sympy's cache
+        assignments = _assign(kernel, attrs, uses, value, size)
+    results = {m: value[m] for m in kernel.stores}
+    results.update({r: value[operand] for r, (operand, _) in kernel.reductions.items()})
+    if evaluate and sum(1 + size.get(m, 0) for m in kernel.members) <= CSE_BUDGET \
+            and assignments:
+        assignments, results = _cse(assignments, results)
+    return ScalarKernel(assignments, results, loads)
+
+
+def _assign(kernel, attrs, uses, value, size):
+    """Each member as an expression; kept as an assignment unless inlined."""
     assignments = []
     for m in kernel.members:
         a = attrs[m]
@@ -76,12 +93,7 @@ def to_sympy(g: Graph, kernel) -> ScalarKernel:
             value[m], size[m] = s, 0
         else:
             value[m], size[m] = expr, (0 if expr.is_Atom else n)
-
-    results = {m: value[m] for m in kernel.stores}
-    results.update({r: value[operand] for r, (operand, _) in kernel.reductions.items()})
-    if sum(1 + size.get(m, 0) for m in kernel.members) <= CSE_BUDGET and assignments:
-        assignments, results = _cse(assignments, results)
-    return ScalarKernel(assignments, results, loads)
+    return assignments
 
 
 def _cse(assignments, results):

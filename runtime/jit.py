@@ -1,7 +1,10 @@
 """The LLVM JIT: parse, optimise and load modules; hand back native addresses.
 
-One MCJIT engine per process, created on first use and never collected (a
-collected engine frees the code behind every function it loaded).  One lock
+Two MCJIT engines per process, created on first use and never collected (a
+collected engine frees the code behind every function it loaded): one with full
+code generation, one with the fast register allocator (codegen level 0) for very
+large modules, where the greedy allocator and the SLP vectoriser grow
+super-linearly with straight-line code.  One lock
 around it: compiles from several threads are serialised, calls are not.
 """
 from __future__ import annotations
@@ -19,13 +22,13 @@ OPT_LEVEL = 3
 LARGE_MODULE = 20_000
 
 _lock = threading.RLock()
-_engine = None
+_engines = {}            # "full" | "large" -> ExecutionEngine
 _target_machine = None
 
 
 def _init():
-    global _engine, _target_machine
-    if _engine is not None:
+    global _target_machine
+    if _engines:
         return
     llvm.initialize_native_target()
     llvm.initialize_native_asmprinter()
@@ -38,10 +41,12 @@ def _init():
                 pass
     target = llvm.Target.from_default_triple()
     cpu, features = llvm.get_host_cpu_name(), llvm.get_host_cpu_features().flatten()
-    _target_machine = target.create_target_machine(cpu=cpu, features=features, opt=3,
-                                                   codemodel="jitdefault", jit=True)
-    backing = llvm.parse_assembly("")
-    _engine = llvm.create_mcjit_compiler(backing, _target_machine)
+    for kind, opt in (("full", 3), ("large", 0)):
+        tm = target.create_target_machine(cpu=cpu, features=features, opt=opt,
+                                          codemodel="jitdefault", jit=True)
+        _engines[kind] = llvm.create_mcjit_compiler(llvm.parse_assembly(""), tm)
+        if kind == "full":
+            _target_machine = tm
 
 
 def target_machine():
@@ -76,9 +81,10 @@ def load(ir_text: str, names: list[str]) -> Loaded:
         module.data_layout = str(_target_machine.target_data)
         size = ir_text.count("\n")
         optimize(module, size)
-        _engine.add_module(module)
-        _engine.finalize_object()
-        addresses = {n: _engine.get_function_address(n) for n in names}
+        engine = _engines["full" if size < LARGE_MODULE else "large"]
+        engine.add_module(module)
+        engine.finalize_object()
+        addresses = {n: engine.get_function_address(n) for n in names}
         return Loaded(addresses, str(module))
 
 
