@@ -366,6 +366,28 @@ class Graph:
         outs = build([exprs] if single else list(exprs), env, g)
         return g, (outs[0] if single else outs)
 
+    def splice(self, src: "Graph", outputs, mapping: dict) -> list:
+        """Copy ``outputs`` of graph ``src`` into this graph, its inputs replaced by
+        ``mapping`` (src input id -> Expr here).  Iterative; shared nodes stay shared."""
+        need, stack = set(), [o.id for o in outputs]
+        while stack:
+            i = stack.pop()
+            if i not in need:
+                need.add(i)
+                stack.extend(src.nx.nodes[i]["args"])
+        new = {}
+        for i in sorted(need):
+            a = src.nx.nodes[i]
+            if i in mapping:
+                new[i] = mapping[i]
+            elif a["op"] == "input":
+                raise GraphError(f"splice: input {Expr(src, i).name} has no replacement")
+            elif a["op"] == "const":
+                new[i] = self.const(a["params"][0], a["dtype"])
+            else:
+                new[i] = self.apply(a["op"], *[new[x] for x in a["args"]], params=a["params"])
+        return [new[o.id] for o in outputs]
+
     def copy(self) -> "Graph":
         other = Graph(self.dtype)
         other.nx = self.nx.copy()

@@ -1,0 +1,224 @@
+"""backward and grad: the recorded subgraph, compiled once per structure, run with a seed.
+
+``backward`` walks the ``grad_fn`` graph from the output, turns it into a
+``symgrad.compiler.Graph`` (every tensor without a ``grad_fn`` becomes an input,
+so new data does not mean a new compile), compiles its VJP and calls it with the
+seed.  Compiled functions are cached by a key made of the recorded operations,
+their constants, shapes and dtypes: a training loop compiles once.
+
+``create_graph=True`` records the backward itself: each gradient's ``grad_fn``
+splices the compiled reverse graph into whatever graph differentiates it next.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import threading
+
+import numpy as np
+
+from symgrad.compiler import Graph
+from .tensor import Node, Tensor, as_tensor, is_grad_enabled
+
+log = logging.getLogger("symgrad.runtime")
+if os.environ.get("SYMGRAD_LOG_COMPILES"):
+    logging.basicConfig(format="%(name)s: %(message)s")
+    log.setLevel(logging.INFO)
+
+stats = {"compiles": 0, "cache_hits": 0}
+_cache: dict = {}
+_last_shapes: dict = {}
+_lock = threading.Lock()
+CACHE_SIZE = 512
+
+
+def compile_count() -> int:
+    """How many backward graphs this process has compiled (cache misses)."""
+    return stats["compiles"]
+
+
+class _Tape:
+    """The recorded subgraph feeding ``roots``: nodes in topological order, and inputs."""
+
+    def __init__(self, roots):
+        self.order, self.inputs, self.index = [], [], {}
+        stack = [(r, False) for r in reversed(roots)]
+        while stack:
+            t, ready = stack.pop()
+            if id(t) in self.index:
+                continue
+            if t.grad_fn is None or not t.requires_grad:
+                self.index[id(t)] = ("i", len(self.inputs))
+                self.inputs.append(t)
+            elif not ready:
+                if t.grad_fn.freed:
+                    raise RuntimeError(
+                        "Trying to backward through the graph a second time: its buffers were "
+                        "freed by the first backward. Specify retain_graph=True in the first "
+                        "backward() (or autograd.grad()) to backward through it again.")
+                stack.append((t, True))
+                stack.extend((p, False) for p in reversed(t.grad_fn.inputs)
+                             if id(p) not in self.index)
+            else:
+                self.index[id(t)] = ("n", len(self.order))
+                self.order.append(t)
+
+    def key(self, roots, targets):
+        structure = tuple((t.grad_fn.key, tuple(self.index[id(p)] for p in t.grad_fn.inputs))
+                          for t in self.order)
+        shapes = tuple((t._data.shape, t._data.dtype.char) for t in self.inputs)
+        return (structure, tuple(self.index[id(r)] for r in roots),
+                tuple(self.index[id(t)] for t in targets)), shapes
+
+    def build(self, roots, targets):
+        g = Graph()
+        exprs = {}
+        for k, t in enumerate(self.inputs):
+            dtype = t._data.dtype if t._data.dtype.kind == "f" else np.float32
+            exprs[("i", k)] = g.input(f"t{k}", t._data.shape, dtype)
+        for k, t in enumerate(self.order):
+            args = [exprs[self.index[id(p)]] for p in t.grad_fn.inputs]
+            exprs[("n", k)] = t.grad_fn.build(g, *args)
+        return g, [exprs[self.index[id(r)]] for r in roots], \
+            [exprs[self.index[id(t)]] for t in targets]
+
+
+def _seeds(roots, grad_outputs):
+    seeds = []
+    for k, (r, s) in enumerate(zip(roots, grad_outputs)):
+        if s is None:
+            if r._data.size != 1:
+                raise RuntimeError(
+                    f"grad can be implicitly created only for scalar outputs; output {k} has "
+                    f"shape {tuple(r.shape)}: pass gradient= a tensor of that shape (the v "
+                    "of vᵀJ)")
+            s = Tensor._make(np.ones(r._data.shape, r._data.dtype))
+        s = as_tensor(s)
+        if s._data.shape != r._data.shape:
+            raise RuntimeError(
+                f"Mismatch in shape: grad_output[{k}] has a shape of {tuple(s.shape)} and "
+                f"output[{k}] has a shape of {tuple(r.shape)}. The gradient v of vᵀJ must "
+                "have the output's shape.")
+        seeds.append(s)
+    return seeds
+
+
+def _compiled(tape, roots, targets):
+    (structure, shapes) = tape.key(roots, targets)
+    key = (structure, shapes)
+    with _lock:
+        entry = _cache.get(key)
+    if entry is not None:
+        stats["cache_hits"] += 1
+        return entry
+    reason = ("first backward of this graph" if structure not in _last_shapes else
+              f"input shapes/dtypes changed from {_last_shapes[structure]} to {shapes}")
+    g, outs, wrt = tape.build(roots, targets)
+    f = g.compile(outs, wrt)
+    names = {n for n, _, _ in f.inputs}
+    used = [k for k in range(len(tape.inputs)) if f"t{k}" in names]
+    entry = (f, used)
+    with _lock:
+        stats["compiles"] += 1
+        _last_shapes[structure] = shapes
+        if len(_cache) >= CACHE_SIZE:
+            _cache.pop(next(iter(_cache)))
+        _cache[key] = entry
+    log.info("compiled backward #%d (%d recorded ops): %s", stats["compiles"],
+             len(tape.order), reason)
+    return entry
+
+
+def _as_list(x):
+    return list(x) if isinstance(x, (list, tuple)) else [x]
+
+
+def run_backward(roots, grad_outputs, targets, retain_graph, create_graph):
+    """vᵀJ of ``roots`` with respect to ``targets`` (arrays, or Tensors if create_graph)."""
+    for k, r in enumerate(roots):
+        if not isinstance(r, Tensor):
+            raise TypeError(f"output {k} is a {type(r).__name__}, not a tensor")
+        if not r.requires_grad:
+            raise RuntimeError(f"element {k} of tensors does not require grad and does not "
+                               "have a grad_fn")
+    seeds = _seeds(roots, grad_outputs)
+    tape = _Tape(roots)
+    for t in targets:
+        if id(t) not in tape.index:
+            raise RuntimeError("one of the differentiated tensors does not appear in the "
+                               "graph of the outputs; pass allow_unused=True to get None")
+    f, used = _compiled(tape, roots, targets)
+    arrays = [tape.inputs[k]._data for k in used]
+    _, grads = f.vjp(*arrays, seed=[s._data for s in seeds])
+    grads = [np.asarray(g, dtype=t._data.dtype) for g, t in zip(grads, targets)]
+    if not (retain_graph if retain_graph is not None else create_graph):
+        for t in tape.order:
+            t.grad_fn.freed = True
+    if not create_graph:
+        return list(grads)
+    return _recorded_grads(f, tape, used, seeds, grads)
+
+
+def _recorded_grads(f, tape, used, seeds, grads):
+    """Gradients whose grad_fn is the compiled reverse graph, spliced where needed."""
+    work = f.work
+    params = [work.node(f"t{k}").id for k in used]
+    seed_ids = [work.node(name).id for name, _, _ in f.seeds]
+    parents = [tape.inputs[k] for k in used] + list(seeds)
+    out = []
+    for k, (grad, gid) in enumerate(zip(grads, f._grad_ids)):
+        def build(g, *args, gid=gid):
+            mapping = dict(zip(params + seed_ids, args))
+            return g.splice(work, [work.node(gid)], mapping)[0]
+        t = Tensor._make(np.asarray(grad))
+        if is_grad_enabled() and any(p.requires_grad for p in parents):
+            t.requires_grad = True
+            t.grad_fn = Node("CompiledBackward0", ("splice", id(work), gid), build, parents)
+        out.append(t)
+    return out
+
+
+def backward(tensor, gradient=None, retain_graph=None, create_graph=False, inputs=None):
+    """``tensor.backward(gradient)``: accumulate vᵀJ into the leaves' ``.grad``."""
+    tape_targets = _targets(tensor, inputs)
+    grads = run_backward([tensor], [gradient], tape_targets, retain_graph, create_graph)
+    for t, g in zip(tape_targets, grads):
+        value = g._data if isinstance(g, Tensor) else g
+        if t._grad is None:
+            t._grad = g if isinstance(g, Tensor) else Tensor._make(np.array(value))
+        elif create_graph:
+            t._grad = t._grad + g
+        else:
+            t._grad._data += value
+
+
+def _targets(tensor, inputs):
+    if inputs is not None:
+        return [as_tensor(t) for t in _as_list(inputs)]
+    tape = _Tape([tensor]) if tensor.requires_grad else None
+    if tape is None:
+        return []
+    leaves = [t for t in tape.inputs if t.requires_grad]
+    retained = [t for t in tape.order if t._retain]
+    return leaves + retained
+
+
+def grad(outputs, inputs, grad_outputs=None, retain_graph=None, create_graph=False,
+         allow_unused=False):
+    """Gradients of ``outputs`` with respect to ``inputs``, returned, not accumulated."""
+    outputs, inputs = _as_list(outputs), _as_list(inputs)
+    grad_outputs = _as_list(grad_outputs) if grad_outputs is not None else [None] * len(outputs)
+    if len(grad_outputs) != len(outputs):
+        raise RuntimeError(f"grad_outputs has {len(grad_outputs)} entries for "
+                           f"{len(outputs)} outputs")
+    tape = _Tape(outputs)
+    present = [t for t in inputs if id(t) in tape.index]
+    if len(present) != len(inputs) and not allow_unused:
+        raise RuntimeError("One of the differentiated Tensors appears to not have been used "
+                           "in the graph. Set allow_unused=True if this is the desired behavior.")
+    grads = run_backward(outputs, grad_outputs, present, retain_graph, create_graph) \
+        if present else []
+    by_id = {id(t): g for t, g in zip(present, grads)}
+    return tuple(None if id(t) not in by_id else
+                 (by_id[id(t)] if isinstance(by_id[id(t)], Tensor)
+                  else Tensor._make(by_id[id(t)])) for t in inputs)
