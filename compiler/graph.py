@@ -406,6 +406,21 @@ class Graph:
         from .autodiff import local_jacobian
         return local_jacobian(self, source, target)
 
+    def local_jacobian_expr(self, source: Expr, target: Expr) -> Expr:
+        """``J_{source→target}`` of an elementwise operator as a node of this graph."""
+        from .autodiff import instantiate
+        if target.op not in ELEMENTWISE:
+            raise GraphError(f"{target.name} = {target.op}(…) is structured: its J is a linear "
+                             "map, not an elementwise expression")
+        terms = [instantiate(target.op, s, target.args, target, self)
+                 for s, a in enumerate(target.args) if a.id == source.id]
+        if not terms:
+            raise GraphError(f"{source.name} is not an operand of {target.name}")
+        total = terms[0]
+        for t in terms[1:]:
+            total = total + t
+        return total if isinstance(total, Expr) else self.const(total)
+
     def adjoints(self, of, wrt=None, at=None, seed=None):
         """The adjoint equations ``P_i = Σ_j P_j·J_{i→j}``, in reverse topological order."""
         from .autodiff import adjoint_table

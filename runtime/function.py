@@ -127,6 +127,26 @@ class CompiledFunction:
         return values, tuple(g.copy() if isinstance(g, np.ndarray) and
                              any(g is h for h in grads[:k]) else g for k, g in enumerate(grads))
 
+    def jacobian(self, *args, **kwargs):
+        """Dense Jacobians ∂output/∂wrt (one output), one vᵀJ per basis seed: for small shapes.
+
+        Row i of each result is ``e_iᵀJ``; shape ``output.shape + wrt.shape``.
+        """
+        if len(self.outputs) != 1:
+            raise TypeError("jacobian() takes a function with one output")
+        _, shape, dtype = self.outputs[0]
+        size = int(np.prod(shape))
+        if size > 4096:
+            raise ValueError(f"the output has {size} elements: a dense Jacobian would be "
+                             "large; use vjp() with the seeds you need")
+        rows = []
+        for i in range(size):
+            basis = np.zeros(size, dtype)
+            basis[i] = 1
+            rows.append(self.vjp(*args, seed=basis.reshape(shape), **kwargs)[1])
+        return tuple(np.array([np.asarray(r[k]) for r in rows]).reshape(shape + w[1])
+                     for k, w in enumerate(self.wrt))
+
     def _seed_arrays(self, seed):
         if len(self.seeds) == 1 and not (isinstance(seed, (list, tuple)) and
                                          len(seed) == 1 and self.seeds[0][1] != (1,)):
