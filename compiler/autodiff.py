@@ -210,8 +210,8 @@ def adjoint_table(g: Graph, of, wrt=None, at=None, seed=None) -> list[Adjoint]:
     >>> for row in g.adjoints(of=u4, at={"u1": 2, "u2": 3}): print(row)
     P4 = seed = 1
     P3 = P4·J_{3→4} = P4·(u2) = 3
-    P2 = P4·J_{2→4} + P3·J_{2→3} = P4·(u3) + P3·(1.0) = 8
-    P1 = P3·J_{1→3} = P3·(1.0) = 3
+    P2 = P4·J_{2→4} + P3·J_{2→3} = P4·(u3) + P3·(1) = 8
+    P1 = P3·J_{1→3} = P3·(1) = 3
     """
     outputs = _as_list(of)
     if wrt is None:

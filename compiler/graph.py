@@ -352,7 +352,7 @@ class Graph:
         >>> x, y = sp.symbols("x y")
         >>> g, outs = Graph.from_sympy([sp.sin(x) * y], [x, y])
         >>> outs[0]
-        u4 = mul(u3, u2)  shape=() float64
+        u4 = mul(y, u3)  shape=() float64
         """
         from .sympy_import import build
         g = cls(dtype)
