@@ -28,3 +28,11 @@ def test_docstring_examples_run(name):
     module = importlib.import_module(name)
     result = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE)
     assert result.attempted > 0 and result.failed == 0
+
+
+def test_docs_pages_are_built_from_real_output():
+    import subprocess
+    import sys
+    done = subprocess.run([sys.executable, str(ROOT / "docs" / "build.py"), "--check"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
