@@ -150,7 +150,7 @@ def local_jacobian(g: Graph, source: Expr, target: Expr):
         raise GraphError(f"{source.name} is not an operand of {target.name}: no edge "
                          f"({source.name}, {target.name})")
     if target.op in STRUCTURED:
-        return LinearMap(target.op, STRUCTURED[target.op].text)
+        return LinearMap(target.op, STRUCTURED[target.op].text[slots[0]])
     env = {ops.OUT: _display_symbol(g, target.id)}
     for sym, arg in zip((ops.A, ops.B), target.args):
         env[sym] = _display_symbol(g, arg.id)
@@ -199,7 +199,9 @@ def _p(e: Expr) -> str:
 
 def _fmt(v):
     v = np.asarray(v)
-    return f"{v.item():g}" if v.ndim == 0 else np.array2string(v, precision=4)
+    if v.ndim == 0:
+        return f"{v.item():g}"
+    return " ".join(np.array2string(v, precision=4, separator=", ").split())
 
 
 def adjoint_table(g: Graph, of, wrt=None, at=None, seed=None) -> list[Adjoint]:

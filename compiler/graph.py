@@ -109,6 +109,15 @@ class Expr:
     def apply(self, op, *args, params=()):
         return self.graph.apply(op, self, *args, params=params)
 
+    def named(self, name: str) -> "Expr":
+        """Give this node a display name (``z`` instead of ``u3``); returns it."""
+        if not isinstance(name, str) or not name.isidentifier():
+            raise GraphError(f"a node name must be a Python identifier, got {name!r}")
+        if self.op != "input":
+            self.graph.nx.nodes[self.id]["name"] = name
+            self.graph._symbols.pop(self.id, None)
+        return self
+
     def __add__(self, o): return self.graph.apply("add", self, o)
     def __radd__(self, o): return self.graph.apply("add", o, self)
     def __sub__(self, o): return self.graph.apply("sub", self, o)
@@ -173,6 +182,15 @@ class Graph:
 
     def __repr__(self):
         return f"<Graph: {len(self)} nodes, inputs {list(self._inputs)}>"
+
+    def _repr_svg_(self):
+        """Jupyter: the forward graph as SVG (None, so text is shown, without Graphviz)."""
+        from .explain import GraphvizMissing, render, to_dot
+        sinks = [Expr(self, i) for i in self.nx if self.nx.out_degree(i) == 0]
+        try:
+            return render(to_dot(self, sinks), "svg").decode()
+        except GraphvizMissing:
+            return None
 
     @property
     def inputs(self) -> list[Expr]:

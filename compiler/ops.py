@@ -168,7 +168,7 @@ class Structured:
     shape: Callable      # (operand shapes, params) -> output shape
     numpy: Callable      # (operand arrays, params) -> array
     vjp: Callable        # (adjoint, operands, out, params) -> one adjoint per operand
-    text: str            # the VJP as the documents write it
+    text: tuple          # the VJP for each operand, as the documents write it
 
 
 STRUCTURED: dict[str, Structured] = {}
@@ -212,19 +212,20 @@ def _inverse(perm):
 
 structured("sum", _sum_shape,
            lambda args, p: np.sum(args[0], axis=p[0], keepdims=p[1]),
-           _sum_vjp, "P_a = broadcast(P_out)")
+           _sum_vjp, ("P_a = broadcast(P_out)",))
 structured("reshape", lambda shapes, p: p[0],
            lambda args, p: np.reshape(args[0], p[0]),
-           lambda adj, args, out, p: [adj.reshape(args[0].shape)], "P_a = reshape(P_out)")
+           lambda adj, args, out, p: [adj.reshape(args[0].shape)], ("P_a = reshape(P_out)",))
 structured("transpose", _transpose_shape,
            lambda args, p: np.transpose(args[0], p[0]),
-           lambda adj, args, out, p: [adj.transpose(_inverse(p[0]))], "P_a = transpose(P_out)")
+           lambda adj, args, out, p: [adj.transpose(_inverse(p[0]))],
+           ("P_a = transpose(P_out)",))
 # Bilinear: P_a = P_c·bᵀ, P_b = aᵀ·P_c.
 structured("matmul", _matmul_shape,
            lambda args, p: np.matmul(args[0], args[1]),
            lambda adj, args, out, p: [adj @ args[1].transpose((1, 0)),
                                       args[0].transpose((1, 0)) @ adj],
-           "P_a = P_c·bᵀ,  P_b = aᵀ·P_c")
+           ("P_a = P_c·bᵀ", "P_b = aᵀ·P_c"))
 
 
 def is_elementwise(op: str) -> bool:

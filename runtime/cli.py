@@ -4,6 +4,8 @@
     symgrad examples list            list them
     symgrad examples run 002         run one
     symgrad jacobian "u3 = u1 + u2; u4 = u2*u3" --at u1=2,u2=3
+    symgrad graph "u3 = u1 + u2; u4 = u2*u3" --at u1=2,u2=3 --out graph.svg
+    symgrad compile "z = x*y" --shape x=3 --shape y=3 --wrt x,y --emit shared -o libz.so
 """
 from __future__ import annotations
 
@@ -78,6 +80,8 @@ def parse_program(text: str, shapes: dict):
         if expr.has(sp.Function("sigmoid")):
             expr = expr.replace(sp.Function("sigmoid"), lambda a: 1 / (1 + sp.exp(-a)))
         node = build([expr], env, g)[0]
+        if node.op not in ("input", "const") and "name" not in g.nx.nodes[node.id]:
+            node.named(target)
         env[sp.Symbol(target)] = names[target] = node
         last = target
     return g, names, last
@@ -123,47 +127,76 @@ def _parse_shapes(items) -> dict:
     return shapes
 
 
-def _jacobian(args) -> int:
+def _graph_and_values(args):
     g, names, last = parse_program(args.expressions, _parse_shapes(args.shape))
+    if args.of and args.of not in names:
+        raise UsageError(f"--of {args.of!r} is not a name in the expressions")
     out = names[args.of] if args.of else names[last]
-    at = _parse_at(args.at)
-    unknown = set(at) - {i.name for i in g.inputs}
+    at = _parse_at(getattr(args, "at", None))
+    inputs = {i.name for i in g.inputs}
+    if set(at) - inputs:
+        raise UsageError(f"--at names {', '.join(sorted(set(at) - inputs))}, which are not "
+                         f"inputs ({', '.join(sorted(inputs))})")
+    if at and inputs - set(at):
+        raise UsageError(f"--at is missing {', '.join(sorted(inputs - set(at)))}")
+    labels = {e.id: n for n, e in names.items()}
+    return g, names, out, (at or None), labels
+
+
+def _jacobian(args) -> int:
+    from symgrad.compiler.explain import jacobian_report
+    g, names, out, at, labels = _graph_and_values(args)
+    report = jacobian_report(g, out, at=at, names=labels)
+    print({"json": report.json, "latex": report.latex, "text": report.text}[args.format]())
+    return 0
+
+
+def _graph(args) -> int:
+    from symgrad.compiler.explain import render, to_dot
+    g, names, out, at, labels = _graph_and_values(args)
+    fmt = args.out.rsplit(".", 1)[-1].lower() if args.out and "." in args.out else "dot"
+    if fmt not in ("dot", "svg", "png"):
+        raise UsageError(f"--out {args.out!r}: the file must end in .dot, .svg or .png")
+    data = render(to_dot(g, [out], at=at, reverse=args.reverse, names=labels), fmt)
+    if args.out:
+        with open(args.out, "wb") as fh:
+            fh.write(data)
+        print(f"wrote {args.out}")
+    else:
+        sys.stdout.write(data.decode())
+    return 0
+
+
+def _compile(args) -> int:
+    g, names, out, at, labels = _graph_and_values(args)
+    wrt = [w.strip() for w in (args.wrt or "").split(",") if w.strip()]
+    unknown = [w for w in wrt if w not in names]
     if unknown:
-        raise UsageError(f"--at names {', '.join(sorted(unknown))}, which are not inputs "
-                         f"({', '.join(i.name for i in g.inputs)})")
-    missing = {i.name for i in g.inputs} - set(at)
-    values = at if at and not missing else None
-    if at and missing:
-        raise UsageError(f"--at is missing {', '.join(sorted(missing))}")
-    # a tensor output is seeded with ones (document 000's v = [1, 1, 1])
-    rows = g.adjoints(of=out, at=values, seed=None if out.shape == () else 1.0)
-    label = {e.id: n for n, e in names.items()}
-    edges = []
-    for row in rows:
-        for consumer, j in row.terms:
-            entry = {"edge": [_name(row.node, label), _name(consumer, label)], "J": str(j)}
-            if values is not None and not hasattr(j, "text"):
-                entry["value"] = np.asarray(
-                    g.evaluate(g.local_jacobian_expr(row.node, consumer), values)).tolist()
-            edges.append(entry)
-    if args.format == "json":
-        print(json.dumps({"edges": edges, "adjoints": [
-            {"node": _name(r.node, label), "P": r.symbolic(), "expanded": r.expanded(),
-             **({"value": np.asarray(r.value).tolist()} if r.value is not None else {})}
-            for r in rows]}, indent=2, ensure_ascii=False))
+        raise UsageError(f"--wrt {', '.join(unknown)}: not names in the expressions")
+    f = g.compile([out], [names[w] for w in wrt])
+    if args.emit == "sympy":
+        for kind in f.artifact.entries:
+            print(f"; {kind}")
+            for k, kernel in enumerate(f.kernels(kind)):
+                print(f"kernel {k}:")
+                print("  " + str(kernel).replace("\n", "\n  "))
         return 0
-    if args.format == "latex":
-        for e in edges:
-            print(f"J_{{{e['edge'][0]} \\to {e['edge'][1]}}} = {sp.latex(sp.sympify(e['J']))}"
-                  if not e["J"].startswith("P_") else f"% {e['edge']}: {e['J']}")
+    if args.emit in ("llvm", "llvm-opt", "asm"):
+        from symgrad.runtime import jit
+        text = {"llvm": lambda: f.llvm_ir, "llvm-opt": lambda: f.optimized_ir,
+                "asm": lambda: jit.emit_assembly(f.llvm_ir)}[args.emit]()
+        if args.o:
+            with open(args.o, "w") as fh:
+                fh.write(text)
+            print(f"wrote {args.o}")
+        else:
+            print(text)
         return 0
-    print("Local Jacobians J_{j→i} = ∂u_i/∂u_j:")
-    for e in edges:
-        value = f" = {_fmt(e['value'])}" if "value" in e else ""
-        print(f"  J_{{{e['edge'][0]}→{e['edge'][1]}}} = {e['J']}{value}")
-    print("Adjoints P_i = Σ_j P_j·J_{i→j}, in reverse topological order:")
-    for r in rows:
-        print(f"  {r}")
+    from symgrad.compiler.aot import export
+    if not args.o:
+        raise UsageError(f"--emit {args.emit} writes a file: give -o libname.so (or .o)")
+    for path in export(f, args.o, name=args.name, kind=args.emit):
+        print(f"wrote {path}")
     return 0
 
 
@@ -174,6 +207,13 @@ def _name(e, label):
 def _fmt(v):
     a = np.asarray(v)
     return f"{a.item():g}" if a.ndim == 0 else np.array2string(a, precision=4)
+
+
+def _common(p):
+    p.add_argument("expressions", help='assignments in SymPy syntax, separated by ";"')
+    p.add_argument("--at", help="input values: name=value,… (a [list] for a tensor)")
+    p.add_argument("--shape", action="append", help="declare a tensor input: name=3,2")
+    p.add_argument("--of", help="the output (default: the last assigned name)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -193,12 +233,32 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="examples:\n  symgrad jacobian \"u3 = u1 + u2; u4 = u2*u3\" --at u1=2,u2=3\n"
                "  symgrad jacobian \"z = x*y\" --shape x=3 --shape y=3 "
                "--at \"x=[0,2,8],y=[5,1,7]\"")
-    jac.add_argument("expressions", help='assignments in SymPy syntax, separated by ";"')
-    jac.add_argument("--at", help="input values: name=value,… (a [list] for a tensor)")
-    jac.add_argument("--shape", action="append", help="declare a tensor input: name=3,2")
-    jac.add_argument("--of", help="the output to differentiate (default: the last assigned)")
+    _common(jac)
     jac.add_argument("--format", choices=["text", "latex", "json"], default="text")
     jac.set_defaults(run=_jacobian)
+    gr = sub.add_parser(
+        "graph", help="draw the forward or reverse graph (DOT, or SVG/PNG with Graphviz)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="examples:\n  symgrad graph \"u3 = u1 + u2; u4 = u2*u3\" --at u1=2,u2=3 "
+               "--out graph.svg\n  symgrad graph \"u3 = u1 + u2; u4 = u2*u3\" --reverse")
+    _common(gr)
+    gr.add_argument("--out", help="file to write: .dot, .svg or .png (default: DOT to stdout)")
+    gr.add_argument("--reverse", action="store_true", help="draw adjoints P and J on edges")
+    gr.set_defaults(run=_graph)
+    co = sub.add_parser(
+        "compile", help="show the simplified kernels, LLVM IR or assembly; export a library",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="examples:\n  symgrad compile \"z = sin(x)*y\" --wrt x,y --emit sympy\n"
+               "  symgrad compile \"z = sin(x)*y\" --wrt x,y --emit llvm-opt\n"
+               "  symgrad compile \"z = x*y\" --shape x=3 --shape y=3 --wrt x,y "
+               "--emit shared -o libz.so --name z")
+    _common(co)
+    co.add_argument("--wrt", help="inputs to differentiate with respect to: x,y")
+    co.add_argument("--emit", choices=["sympy", "llvm", "llvm-opt", "asm", "obj", "shared"],
+                    default="sympy")
+    co.add_argument("-o", help="output file (required for obj and shared)")
+    co.add_argument("--name", default="symgrad_fn", help="C name prefix of exported entries")
+    co.set_defaults(run=_compile)
     return p
 
 
@@ -210,7 +270,7 @@ def main(argv=None) -> int:
     except UsageError as err:
         print(f"symgrad {args.command}: {err}", file=sys.stderr)
         return 2
-    except (ValueError, TypeError, KeyError) as err:
+    except (ValueError, TypeError, KeyError, RuntimeError) as err:
         print(f"symgrad {args.command}: {type(err).__name__}: {err}", file=sys.stderr)
         return 2
 

@@ -99,3 +99,19 @@ def emit_assembly(ir_text: str) -> str:
 
 
 ENTRY = ctypes.CFUNCTYPE(ctypes.c_int32, ctypes.c_void_p)
+
+
+def emit_object(ir_text: str) -> bytes:
+    """Position-independent native object code for ``ir_text`` (ahead-of-time export)."""
+    with _lock:
+        _init()
+        target = llvm.Target.from_default_triple()
+        tm = target.create_target_machine(cpu=llvm.get_host_cpu_name(),
+                                          features=llvm.get_host_cpu_features().flatten(),
+                                          opt=3, reloc="pic", codemodel="default")
+        module = llvm.parse_assembly(ir_text)
+        module.verify()
+        module.triple = tm.triple
+        module.data_layout = str(tm.target_data)
+        optimize(module, ir_text.count("\n"))
+        return tm.emit_object(module)
