@@ -449,10 +449,13 @@ class Graph:
         from .evaluate import evaluate
         return evaluate(self, outputs, inputs)
 
-    def compile(self, outputs, wrt=(), **options):
-        """Lower ``outputs`` (and, with ``wrt``, their VJP) to native code."""
+    def compile(self, outputs, wrt=(), inputs=None, **options):
+        """Lower ``outputs`` (and, with ``wrt``, their VJP) to native code.
+
+        The compiled function's parameters are ``inputs`` if given, else the inputs the
+        outputs use, in the order they were created."""
         from .pipeline import compile_graph
-        return compile_graph(self, outputs, wrt, **options)
+        return compile_graph(self, outputs, wrt, inputs, **options)
 
 
 def _fold(g: Graph, op, args, shape, dtype):

@@ -49,7 +49,7 @@ def _as_list(x):
     return list(x) if isinstance(x, (list, tuple)) else [x]
 
 
-def prepare(g: Graph, outputs, wrt):
+def prepare(g: Graph, outputs, wrt, inputs=None):
     """Copy the graph and add what compiling needs: seeds, adjoints, output copies."""
     outputs, wrt = _as_list(outputs), _as_list(wrt)
     if not outputs:
@@ -61,7 +61,17 @@ def prepare(g: Graph, outputs, wrt):
             raise GraphError(f"{e.name} belongs to another graph")
     from .schedule import _ancestors
     used = _ancestors(g, [o.id for o in outputs]) | {w.id for w in wrt}
-    inputs = [i for i in g.inputs if i.id in used]   # the function's parameters, in order
+    if inputs is None:   # the function's parameters: the inputs used, in graph order
+        inputs = [i for i in g.inputs if i.id in used]
+    else:
+        inputs = _as_list(inputs)
+        for i in inputs:
+            if not isinstance(i, Expr) or i.graph is not g or i.op != "input":
+                raise GraphError(f"inputs= takes input nodes of this graph, got {i!r}")
+        missing = [i.name for i in g.inputs if i.id in used and i not in inputs]
+        if missing:
+            raise GraphError(f"the outputs use input(s) {', '.join(missing)} that are not in "
+                             "inputs=; list every input the outputs read")
     for w in wrt:
         if w.op == "const":
             raise GraphError(f"cannot differentiate with respect to the constant {w.name}")
@@ -94,10 +104,12 @@ def _materialised(work: Graph, exprs):
     return ids
 
 
-def compile_graph(g: Graph, outputs, wrt=(), name=None):
-    """Compile ``outputs`` (and their VJP for ``wrt``); returns a CompiledFunction."""
+def compile_graph(g: Graph, outputs, wrt=(), inputs=None, name=None):
+    """Compile ``outputs`` (and their VJP for ``wrt``); returns a CompiledFunction.
+
+    The function takes ``inputs`` (default: the inputs the outputs use, in graph order)."""
     from symgrad.runtime.function import CompiledFunction
-    work, inputs, outs, seeds, grads = prepare(g, outputs, wrt)
+    work, inputs, outs, seeds, grads = prepare(g, outputs, wrt, inputs)
     fwd_ids = _materialised(work, outs)
     entries = {"forward": (list(dict.fromkeys(fwd_ids)), [i.id for i in inputs])}
     grad_ids = []

@@ -1,0 +1,155 @@
+"""Random graphs from the operator table, replayable on symgrad and on PyTorch.
+
+A *recipe* is a list of steps over a pool of values (the inputs first); every
+step appends one value.  Operands are kept inside each operator's domain by
+construction (log of |x| + 0.5, division by |y| + 0.5, …), so both systems
+compute finite numbers and the comparison is meaningful.
+"""
+from __future__ import annotations
+
+import hypothesis.strategies as st
+import numpy as np
+
+BASE = (2, 3)
+SHAPES = [(), (3,), (2, 1), (1, 3), (2, 3)]
+UNARY = ["neg", "exp_small", "log_safe", "sqrt_safe", "sin", "cos", "tan_small", "tanh",
+         "sigmoid", "relu", "abs", "square"]
+BINARY = ["add", "sub", "mul", "div_safe", "pow_safe", "maximum", "minimum"]
+
+
+def _broadcasts(a, b) -> bool:
+    try:
+        np.broadcast_shapes(a, b)
+        return True
+    except ValueError:
+        return False
+
+
+@st.composite
+def recipes(draw, max_steps=8):
+    n_inputs = draw(st.integers(1, 3))
+    shapes = [draw(st.sampled_from(SHAPES)) for _ in range(n_inputs)]
+    pool = list(shapes)
+    steps = []
+    for _ in range(draw(st.integers(1, max_steps))):
+        kind = draw(st.sampled_from(["unary", "binary", "binary", "sum", "view", "matmul"]))
+        i = draw(st.integers(0, len(pool) - 1))
+        shape = pool[i]
+        if kind == "unary":
+            steps.append(("unary", draw(st.sampled_from(UNARY)), i))
+        elif kind == "binary":
+            fits = [k for k in range(len(pool)) if _broadcasts(pool[k], shape)]
+            j = draw(st.sampled_from(fits))   # may be i itself: x ∘ x
+            steps.append(("binary", draw(st.sampled_from(BINARY)), i, j))
+            shape = tuple(np.broadcast_shapes(pool[i], pool[j]))
+        elif kind == "sum":
+            if not shape:
+                continue
+            axes = tuple(sorted(draw(st.sets(st.integers(0, len(shape) - 1), min_size=1))))
+            keep = draw(st.booleans())
+            steps.append(("sum", i, axes, keep))
+            shape = tuple(1 if a in axes else n for a, n in enumerate(shape)) if keep else \
+                tuple(n for a, n in enumerate(shape) if a not in axes)
+        elif kind == "view":
+            if len(shape) != 2:
+                continue
+            if draw(st.booleans()):
+                steps.append(("T", i))
+                shape = shape[::-1]
+            else:
+                steps.append(("flatten", i))
+                shape = (shape[0] * shape[1],)
+        else:  # x @ xᵀ always fits
+            if len(shape) != 2:
+                continue
+            steps.append(("matmul_T", i))
+            shape = (shape[0], shape[0])
+        pool.append(shape)
+    outputs = sorted({len(pool) - 1, draw(st.integers(n_inputs, len(pool) - 1))}) \
+        if len(pool) > n_inputs else [len(pool) - 1]
+    return shapes, steps, outputs
+
+
+def replay(recipe, inputs, F):
+    """Run ``recipe`` on ``inputs`` with backend ``F`` (see SymgradOps / TorchOps)."""
+    shapes, steps, outputs = recipe
+    pool = list(inputs)
+    for step in steps:
+        kind = step[0]
+        if kind == "unary":
+            pool.append(getattr(F, step[1])(pool[step[2]]))
+        elif kind == "binary":
+            pool.append(getattr(F, step[1])(pool[step[2]], pool[step[3]]))
+        elif kind == "sum":
+            pool.append(F.sum(pool[step[1]], step[2], step[3]))
+        elif kind == "T":
+            pool.append(F.T(pool[step[1]]))
+        elif kind == "flatten":
+            pool.append(F.reshape(pool[step[1]], (-1,)))
+        else:
+            x = pool[step[1]]
+            pool.append(F.matmul(x, F.T(x)))
+    return [pool[k] for k in outputs]
+
+
+class _Common:
+    """Domain-safe compositions, written once over a backend's primitives."""
+
+    def neg(self, x): return -x
+    def square(self, x): return x * x
+    def add(self, x, y): return x + y
+    def sub(self, x, y): return x - y
+    def mul(self, x, y): return x * y
+    def div_safe(self, x, y): return x / (self.abs(y) + 0.5)
+    def pow_safe(self, x, y): return (self.abs(x) + 0.5) ** self.tanh(y)
+    def exp_small(self, x): return self.exp(self.tanh(x))
+    def log_safe(self, x): return self.log(self.abs(x) + 0.5)
+    def sqrt_safe(self, x): return self.sqrt(self.abs(x) + 0.1)
+    def tan_small(self, x): return self.tan(self.tanh(x))
+
+
+class SymgradOps(_Common):
+    def __init__(self):
+        from symgrad.compiler import functions
+        self.f = functions
+
+    def __getattr__(self, name):
+        return getattr(self.f, name)
+
+    def sum(self, x, axes, keep): return x.sum(axes, keepdims=keep)
+    def T(self, x): return x.T
+    def reshape(self, x, shape): return x.reshape(shape)
+    def matmul(self, x, y): return x @ y
+
+
+class TorchOps(_Common):
+    def __init__(self):
+        import torch
+        self.t = torch
+
+    def __getattr__(self, name):
+        return getattr(self.t, name)
+
+    def sum(self, x, axes, keep): return x.sum(axes, keepdim=keep)
+    def T(self, x): return x.T
+    def reshape(self, x, shape): return x.reshape(shape)
+    def matmul(self, x, y): return x @ y
+
+
+class RuntimeOps(_Common):
+    """symgrad.runtime tensors (the PyTorch-style API) driven by the same recipes."""
+
+    def __init__(self):
+        import symgrad.runtime as rt
+        self.rt = rt
+
+    def __getattr__(self, name):
+        return getattr(self.rt, name)
+
+    def abs(self, x): return x.abs()
+    def maximum(self, x, y): return self.rt.maximum(x, y)
+    def minimum(self, x, y): return self.rt.minimum(x, y)
+    def sum(self, x, axes, keep): return x.sum(axes, keepdim=keep)
+    def T(self, x): return x.T
+    def reshape(self, x, shape): return x.reshape(shape)
+    def matmul(self, x, y): return x @ y
