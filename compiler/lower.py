@@ -23,7 +23,9 @@ from .simplify import ScalarKernel
 
 I32, I64, PTR = ir.IntType(32), ir.IntType(64), ir.PointerType()
 FLOAT = {np.dtype(np.float64): ir.DoubleType(), np.dtype(np.float32): ir.FloatType()}
-LIBM = {("tan", "d"): "tan", ("tan", "f"): "tanf", ("tanh", "d"): "tanh", ("tanh", "f"): "tanhf"}
+# Transcendentals are calls to the C math library by name; the JIT marks them with the
+# host's SIMD variants (glibc's libmvec), so loops calling them vectorise.
+LIBM = ("sin", "cos", "tan", "exp", "log", "tanh", "pow")
 ARITH = ("contract",)               # fuse a*b+c into FMA where the target has it
 REDUCE = ("reassoc", "contract")    # lets sum loops vectorise; not "fast": keeps NaN checks
 ALIGN = 64
@@ -342,20 +344,19 @@ class ExprLowering:
             x = self(base)
             result = _powi(b, x, abs(n), self.const(1.0))
             return b.fdiv(self.const(1.0), result) if n < 0 else result
-        fn = self.lowerer._intrinsic("llvm.pow", self.ty, 2)
-        return b.call(fn, [self(base), self(exp)], fastmath=ARITH)
+        return self._libm("pow", base, exp)
 
     def _call_intrinsic(self, name, arg):
         return self.b.call(self.lowerer._intrinsic(name, self.ty), [self(arg)], fastmath=ARITH)
 
-    def _libm(self, name, arg):
-        fn = self.lowerer._extern(LIBM[(name, self.char)], self.ty)
-        return self.b.call(fn, [self(arg)])
+    def _libm(self, name, *args):
+        fn = self.lowerer._extern(name + ("f" if self.char == "f" else ""), self.ty, len(args))
+        return self.b.call(fn, [self(a) for a in args])
 
-    def _exp(self, e): return self._call_intrinsic("llvm.exp", e.args[0])
-    def _log(self, e): return self._call_intrinsic("llvm.log", e.args[0])
-    def _sin(self, e): return self._call_intrinsic("llvm.sin", e.args[0])
-    def _cos(self, e): return self._call_intrinsic("llvm.cos", e.args[0])
+    def _exp(self, e): return self._libm("exp", e.args[0])
+    def _log(self, e): return self._libm("log", e.args[0])
+    def _sin(self, e): return self._libm("sin", e.args[0])
+    def _cos(self, e): return self._libm("cos", e.args[0])
     def _Abs(self, e): return self._call_intrinsic("llvm.fabs", e.args[0])
     def _tan(self, e): return self._libm("tan", e.args[0])
     def _tanh(self, e): return self._libm("tanh", e.args[0])

@@ -148,9 +148,12 @@ class CompiledFunction:
                      for k, w in enumerate(self.wrt))
 
     def _seed_arrays(self, seed):
-        if len(self.seeds) == 1 and not (isinstance(seed, (list, tuple)) and
-                                         len(seed) == 1 and self.seeds[0][1] != (1,)):
-            seed = [seed]
+        if len(self.seeds) == 1:
+            # one output: ``seed`` is its seed, or a one-element list of seeds; a list is
+            # the latter exactly when its element already has the output's shape
+            listed = (isinstance(seed, (list, tuple)) and len(seed) == 1
+                      and np.shape(seed[0]) == self.seeds[0][1])
+            seed = list(seed) if listed else [seed]
         elif seed is None:
             seed = [None] * len(self.seeds)
         seed = list(seed)

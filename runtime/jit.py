@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
+import re
 import threading
 from dataclasses import dataclass
 
@@ -41,12 +43,89 @@ def _init():
                 pass
     target = llvm.Target.from_default_triple()
     cpu, features = llvm.get_host_cpu_name(), llvm.get_host_cpu_features().flatten()
+    _bind_private_names()
     for kind, opt in (("full", 3), ("large", 0)):
         tm = target.create_target_machine(cpu=cpu, features=features, opt=opt,
                                           codemodel="jitdefault", jit=True)
         _engines[kind] = llvm.create_mcjit_compiler(llvm.parse_assembly(""), tm)
         if kind == "full":
             _target_machine = tm
+
+
+# glibc's libmvec: ISA letter (x86 vector ABI), the host feature it needs, and widths
+# for double and float.
+_ISAS = (("e", "avx512f", 8, 16), ("d", "avx2", 4, 8), ("c", "avx", 4, 8), ("b", "sse2", 2, 4))
+_MATH = {"sin": 1, "cos": 1, "tan": 1, "exp": 1, "log": 1, "tanh": 1, "pow": 2}
+
+
+@functools.lru_cache(maxsize=None)
+def _vector_variants() -> dict:
+    """libm name -> [(vector name, width, arity)], best ISA per width, for this host."""
+    path = ctypes.util.find_library("mvec")
+    if not path:
+        return {}
+    try:
+        lib = ctypes.CDLL(path)
+    except OSError:
+        return {}
+    features = llvm.get_host_cpu_features()
+    out = {}
+    for name, arity in _MATH.items():
+        for suffix, width_index in (("", 2), ("f", 3)):
+            seen = set()
+            for isa in _ISAS:
+                width = isa[width_index]
+                vname = f"_ZGV{isa[0]}N{width}{'v' * arity}_{name}{suffix}"
+                if features.get(isa[1]) and width not in seen and hasattr(lib, vname):
+                    seen.add(width)
+                    out.setdefault(name + suffix, []).append((vname, width, arity))
+    return out
+
+
+_DECLARE = re.compile(r'declare (double|float) @"?(\w+)"?\(([^)]*)\)')
+
+
+def _bind_private_names() -> None:
+    """``__symgrad_sin`` → libm's ``sin``: a name LLVM does not know as a library function,
+    so it keeps the call (and its SIMD variants) instead of turning it into ``llvm.sin``,
+    whose vector form code generation splits back into scalar calls."""
+    libm = ctypes.CDLL(ctypes.util.find_library("m"))
+    for name in _vector_variants():
+        llvm.add_symbol(f"__symgrad_{name}", ctypes.cast(getattr(libm, name), ctypes.c_void_p).value)
+
+
+def add_vector_variants(ir_text: str) -> str:
+    """Mark libm declarations as pure and give them their libmvec SIMD variants, so the
+    loop vectoriser calls e.g. ``_ZGVeN8v_sin`` instead of eight scalar ``sin``."""
+    variants = _vector_variants()
+    if not variants:
+        return ir_text
+    extra, groups = [], 0
+    for name in variants:
+        ir_text = ir_text.replace(f'@"{name}"(', f'@"__symgrad_{name}"(')
+
+    def mark(m):
+        nonlocal groups
+        ty, private = m.group(1), m.group(2)
+        name = private.removeprefix("__symgrad_")
+        if name == private or name not in variants:
+            return m.group(0)
+        groups += 1
+        group = 9000 + groups
+        listed = ",".join(f"_ZGV_LLVM_N{w}{'v' * a}_{private}({v})" for v, w, a in
+                          variants.get(name, []))
+        attr = f'"vector-function-abi-variant"="{listed}"' if listed else ""
+        extra.append(f"attributes #{group} = {{ nounwind willreturn memory(none) {attr} }}")
+        for v, w, a in variants.get(name, []):
+            vt = f"<{w} x {ty}>"
+            extra.append(f"declare {vt} @{v}({', '.join([vt] * a)})")
+        return f"{m.group(0)} #{group}"
+    text = _DECLARE.sub(mark, ir_text)
+    used = [line.split("@")[1].split("(")[0] for line in extra if line.startswith("declare")]
+    if used:  # keep the vector declarations alive until the loop vectoriser looks for them
+        extra.append(f"@llvm.compiler.used = appending global [{len(used)} x ptr] "
+                     f"[{', '.join('ptr @' + u for u in used)}], section \"llvm.metadata\"")
+    return text + "\n" + "\n".join(extra) + "\n"
 
 
 def target_machine():
@@ -75,7 +154,7 @@ def load(ir_text: str, names: list[str]) -> Loaded:
     """Parse, verify, optimise and JIT ``ir_text``; return the entry addresses."""
     with _lock:
         _init()
-        module = llvm.parse_assembly(ir_text)
+        module = llvm.parse_assembly(add_vector_variants(ir_text))
         module.verify()
         module.triple = _target_machine.triple
         module.data_layout = str(_target_machine.target_data)
@@ -91,7 +170,7 @@ def load(ir_text: str, names: list[str]) -> Loaded:
 def emit_assembly(ir_text: str) -> str:
     with _lock:
         _init()
-        module = llvm.parse_assembly(ir_text)
+        module = llvm.parse_assembly(add_vector_variants(ir_text))
         module.triple = _target_machine.triple
         module.data_layout = str(_target_machine.target_data)
         optimize(module, ir_text.count("\n"))
@@ -109,7 +188,7 @@ def emit_object(ir_text: str) -> bytes:
         tm = target.create_target_machine(cpu=llvm.get_host_cpu_name(),
                                           features=llvm.get_host_cpu_features().flatten(),
                                           opt=3, reloc="pic", codemodel="default")
-        module = llvm.parse_assembly(ir_text)
+        module = llvm.parse_assembly(ir_text)   # plain libm names: links against -lm
         module.verify()
         module.triple = tm.triple
         module.data_layout = str(tm.target_data)

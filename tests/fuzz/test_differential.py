@@ -111,7 +111,10 @@ def test_runtime_matches_torch(recipe, data_seed):
 
 
 # Regression cases found by the fuzzer (shrunk), kept explicit.
-REGRESSIONS = []
+REGRESSIONS = [
+    # a single output of shape (1,): seed=[array of shape (1,)] was read as one (1, 1) seed
+    ([(3,)], [("sum", 0, (0,), True)], [1]),
+]
 
 
 @pytest.mark.parametrize("recipe", REGRESSIONS)
