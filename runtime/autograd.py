@@ -41,27 +41,30 @@ class _Tape:
     """The recorded subgraph feeding ``roots``: nodes in topological order, and inputs."""
 
     def __init__(self, roots):
-        self.order, self.inputs, self.index = [], [], {}
-        stack = [(r, False) for r in reversed(roots)]
+        # every tensor reachable from the roots; leaves in the order they are met (the
+        # same for the same structure, so the cache key is stable), nodes in creation order
+        seen, inputs, nodes = set(), [], []
+        stack = list(roots)
         while stack:
-            t, ready = stack.pop()
-            if id(t) in self.index:
+            t = stack.pop()
+            if id(t) in seen:
                 continue
-            if t.grad_fn is None or not t.requires_grad:
-                self.index[id(t)] = ("i", len(self.inputs))
-                self.inputs.append(t)
-            elif not ready:
-                if t.grad_fn.freed:
+            seen.add(id(t))
+            node = t.grad_fn
+            if node is None:
+                inputs.append(t)
+            else:
+                if node.freed:
                     raise RuntimeError(
                         "Trying to backward through the graph a second time: its buffers were "
                         "freed by the first backward. Specify retain_graph=True in the first "
                         "backward() (or autograd.grad()) to backward through it again.")
-                stack.append((t, True))
-                stack.extend((p, False) for p in reversed(t.grad_fn.inputs)
-                             if id(p) not in self.index)
-            else:
-                self.index[id(t)] = ("n", len(self.order))
-                self.order.append(t)
+                nodes.append(t)
+                stack.extend(node.inputs)
+        nodes.sort(key=lambda t: t.grad_fn.seq)
+        self.order, self.inputs = nodes, inputs
+        self.index = {id(t): ("i", k) for k, t in enumerate(inputs)}
+        self.index.update((id(t), ("n", k)) for k, t in enumerate(nodes))
 
     def key(self, roots, targets):
         structure = tuple((t.grad_fn.key, tuple(self.index[id(p)] for p in t.grad_fn.inputs))
@@ -133,7 +136,7 @@ def _as_list(x):
     return list(x) if isinstance(x, (list, tuple)) else [x]
 
 
-def run_backward(roots, grad_outputs, targets, retain_graph, create_graph):
+def run_backward(roots, grad_outputs, targets, retain_graph, create_graph, tape=None):
     """vᵀJ of ``roots`` with respect to ``targets`` (arrays, or Tensors if create_graph)."""
     for k, r in enumerate(roots):
         if not isinstance(r, Tensor):
@@ -142,14 +145,17 @@ def run_backward(roots, grad_outputs, targets, retain_graph, create_graph):
             raise RuntimeError(f"element {k} of tensors does not require grad and does not "
                                "have a grad_fn")
     seeds = _seeds(roots, grad_outputs)
-    tape = _Tape(roots)
+    tape = tape or _Tape(roots)
     for t in targets:
         if id(t) not in tape.index:
             raise RuntimeError("one of the differentiated tensors does not appear in the "
                                "graph of the outputs; pass allow_unused=True to get None")
     f, used = _compiled(tape, roots, targets)
     arrays = [tape.inputs[k]._data for k in used]
-    _, grads = f.vjp(*arrays, seed=[s._data for s in seeds])
+    # a 0-d seed goes as a Python float: the compiled function's fast path takes those
+    seed = [s._data.item() if s._data.ndim == 0 else s._data for s in seeds]
+    seed = seed[0] if len(seed) == 1 else seed
+    _, grads = f.vjp(*arrays, seed=seed)
     grads = [np.asarray(g, dtype=t._data.dtype) for g, t in zip(grads, targets)]
     if not (retain_graph if retain_graph is not None else create_graph):
         for t in tape.order:
@@ -180,8 +186,12 @@ def _recorded_grads(f, tape, used, seeds, grads):
 
 def backward(tensor, gradient=None, retain_graph=None, create_graph=False, inputs=None):
     """``tensor.backward(gradient)``: accumulate vᵀJ into the leaves' ``.grad``."""
-    tape_targets = _targets(tensor, inputs)
-    grads = run_backward([tensor], [gradient], tape_targets, retain_graph, create_graph)
+    if not isinstance(tensor, Tensor) or not tensor.requires_grad:
+        raise RuntimeError("element 0 of tensors does not require grad and does not have a "
+                           "grad_fn")
+    tape = _Tape([tensor])
+    tape_targets = _targets(tape, inputs)
+    grads = run_backward([tensor], [gradient], tape_targets, retain_graph, create_graph, tape)
     for t, g in zip(tape_targets, grads):
         value = g._data if isinstance(g, Tensor) else g
         if t._grad is None:
@@ -192,12 +202,9 @@ def backward(tensor, gradient=None, retain_graph=None, create_graph=False, input
             t._grad._data += value
 
 
-def _targets(tensor, inputs):
+def _targets(tape, inputs):
     if inputs is not None:
         return [as_tensor(t) for t in _as_list(inputs)]
-    tape = _Tape([tensor]) if tensor.requires_grad else None
-    if tape is None:
-        return []
     leaves = [t for t in tape.inputs if t.requires_grad]
     retained = [t for t in tape.order if t._retain]
     return leaves + retained
@@ -216,7 +223,7 @@ def grad(outputs, inputs, grad_outputs=None, retain_graph=None, create_graph=Fal
     if len(present) != len(inputs) and not allow_unused:
         raise RuntimeError("One of the differentiated Tensors appears to not have been used "
                            "in the graph. Set allow_unused=True if this is the desired behavior.")
-    grads = run_backward(outputs, grad_outputs, present, retain_graph, create_graph) \
+    grads = run_backward(outputs, grad_outputs, present, retain_graph, create_graph, tape) \
         if present else []
     by_id = {id(t): g for t, g in zip(present, grads)}
     return tuple(None if id(t) not in by_id else

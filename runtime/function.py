@@ -7,7 +7,7 @@ import numbers
 import numpy as np
 
 from symgrad.compiler.graph import DTYPES
-from . import jit
+from . import fastcall, jit
 
 
 class ArgumentError(ValueError):
@@ -52,6 +52,72 @@ class CompiledFunction:
         self._out_ids, self._grad_ids = out_ids, grad_ids
         self._entries = {k: (jit.ENTRY(e.address), e) for k, e in artifact.entries.items()}
         self._names = {n: k for k, (n, _, _) in enumerate(self.inputs)}
+        self._fast = {k: self._fast_entry(k, e) for k, e in artifact.entries.items()}
+        self._default_seed = (1.0,) if len(self.seeds) == 1 and self.seeds[0][1] == () \
+            and self.seeds[0][2] == np.float64 else None
+        if self._fast.get("vjp") is not None:
+            self.vjp = self._specialised_vjp()
+
+    def _specialised_vjp(self):
+        """``vjp`` written out for this function's outputs: the Python around the native
+        fast call is a few lines with no loops (generated as namedtuple generates code)."""
+        function, _, specs, where = self._fast["vjp"]
+
+        def read(i, seen):
+            tag, k = where[i]
+            text = f"o{k}" if tag == "a" else f"r[{k}]"
+            if tag == "a" and i in seen:      # one node asked for twice: its own copy
+                text += ".copy()"
+            seen.add(i)
+            return text
+        seen = set()
+        values = [read(i, seen) for i in self._out_ids]
+        value = values[0] if len(values) == 1 else "(" + ", ".join(values) + ",)"
+        grads = "(" + "".join(read(i, seen) + ", " for i in self._grad_ids) + ")"
+        allocs = "".join(f"    o{k} = empty(specs[{k}][0], specs[{k}][1])\n"
+                         for k in range(len(specs)))
+        outs = "".join(f", o{k}" for k in range(len(specs)))
+        one = len(self.seeds) == 1
+        source = (
+            "def vjp(*args, seed=None, **kwargs):\n"
+            "    if not kwargs:\n"
+            f"        seeds = {'default' if one else 'None'} if seed is None else "
+            f"{'(seed,)' if one else 'tuple(seed)'}\n"
+            "        if seeds is not None:\n"
+            f"{allocs.replace('    o', '            o')}"
+            f"            r = function(*args, *seeds{outs})\n"
+            f"            if r is not FALLBACK:\n"
+            f"                return {value}, {grads}\n"
+            "    return slow(*args, seed=seed, **kwargs)\n")
+        namespace = {"function": function, "specs": specs, "empty": np.empty,
+                     "FALLBACK": fastcall.FALLBACK, "default": self._default_seed,
+                     "slow": self._vjp}
+        exec(compile(source, f"<symgrad vjp of {self.outputs[0][0]}>", "exec"), namespace)
+        fn = namespace["vjp"]
+        fn.__doc__ = CompiledFunction.vjp.__doc__
+        return fn
+
+    def _fast_entry(self, kind, entry):
+        """(builtin, array output specs, where each requested result is) or None."""
+        attrs = self.work.nx.nodes
+        params = [(s, d) for _, s, d in self.inputs]
+        if kind == "vjp":
+            params += [(s, d) for _, s, d in self.seeds]
+        outputs = [(attrs[i]["shape"], attrs[i]["dtype"]) for i in entry.outputs]
+        try:
+            made = fastcall.make(f"{entry.name}_fast", entry.address, params, outputs)
+        except Exception:    # no fast path is a slower call, never a wrong one
+            made = None
+        if made is None:
+            return None
+        function, keepalive = made
+        arrays = [k for k, (shape, _) in enumerate(outputs) if shape != ()]
+        scalars = [k for k, (shape, _) in enumerate(outputs) if shape == ()]
+        where = {}
+        for i, k in zip(entry.outputs, range(len(outputs))):
+            where[i] = ("a", arrays.index(k)) if k in arrays else ("s", scalars.index(k))
+        specs = [outputs[k] for k in arrays]
+        return function, keepalive, specs, where
 
     # ---- what was generated --------------------------------------------------------
     @property
@@ -105,15 +171,33 @@ class CompiledFunction:
 
     @staticmethod
     def _unwrap(values):
-        values = [v.item() if v.ndim == 0 else v for v in values]
+        values = [v.item() if isinstance(v, np.ndarray) and v.ndim == 0 else v for v in values]
         return values[0] if len(values) == 1 else tuple(values)
 
+    def _try_fast(self, kind, args):
+        """The native fast path: results by node id, or None to take the careful path."""
+        fast = self._fast.get(kind)
+        if fast is None:
+            return None
+        function, _, specs, where = fast
+        outs = [np.empty(shape, dtype) for shape, dtype in specs]
+        scalars = function(*args, *outs)
+        if scalars is fastcall.FALLBACK:
+            return None
+        return {i: (outs[k] if tag == "a" else scalars[k]) for i, (tag, k) in where.items()}
+
     def __call__(self, *args, **kwargs):
-        results = self._run("forward", self._bind(args, kwargs))
+        results = None if kwargs else self._try_fast("forward", args)
+        if results is None:
+            results = self._run("forward", self._bind(args, kwargs))
         return self._unwrap([results[i] for i in self._out_ids])
 
     def vjp(self, *args, seed=None, **kwargs):
         """Outputs and ``vᵀJ`` for every ``wrt`` node, with ``seed`` = v (one per output)."""
+        return self._vjp(*args, seed=seed, **kwargs)
+
+    def _vjp(self, *args, seed=None, **kwargs):
+        """The careful path: converts and checks every argument, explains what is wrong."""
         if "vjp" not in self._entries:
             raise TypeError("this function was compiled without wrt=[...]: nothing to "
                             "differentiate; pass wrt to Graph.compile")
@@ -121,11 +205,14 @@ class CompiledFunction:
         seeds = self._seed_arrays(seed)
         results = self._run("vjp", arrays + seeds)
         values = self._unwrap([results[i] for i in self._out_ids])
-        grads = [results[i] for i in self._grad_ids]
-        grads = tuple(g.item() if g.ndim == 0 else g for g in grads)
+        return values, self._grads([results[i] for i in self._grad_ids])
+
+    @staticmethod
+    def _grads(grads):
+        grads = [g.item() if isinstance(g, np.ndarray) and g.ndim == 0 else g for g in grads]
         # a node asked for twice shares one buffer: give each caller its own array
-        return values, tuple(g.copy() if isinstance(g, np.ndarray) and
-                             any(g is h for h in grads[:k]) else g for k, g in enumerate(grads))
+        return tuple(g.copy() if isinstance(g, np.ndarray) and
+                     any(g is h for h in grads[:k]) else g for k, g in enumerate(grads))
 
     def jacobian(self, *args, **kwargs):
         """Dense Jacobians ∂output/∂wrt (one output), one vᵀJ per basis seed: for small shapes.

@@ -8,6 +8,7 @@ runs its compiled reverse graph (see ``autograd.py``).
 """
 from __future__ import annotations
 
+import itertools
 import math
 import numbers
 import threading
@@ -67,10 +68,13 @@ class enable_grad(_SetGrad):
 
 
 # ---- the recorded graph -----------------------------------------------------------------
+_sequence = itertools.count()
+
+
 class Node:
     """One recorded operation: PyTorch's ``grad_fn``."""
 
-    __slots__ = ("name", "key", "build", "inputs", "freed", "__weakref__")
+    __slots__ = ("name", "key", "build", "inputs", "freed", "seq", "__weakref__")
 
     def __init__(self, name, key, build, inputs):
         self.name = name          # "MulBackward0"
@@ -78,6 +82,7 @@ class Node:
         self.build = build        # (graph, *operand exprs) -> expr
         self.inputs = inputs      # operand Tensors
         self.freed = False
+        self.seq = next(_sequence)  # creation order: a topological order of all nodes
 
     def __repr__(self):
         return f"<{self.name} object>"
@@ -91,14 +96,19 @@ class Node:
 
 
 def _wants_grad(*tensors) -> bool:
-    return _mode.enabled and any(isinstance(t, Tensor) and t.requires_grad for t in tensors)
+    return _mode.enabled and any(isinstance(t, Tensor) and t._requires_grad for t in tensors)
 
 
 def _record(value, name, key, build, inputs) -> "Tensor":
+    """A new tensor holding ``value``; with a grad_fn when an input requires grad.
+    ``inputs`` are Tensors (the hot path: every recorded operation comes here)."""
     out = Tensor._make(value)
-    if _wants_grad(*inputs):
-        out.requires_grad = True
-        out.grad_fn = Node(name, key, build, [as_tensor(t) for t in inputs])
+    if _mode.enabled:
+        for t in inputs:
+            if t._requires_grad:
+                out._requires_grad = True
+                out.grad_fn = Node(name, key, build, inputs)
+                break
     return out
 
 
@@ -541,26 +551,39 @@ def _check_operand(x):
     return float(x)
 
 
+# Operators that can leave their domain: numpy's warnings are silenced, values follow IEEE
+# (nan, inf) as in PyTorch.  Plain arithmetic skips the errstate context, which costs
+# more than the operation itself on small tensors.
+_QUIET = {"div", "pow", "log", "sqrt", "exp", "tan"}
+_BUILD1 = {}   # op -> builder of a unary node (one closure per operator, not per call)
+_BUILD2 = {}
+
+
+def _numpy(op, *args):
+    if op in _QUIET:
+        with np.errstate(all="ignore"):
+            return ops.ELEMENTWISE[op].numpy(*args)
+    return ops.ELEMENTWISE[op].numpy(*args)
+
+
 def _unary(op, x):
-    fn = ops.ELEMENTWISE[op].numpy
-    with np.errstate(all="ignore"):
-        value = np.asarray(fn(x._data), dtype=x._data.dtype)
-    return _record(value, _NAMES[op], (op,), lambda g, a: g.apply(op, a), [x])
+    value = np.asarray(_numpy(op, x._data), dtype=x._data.dtype)
+    build = _BUILD1.get(op) or _BUILD1.setdefault(op, lambda g, a: g.apply(op, a))
+    return _record(value, _NAMES[op], (op,), build, [x])
 
 
 def _binary(op, a, b):
-    a, b = _check_operand(a), _check_operand(b)
-    fn = ops.ELEMENTWISE[op].numpy
-    with np.errstate(all="ignore"):
-        value = fn(_value(a), _value(b))
-    tensors = [t for t in (a, b) if isinstance(t, Tensor)]
-    dtype = np.result_type(*[t._data.dtype for t in tensors])
-    if dtype.kind != "f" and op == "div":
-        dtype = float32
-    value = np.asarray(value, dtype=dtype if dtype.kind == "f" or op != "div" else float32)
+    a = a if type(a) is Tensor else _check_operand(a)
+    b = b if type(b) is Tensor else _check_operand(b)
+    value = _numpy(op, _value(a), _value(b))
+    if type(value) is not np.ndarray or value.dtype.kind != "f":
+        tensors = [t for t in (a, b) if isinstance(t, Tensor)]
+        dtype = np.result_type(*[t._data.dtype for t in tensors])
+        value = np.asarray(value, dtype=dtype if dtype.kind == "f" or op != "div" else float32)
     if isinstance(a, Tensor) and isinstance(b, Tensor):
+        build = _BUILD2.get(op) or _BUILD2.setdefault(op, lambda g, x, y: g.apply(op, x, y))
         name = "PowBackward1" if op == "pow" else _NAMES[op]
-        return _record(value, name, (op,), lambda g, x, y: g.apply(op, x, y), [a, b])
+        return _record(value, name, (op,), build, [a, b])
     if isinstance(a, Tensor):   # tensor ∘ number: the number is part of the graph's key
         return _record(value, _NAMES[op], (op, "r", b), lambda g, x: g.apply(op, x, b), [a])
     name = "RsubBackward1" if op == "sub" else _NAMES[op]
