@@ -36,8 +36,9 @@ def _torch_reference(recipe, values, seeds, direction=None):
         second = ([torch.zeros_like(t) for t in ts] if not inner.requires_grad else
                   [torch.zeros_like(t) if s is None else s
                    for s, t in zip(torch.autograd.grad(inner, ts, allow_unused=True), ts)])
-        second = [s.detach().numpy() for s in second]
-    return [o.detach().numpy() for o in outs], [g.detach().numpy() for g in grads], second
+        second = [s.detach().numpy(force=True) for s in second]
+    return ([o.detach().numpy(force=True) for o in outs],
+            [g.detach().numpy(force=True) for g in grads], second)
 
 
 def check_compiled(recipe, dtype, rng, second_order=True, finite_differences=False):
