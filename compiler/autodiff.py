@@ -20,21 +20,57 @@ from .ops import ELEMENTWISE, STRUCTURED
 
 
 # ---- instantiating a partial (a tiny sympy template) on operands -----------------------
+class _Tracer:
+    """Stands in for a graph while a partial's sympy template is converted once; what it
+    records is replayed for every node the partial is instantiated on."""
+
+    def __init__(self):
+        self.program = []
+
+    def _emit(self, step):
+        self.program.append(step)
+        return ("t", len(self.program) - 1)
+
+    def apply(self, op, *args, params=()):
+        return self._emit(("apply", op, args, params))
+
+    def const(self, value, dtype=None):
+        return self._emit(("const", value))
+
+
 @functools.lru_cache(maxsize=None)
-def _template(op: str, slot: int) -> sp.Expr:
-    return ELEMENTWISE[op].local_jacobian(slot)
+def _template(op: str, slot: int):
+    """The partial ``∂op/∂a_slot`` as a number, or (program, result) over leaves A, B, OUT."""
+    from .sympy_import import build
+    expr = ELEMENTWISE[op].local_jacobian(slot)
+    if expr.is_Number:
+        return float(expr)
+    tracer = _Tracer()
+    leaves = {ops.A: ("leaf", 0), ops.B: ("leaf", 1), ops.OUT: ("leaf", 2)}
+    result = build([expr], leaves, tracer)[0]
+    return tuple(tracer.program), result
 
 
 def instantiate(op: str, slot: int, args, out, owner):
     """``J`` for operand ``slot`` of ``op``, built from ``owner``'s operators."""
-    from .sympy_import import build
-    expr = _template(op, slot)
-    env = {ops.A: args[0], ops.OUT: out}
-    if len(args) > 1:
-        env[ops.B] = args[1]
-    if expr.is_Number:
-        return float(expr)
-    return build([expr], env, owner)[0]
+    template = _template(op, slot)
+    if isinstance(template, float):
+        return template
+    program, result = template
+    leaves = (args[0], args[1] if len(args) > 1 else None, out)
+    values = []
+
+    def get(ref):
+        kind, k = ref
+        return leaves[k] if kind == "leaf" else values[k]
+    for step in program:
+        if step[0] == "const":
+            values.append(step[1])            # plain numbers: owners' operators take them
+        else:
+            _, name, operands, params = step
+            values.append(owner.apply(name, *[get(r) if isinstance(r, tuple) else r
+                                               for r in operands], params=params))
+    return get(result)
 
 
 def vjp(op: str, params, adjoint, args, out, owner):

@@ -2,11 +2,9 @@
 from __future__ import annotations
 
 import hashlib
-import itertools
 import logging
 import os
-import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -21,9 +19,7 @@ if os.environ.get("SYMGRAD_LOG_COMPILES"):
     logging.basicConfig()
     log.setLevel(logging.INFO)
 
-_names = itertools.count()
-_names_lock = threading.Lock()
-stats = {"compiles": 0}
+stats = {"compiles": 0, "cache_hits": 0}
 
 
 @dataclass
@@ -32,17 +28,64 @@ class Entry:
     name: str
     inputs: list             # node ids
     outputs: list            # node ids (unique)
-    kernels: list = field(default_factory=list)   # ScalarKernel per fused kernel
     address: int = 0
 
 
-@dataclass
 class Artifact:
-    """A compiled module: its entries and the IR before and after optimisation."""
-    graph: Graph
-    entries: dict            # "forward" / "vjp" -> Entry
-    llvm_ir: str
-    optimized_ir: str = ""
+    """A compiled module: its entries, and — generated on demand when the code came from
+    a cache — the simplified kernels and the LLVM IR before and after optimisation."""
+
+    def __init__(self, graph: Graph, entries: dict, prefix: str):
+        self.graph, self.entries, self.prefix = graph, entries, prefix
+        self._ir = None
+        self._kernels = {}
+        self._optimized = ""
+
+    def _generate(self):
+        module = new_module(self.prefix)
+        lowerer = Lowerer(module)
+        for kind, entry in self.entries.items():
+            prog = schedule(self.graph, entry.inputs, entry.outputs)
+            scalar = {id(st): to_sympy(self.graph, st) for st in prog.steps
+                      if hasattr(st, "members")}
+            self._kernels[kind] = list(scalar.values())
+            lowerer.program(entry.name, self.graph, prog, scalar)
+        self._ir = str(module)
+
+    @property
+    def llvm_ir(self) -> str:
+        if self._ir is None:
+            self._generate()
+        return self._ir
+
+    def kernels(self, kind: str) -> list:
+        if kind not in self._kernels:
+            self._generate()
+        return self._kernels[kind]
+
+    @property
+    def optimized_ir(self) -> str:
+        if not self._optimized:
+            from symgrad.runtime import jit
+            self._optimized = jit.optimized(self.llvm_ir)
+        return self._optimized
+
+
+def structural_key(work: Graph, entries: dict) -> str:
+    """A hash of everything the generated code depends on: the nodes the entries read,
+    in creation order, with operators, parameters, shapes and dtypes."""
+    from .schedule import _ancestors
+    need = set()
+    for outs, ins in entries.values():
+        need |= _ancestors(work, outs) | set(ins)
+    h = hashlib.sha256()
+    nodes = work.nx.nodes
+    for i in sorted(need):
+        a = nodes[i]
+        h.update(repr((i, a["op"], a["args"], a["params"], a["shape"], a["dtype"].char))
+                 .encode())
+    h.update(repr(sorted(entries.items())).encode())
+    return h.hexdigest()
 
 
 def _as_list(x):
@@ -123,30 +166,23 @@ def compile_graph(g: Graph, outputs, wrt=(), inputs=None, name=None):
 
 
 def build(work: Graph, entries: dict, name=None) -> Artifact:
-    """Schedule, simplify and lower each entry into one module, then JIT it."""
+    """Schedule, simplify and lower each entry into one module and JIT it — or take the
+    same code from the compile cache, keyed by the graph's structure."""
     from symgrad.runtime import jit
-    with _names_lock:
-        uid = next(_names)
-    digest = hashlib.sha1(repr(sorted(entries.items())).encode()).hexdigest()[:8]
-    prefix = f"{name or 'symgrad'}_{digest}_{uid}"
-    module = new_module(prefix)
-    lowerer = Lowerer(module)
-    built = {}
-    for kind, (out_ids, in_ids) in entries.items():
-        prog = schedule(work, in_ids, out_ids)
-        scalar = {}
-        kernels = []
-        for step in prog.steps:
-            if hasattr(step, "members"):
-                scalar[id(step)] = sk = to_sympy(work, step)
-                kernels.append(sk)
-        entry = Entry(f"{prefix}_{kind}", in_ids, out_ids, kernels)
-        lowerer.program(entry.name, work, prog, scalar)
-        built[kind] = entry
-    text = str(module)
-    loaded = jit.load(text, [e.name for e in built.values()])
-    for e in built.values():
+    key = structural_key(work, entries)
+    prefix = f"{name or 'sg'}_{key[:24]}"
+    artifact = Artifact(work, {kind: Entry(f"{prefix}_{kind}", ins, outs)
+                               for kind, (outs, ins) in entries.items()}, prefix)
+    names = [e.name for e in artifact.entries.values()]
+    loaded = jit.lookup(key, names)
+    if loaded is None:
+        loaded = jit.load(artifact.llvm_ir, names, key=key)
+        artifact._optimized = loaded.optimized_ir
+        stats["compiles"] += 1
+        log.info("compiled %s: %d nodes, entries %s", prefix, len(work), list(entries))
+    else:
+        stats["cache_hits"] += 1
+        log.info("reused %s from the compile cache", prefix)
+    for e in artifact.entries.values():
         e.address = loaded.addresses[e.name]
-    stats["compiles"] += 1
-    log.info("compiled %s: %d nodes, entries %s", prefix, len(work), list(built))
-    return Artifact(work, built, text, loaded.optimized_ir)
+    return artifact

@@ -41,7 +41,17 @@ def build(exprs, env: dict, apply):
     return [memo[sp.sympify(r)] for r in exprs]
 
 
+def _denominator(f):
+    """``b**n`` for a factor ``b**-n`` (what a quotient divides by), else None."""
+    if isinstance(f, sp.Pow) and f.exp.is_Number and f.exp < 0:
+        return f.base if f.exp == -1 else f.base ** (-f.exp)
+    return None
+
+
 def _operands(e):
+    if isinstance(e, sp.Mul):   # a quotient needs its denominators, not their reciprocals
+        return tuple(d if d is not None else f for f, d in
+                     ((f, _denominator(f)) for f in e.args) if f != -1)
     if isinstance(e, sp.Heaviside):
         return e.args[:1]
     if isinstance(e, sp.Pow) and e.exp == sp.S.Half:
@@ -95,11 +105,11 @@ def _mul(e, memo, apply, const):
     """x·y/z as mul and div; a −1 coefficient as neg."""
     num, den, negate = [], [], False
     for f in e.args:
+        d = _denominator(f)
         if f == -1:
             negate = not negate
-        elif isinstance(f, sp.Pow) and f.exp.is_Number and f.exp < 0:
-            d = f.base if f.exp == -1 else f.base ** (-f.exp)
-            den.append(memo[d] if d in memo else build([d], _env_of(memo), _Owner(apply, const))[0])
+        elif d is not None:
+            den.append(memo[d])
         else:
             num.append(memo[f])
     out = _chain(apply, "mul", num) if num else const(1.0)
@@ -107,11 +117,3 @@ def _mul(e, memo, apply, const):
         out = apply("div", out, _chain(apply, "mul", den))
     return apply("neg", out) if negate else out
 
-
-class _Owner:
-    def __init__(self, apply, const):
-        self.apply, self.const = apply, const
-
-
-def _env_of(memo):
-    return {k: v for k, v in memo.items() if isinstance(k, sp.Symbol)}

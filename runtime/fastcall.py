@@ -81,23 +81,29 @@ def _api(name):
 
 
 @functools.lru_cache(maxsize=None)
-def _addresses():
-    return {"float": id(float), "ndarray": id(np.ndarray), "none": id(None),
-            "fallback": id(FALLBACK), "incref": _api("Py_IncRef"),
-            "box": _api("PyFloat_FromDouble"), "tuple": _api("PyTuple_New"),
-            "setitem": _api("PyTuple_SetItem"),
-            "f64": id(np.dtype(np.float64)), "f32": id(np.dtype(np.float32))}
+def _bind_symbols():
+    import llvmlite.binding as llvm
+    for what, obj in (("float", float), ("ndarray", np.ndarray), ("fallback", FALLBACK),
+                      ("f64", np.dtype(np.float64)), ("f32", np.dtype(np.float32))):
+        llvm.add_symbol(f"__symgrad_addr_{what}", id(obj))   # these objects live forever
+    for api in ("Py_IncRef", "PyFloat_FromDouble", "PyTuple_New", "PyTuple_SetItem",
+                "PyEval_SaveThread", "PyEval_RestoreThread"):
+        llvm.add_symbol(api, _api(api))
 
 
-def _const_ptr(address):
-    return ir.Constant(I64, address).inttoptr(PTR)
+def _symbol(module, name):
+    """The address bound to ``__symgrad_addr_<name>`` (see make()): code that names
+    process-specific objects by symbol is the same in every process, so it can be cached."""
+    sym = f"__symgrad_addr_{name}"
+    if sym in module.globals:
+        return module.globals[sym]
+    return ir.GlobalVariable(module, I8, name=sym)
 
 
 def build(name: str, params: list, outputs: list):
     """A fast-call function for an entry.  ``params``: (shape, dtype) of each argument in
     table order; ``outputs``: (shape, dtype) of each output.  Array outputs are extra
     trailing arguments; scalar outputs come back as a tuple of floats."""
-    addr = _addresses()
     module = ir.Module(name=name)
     fn_type = ir.FunctionType(PTR, [PTR, PTR, I64])
     fn = ir.Function(module, fn_type, name=name)
@@ -134,8 +140,11 @@ def build(name: str, params: list, outputs: list):
                      typ=PTR)
         kind = field(obj, OB_TYPE, I64)
         where = b.gep(table, [ir.Constant(I64, slot)], source_etype=PTR)
+        def address_of(what):
+            return b.ptrtoint(_symbol(module, what), I64)
+
         if shape == ():   # an exact Python float
-            check(b.icmp_unsigned("==", kind, ir.Constant(I64, addr["float"])))
+            check(b.icmp_unsigned("==", kind, address_of("float")))
             value = field(obj, FLOAT_VALUE, F64)
             cell = opaque(b.gep(scalars, [ir.Constant(I64, slot)], source_etype=F64))
             if dtype == np.float32:
@@ -144,10 +153,10 @@ def build(name: str, params: list, outputs: list):
                 b.store(value, cell)
             b.store(cell, where)
             return
-        check(b.icmp_unsigned("==", kind, ir.Constant(I64, addr["ndarray"])))
+        check(b.icmp_unsigned("==", kind, address_of("ndarray")))
         check(b.icmp_signed("==", field(obj, ARR_ND, I32), ir.Constant(I32, len(shape))))
-        descr = addr["f64" if dtype == np.float64 else "f32"]
-        check(b.icmp_unsigned("==", field(obj, ARR_DESCR, I64), ir.Constant(I64, descr)))
+        descr = address_of("f64" if dtype == np.float64 else "f32")
+        check(b.icmp_unsigned("==", field(obj, ARR_DESCR, I64), descr))
         need = C_CONTIGUOUS | ALIGNED | (WRITEABLE if writeable else 0)
         flags = field(obj, ARR_FLAGS, I32)
         check(b.icmp_signed("==", b.and_(flags, ir.Constant(I32, need)), ir.Constant(I32, need)))
@@ -193,7 +202,7 @@ def build(name: str, params: list, outputs: list):
     b.ret(result)
 
     b.position_at_end(fail)
-    sentinel = _const_ptr(addr["fallback"])
+    sentinel = _symbol(module, "fallback")
     b.call(incref, [sentinel])
     b.ret(sentinel)
     return str(module)
@@ -203,12 +212,13 @@ def make(name: str, entry_address: int, params: list, outputs: list):
     """The fast-call builtin for an entry, or None where the layouts are not known."""
     if not layout_ok():
         return None
+    import hashlib
     import llvmlite.binding as llvm
     llvm.add_symbol(f"__symgrad_entry_{name}", entry_address)
-    for api in ("Py_IncRef", "PyFloat_FromDouble", "PyTuple_New", "PyTuple_SetItem",
-                "PyEval_SaveThread", "PyEval_RestoreThread"):
-        llvm.add_symbol(api, _api(api))
-    loaded = jit.load(build(name, params, outputs), [name])
+    _bind_symbols()
+    text = build(name, params, outputs)
+    key = "fast-" + hashlib.sha256(text.encode()).hexdigest()
+    loaded = jit.lookup(key, [name]) or jit.load(text, [name], key=key)
     method = _Def(name.encode(), loaded.addresses[name], METH_FASTCALL, None)
     # the caller keeps ``method`` alive as long as the function: CPython points into it
     return _new_function(ctypes.byref(method), None, None), method

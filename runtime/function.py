@@ -131,7 +131,7 @@ class CompiledFunction:
     def kernels(self, entry="vjp"):
         """The simplified scalar kernels (sympy) of an entry point."""
         entry = entry if entry in self.artifact.entries else "forward"
-        return self.artifact.entries[entry].kernels
+        return self.artifact.kernels(entry)
 
     def __repr__(self):
         ins = ", ".join(f"{n}{list(s) if s else ''}" for n, s, _ in self.inputs)

@@ -1,10 +1,11 @@
 """The LLVM JIT: parse, optimise and load modules; hand back native addresses.
 
-Two MCJIT engines per process, created on first use and never collected (a
-collected engine frees the code behind every function it loaded): one with full
-code generation, one with the fast register allocator (codegen level 0) for very
-large modules, where the greedy allocator and the SLP vectoriser grow
-super-linearly with straight-line code.  One lock
+Every module is optimised, compiled to an object file and the object loaded into one
+MCJIT engine, created on first use and never collected (a collected engine frees the
+code behind every function it loaded).  Going through objects is what lets the disk
+cache (``cache.py``) hand back the same code in a new process.  Very large modules are
+code-generated at level 0 (the fast register allocator) without the SLP vectoriser:
+both grow super-linearly with long straight-line code.  One lock
 around it: compiles from several threads are serialised, calls are not.
 """
 from __future__ import annotations
@@ -24,7 +25,8 @@ OPT_LEVEL = 3
 LARGE_MODULE = 20_000
 
 _lock = threading.RLock()
-_engines = {}            # "full" | "large" -> ExecutionEngine
+_engines = {}            # "full" -> ExecutionEngine (kept forever)
+_codegen = {}            # "full" | "large" -> TargetMachine emitting objects
 _target_machine = None
 
 
@@ -45,11 +47,10 @@ def _init():
     cpu, features = llvm.get_host_cpu_name(), llvm.get_host_cpu_features().flatten()
     _bind_private_names()
     for kind, opt in (("full", 3), ("large", 0)):
-        tm = target.create_target_machine(cpu=cpu, features=features, opt=opt,
-                                          codemodel="jitdefault", jit=True)
-        _engines[kind] = llvm.create_mcjit_compiler(llvm.parse_assembly(""), tm)
-        if kind == "full":
-            _target_machine = tm
+        _codegen[kind] = target.create_target_machine(cpu=cpu, features=features, opt=opt,
+                                                      codemodel="jitdefault", jit=True)
+    _target_machine = _codegen["full"]
+    _engines["full"] = llvm.create_mcjit_compiler(llvm.parse_assembly(""), _target_machine)
 
 
 # glibc's libmvec: ISA letter (x86 vector ABI), the host feature it needs, and widths
@@ -138,7 +139,10 @@ def target_machine():
 class Loaded:
     """What the engine hands back for one module."""
     addresses: dict          # function name -> address
-    optimized_ir: str
+    optimized_ir: str = ""   # empty when the code came from the cache
+
+
+_loaded: dict = {}           # cache key -> addresses: the same code is never loaded twice
 
 
 def optimize(module: "llvm.ModuleRef", size: int) -> None:
@@ -150,21 +154,71 @@ def optimize(module: "llvm.ModuleRef", size: int) -> None:
     pm.run(module, pb)
 
 
-def load(ir_text: str, names: list[str]) -> Loaded:
-    """Parse, verify, optimise and JIT ``ir_text``; return the entry addresses."""
+def _cache_meta(names) -> dict:
+    import llvmlite
+    from importlib.metadata import PackageNotFoundError, version
+    try:
+        mine = version("symgrad")
+    except PackageNotFoundError:
+        mine = "unknown"
+    return {"symgrad": mine, "llvmlite": llvmlite.__version__,
+            "llvm": list(llvm.llvm_version_info), "cpu": llvm.get_host_cpu_name(),
+            "features": llvm.get_host_cpu_features().flatten(), "names": sorted(names)}
+
+
+def _add_object(obj: bytes, names) -> dict:
+    engine = _engines["full"]
+    engine.add_object_file(llvm.ObjectFileRef.from_data(obj))
+    engine.finalize_object()
+    return {n: engine.get_function_address(n) for n in names}
+
+
+def lookup(key: str, names) -> Loaded | None:
+    """Code compiled before for ``key``: in this process, or from the disk cache."""
+    from . import cache
     with _lock:
         _init()
+        if key in _loaded:
+            return Loaded(_loaded[key])
+        obj = cache.load(key, _cache_meta(names))
+        if obj is None:
+            return None
+        addresses = _loaded[key] = _add_object(obj, names)
+        return Loaded(addresses)
+
+
+def load(ir_text: str, names: list[str], key: str | None = None) -> Loaded:
+    """Parse, verify, optimise and compile ``ir_text`` to an object, load it and return the
+    entry addresses; with a ``key``, the object is also written to the disk cache."""
+    from . import cache
+    with _lock:
+        _init()
+        if key is not None and key in _loaded:
+            return Loaded(_loaded[key])
         module = llvm.parse_assembly(add_vector_variants(ir_text))
         module.verify()
         module.triple = _target_machine.triple
         module.data_layout = str(_target_machine.target_data)
         size = ir_text.count("\n")
         optimize(module, size)
-        engine = _engines["full" if size < LARGE_MODULE else "large"]
-        engine.add_module(module)
-        engine.finalize_object()
-        addresses = {n: engine.get_function_address(n) for n in names}
-        return Loaded(addresses, str(module))
+        optimized = str(module)
+        obj = _codegen["full" if size < LARGE_MODULE else "large"].emit_object(module)
+        addresses = _add_object(obj, names)
+        if key is not None:
+            _loaded[key] = addresses
+            cache.store(key, _cache_meta(names), obj)
+        return Loaded(addresses, optimized)
+
+
+def optimized(ir_text: str) -> str:
+    """``ir_text`` after the optimisation pipeline (for reading; nothing is loaded)."""
+    with _lock:
+        _init()
+        module = llvm.parse_assembly(add_vector_variants(ir_text))
+        module.triple = _target_machine.triple
+        module.data_layout = str(_target_machine.target_data)
+        optimize(module, ir_text.count("\n"))
+        return str(module)
 
 
 def emit_assembly(ir_text: str) -> str:

@@ -1,8 +1,16 @@
 """Shared oracles: PyTorch float64 (test-only) and central finite differences."""
+import os
+import tempfile
+
 import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
+
+
+def pytest_configure(config):
+    # the tests get a compile cache of their own, never the user's
+    os.environ.setdefault("SYMGRAD_CACHE_DIR", tempfile.mkdtemp(prefix="symgrad-test-cache-"))
 
 
 def torch_vjp(fn, values, seed):
