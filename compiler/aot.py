@@ -57,7 +57,8 @@ def export(f, path: str, name: str = "symgrad_fn", kind: str = "shared") -> list
     name = _c_name(name)
     if kind not in ("obj", "shared"):
         raise ValueError(f"export kind must be 'obj' or 'shared', got {kind!r}")
-    obj = jit.emit_object(f.llvm_ir + "\n" + _wrappers(f, name))
+    # matmuls as loops: the JIT's BLAS binding does not exist outside this process
+    obj = jit.emit_object(f.artifact.generate(blas=False) + "\n" + _wrappers(f, name))
     head = os.path.splitext(path)[0] + ".h"
     if kind == "obj":
         with open(path, "wb") as fh:

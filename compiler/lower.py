@@ -68,12 +68,30 @@ def collapse(domain: tuple, stride_sets: list) -> tuple:
     return shape, per_access
 
 
-class Lowerer:
-    """Emits one program (a list of steps over buffers) into ``module``."""
+# Products of at least this many multiply-adds go to BLAS when the runtime has one.
+BLAS_MIN_WORK = 32 * 32 * 32
+CBLAS_ROW_MAJOR, CBLAS_NO_TRANS, CBLAS_TRANS = 101, 111, 112
 
-    def __init__(self, module: ir.Module):
+
+def _blas_layout(view):
+    """(transpose flag, leading dimension) reading a 2-D view as BLAS does, or None."""
+    (rows, cols), (s0, s1) = view.shape, view.strides
+    if s1 == 1 or cols == 1:
+        return CBLAS_NO_TRANS, max(s0, cols, 1) if rows > 1 else max(cols, 1)
+    if s0 == 1 or rows == 1:
+        return CBLAS_TRANS, max(s1, rows, 1) if cols > 1 else max(rows, 1)
+    return None
+
+
+class Lowerer:
+    """Emits one program (a list of steps over buffers) into ``module``.
+
+    ``blas``: call ``__symgrad_[sd]gemm`` (an ILP64 CBLAS gemm the runtime binds) for
+    large enough products instead of loops."""
+
+    def __init__(self, module: ir.Module, blas: bool = False):
         self.module = module
-        self._count = 0
+        self.blas = blas
 
     # ---- helpers ---------------------------------------------------------------
     def _fn(self, name, ret, params):
@@ -208,6 +226,36 @@ class Lowerer:
 
     # ---- matmul: C[i, j] = Σ_p A[i, p]·B[p, j] ----------------------------------------------
     def matmul(self, name, step: MatMul):
+        a, bv, c = step.a, step.b, step.out
+        (m, kk), (_, n) = a.shape, bv.shape
+        layouts = (_blas_layout(a), _blas_layout(bv))
+        if (self.blas and m * n * kk >= BLAS_MIN_WORK and None not in layouts
+                and a.dtype == bv.dtype == c.dtype):
+            return self._gemm(name, step, layouts)
+        return self._matmul_loops(name, step)
+
+    def _gemm(self, name, step, layouts):
+        a, bv, c = step.a, step.b, step.out
+        (m, kk), (_, n) = a.shape, bv.shape
+        buffers = sorted({a.buffer, bv.buffer, c.buffer})
+        fn = self._step_fn(name, buffers)
+        ptr = dict(zip(buffers, fn.args))
+        b = ir.IRBuilder(fn.append_basic_block("entry"))
+        ty = FLOAT[c.dtype]
+        gemm_name = "__symgrad_dgemm" if c.dtype == np.float64 else "__symgrad_sgemm"
+        gemm = self.module.globals.get(gemm_name) or ir.Function(
+            self.module, ir.FunctionType(ir.VoidType(), [I32, I32, I32, I64, I64, I64, ty, PTR,
+                                                         I64, PTR, I64, ty, PTR, I64]),
+            name=gemm_name)
+        (ta, lda), (tb, ldb) = layouts
+        i32, i64 = (lambda v: ir.Constant(I32, v)), (lambda v: ir.Constant(I64, v))
+        b.call(gemm, [i32(CBLAS_ROW_MAJOR), i32(ta), i32(tb), i64(m), i64(n), i64(kk),
+                      ir.Constant(ty, 1.0), ptr[a.buffer], i64(lda), ptr[bv.buffer], i64(ldb),
+                      ir.Constant(ty, 0.0), ptr[c.buffer], i64(n)])
+        b.ret_void()
+        return fn, buffers
+
+    def _matmul_loops(self, name, step: MatMul):
         a, bv, c = step.a, step.b, step.out
         buffers = sorted({a.buffer, bv.buffer, c.buffer})
         fn = self._step_fn(name, buffers)

@@ -35,22 +35,26 @@ class Artifact:
     """A compiled module: its entries, and — generated on demand when the code came from
     a cache — the simplified kernels and the LLVM IR before and after optimisation."""
 
-    def __init__(self, graph: Graph, entries: dict, prefix: str):
-        self.graph, self.entries, self.prefix = graph, entries, prefix
+    def __init__(self, graph: Graph, entries: dict, prefix: str, blas: bool = False):
+        self.graph, self.entries, self.prefix, self.blas = graph, entries, prefix, blas
         self._ir = None
         self._kernels = {}
         self._optimized = ""
 
     def _generate(self):
+        self._ir = self.generate(self.blas)
+
+    def generate(self, blas: bool) -> str:
+        """The module's LLVM IR; ``blas=False`` keeps every matmul as loops (for export)."""
         module = new_module(self.prefix)
-        lowerer = Lowerer(module)
+        lowerer = Lowerer(module, blas=blas)
         for kind, entry in self.entries.items():
             prog = schedule(self.graph, entry.inputs, entry.outputs)
             scalar = {id(st): to_sympy(self.graph, st) for st in prog.steps
                       if hasattr(st, "members")}
             self._kernels[kind] = list(scalar.values())
             lowerer.program(entry.name, self.graph, prog, scalar)
-        self._ir = str(module)
+        return str(module)
 
     @property
     def llvm_ir(self) -> str:
@@ -169,10 +173,11 @@ def build(work: Graph, entries: dict, name=None) -> Artifact:
     """Schedule, simplify and lower each entry into one module and JIT it — or take the
     same code from the compile cache, keyed by the graph's structure."""
     from symgrad.runtime import jit
+    blas = jit.blas() is not None
     key = structural_key(work, entries)
     prefix = f"{name or 'sg'}_{key[:24]}"
     artifact = Artifact(work, {kind: Entry(f"{prefix}_{kind}", ins, outs)
-                               for kind, (outs, ins) in entries.items()}, prefix)
+                               for kind, (outs, ins) in entries.items()}, prefix, blas)
     names = [e.name for e in artifact.entries.values()]
     loaded = jit.lookup(key, names)
     if loaded is None:

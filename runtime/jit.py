@@ -129,6 +129,27 @@ def add_vector_variants(ir_text: str) -> str:
     return text + "\n" + "\n".join(extra) + "\n"
 
 
+@functools.lru_cache(maxsize=None)
+def blas() -> str | None:
+    """Bind ``__symgrad_[sd]gemm`` to an ILP64 CBLAS gemm if one is at hand — the OpenBLAS
+    that numpy's wheels ship — and say which; None means matmul stays plain loops."""
+    import glob
+    import os
+    import numpy
+    here = os.path.dirname(numpy.__file__)
+    for path in sorted(glob.glob(os.path.join(here, os.pardir, "numpy.libs",
+                                              "libscipy_openblas64_*.so*"))):
+        try:
+            lib = ctypes.CDLL(path)
+            d, s = lib.scipy_cblas_dgemm64_, lib.scipy_cblas_sgemm64_
+        except (OSError, AttributeError):
+            continue
+        llvm.add_symbol("__symgrad_dgemm", ctypes.cast(d, ctypes.c_void_p).value)
+        llvm.add_symbol("__symgrad_sgemm", ctypes.cast(s, ctypes.c_void_p).value)
+        return os.path.basename(path)
+    return None
+
+
 def target_machine():
     with _lock:
         _init()
@@ -161,7 +182,7 @@ def _cache_meta(names) -> dict:
         mine = version("symgrad")
     except PackageNotFoundError:
         mine = "unknown"
-    return {"symgrad": mine, "llvmlite": llvmlite.__version__,
+    return {"symgrad": mine, "llvmlite": llvmlite.__version__, "blas": blas(),
             "llvm": list(llvm.llvm_version_info), "cpu": llvm.get_host_cpu_name(),
             "features": llvm.get_host_cpu_features().flatten(), "names": sorted(names)}
 
