@@ -67,14 +67,19 @@ def directory() -> str | None:
     return path
 
 
-def _path(key: str) -> str | None:
+def _path(key: str, meta: dict) -> str | None:
+    """One file per key and environment (versions, CPU), so several environments can
+    share a directory without replacing each other's entries."""
     base = directory()
-    return None if base is None else os.path.join(base, f"{key}.o")
+    if base is None:
+        return None
+    env = hashlib.sha256(json.dumps(meta, sort_keys=True).encode()).hexdigest()[:12]
+    return os.path.join(base, f"{key}-{env}.o")
 
 
 def load(key: str, expect: dict) -> bytes | None:
     """The object for ``key``, or None (missing, or rejected with a warning)."""
-    path = _path(key)
+    path = _path(key, expect)
     if path is None or not os.path.exists(path):
         return None
     try:
@@ -117,7 +122,7 @@ def _parse(data: bytes, expect: dict):
 
 
 def store(key: str, meta: dict, obj: bytes) -> None:
-    path = _path(key)
+    path = _path(key, meta)
     if path is None:
         return
     payload = json.dumps(meta, sort_keys=True).encode() + b"\n" + obj

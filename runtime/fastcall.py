@@ -1,7 +1,7 @@
 """A JIT'd CPython ``METH_FASTCALL`` entry point per compiled entry: the cheap call path.
 
 ``fast(*inputs, *seeds, *array_outputs)`` checks every argument natively — an exact
-``float`` for a scalar, an exact ``ndarray`` with the declared dtype (by descriptor
+``float`` or ``numpy.float64`` for a scalar, an exact ``ndarray`` with the declared dtype (by descriptor
 identity), rank, dimensions and C-contiguous, aligned (and, for outputs, writeable)
 flags for a tensor — fills the pointer table and calls the kernel entry.  It returns a
 tuple of the scalar outputs as Python floats, or the FALLBACK sentinel when anything
@@ -47,10 +47,10 @@ def layout_ok() -> bool:
             is False:
         return False
     try:
-        x = 1.2345
-        if _read(id(x) + OB_TYPE, ctypes.c_void_p) != id(float) or \
-                _read(id(x) + FLOAT_VALUE, ctypes.c_double) != x:
-            return False
+        for x in (1.2345, np.float64(1.2345)):
+            if _read(id(x) + OB_TYPE, ctypes.c_void_p) != id(type(x)) or \
+                    _read(id(x) + FLOAT_VALUE, ctypes.c_double) != x:
+                return False
         a = np.zeros((3, 5))
         base = id(a)
         dims = _read(base + ARR_DIMS, ctypes.c_void_p)
@@ -71,6 +71,24 @@ class _Def(ctypes.Structure):
 
 
 METH_FASTCALL = 0x80
+_libc = ctypes.CDLL(None)
+_libc.malloc.restype = ctypes.c_void_p
+_libc.malloc.argtypes = [ctypes.c_size_t]
+
+
+def _method_def(name: str, address: int):
+    """A PyMethodDef in memory that is never freed: CPython reads a builtin's definition
+    until the builtin is gone — even while freeing it, which at interpreter exit happens
+    after module globals (so after any Python object could have kept it) are cleared."""
+    raw = name.encode() + b"\0"
+    text = _libc.malloc(len(raw))
+    ctypes.memmove(text, raw, len(raw))
+    definition = _Def.from_address(_libc.malloc(ctypes.sizeof(_Def)))
+    definition.ml_name = ctypes.cast(text, ctypes.c_char_p)
+    definition.ml_meth = address
+    definition.ml_flags = METH_FASTCALL
+    definition.ml_doc = None
+    return definition
 _new_function = ctypes.pythonapi.PyCFunction_NewEx
 _new_function.restype = ctypes.py_object
 _new_function.argtypes = [ctypes.POINTER(_Def), ctypes.py_object, ctypes.py_object]
@@ -83,7 +101,8 @@ def _api(name):
 @functools.lru_cache(maxsize=None)
 def _bind_symbols():
     import llvmlite.binding as llvm
-    for what, obj in (("float", float), ("ndarray", np.ndarray), ("fallback", FALLBACK),
+    for what, obj in (("float", float), ("npf64", np.float64), ("ndarray", np.ndarray),
+                      ("fallback", FALLBACK),
                       ("f64", np.dtype(np.float64)), ("f32", np.dtype(np.float32))):
         llvm.add_symbol(f"__symgrad_addr_{what}", id(obj))   # these objects live forever
     for api in ("Py_IncRef", "PyFloat_FromDouble", "PyTuple_New", "PyTuple_SetItem",
@@ -143,8 +162,10 @@ def build(name: str, params: list, outputs: list):
         def address_of(what):
             return b.ptrtoint(_symbol(module, what), I64)
 
-        if shape == ():   # an exact Python float
-            check(b.icmp_unsigned("==", kind, address_of("float")))
+        if shape == ():   # an exact Python float or numpy float64 (same layout)
+            is_float = b.icmp_unsigned("==", kind, address_of("float"))
+            is_f64 = b.icmp_unsigned("==", kind, address_of("npf64"))
+            check(b.or_(is_float, is_f64))
             value = field(obj, FLOAT_VALUE, F64)
             cell = opaque(b.gep(scalars, [ir.Constant(I64, slot)], source_etype=F64))
             if dtype == np.float32:
@@ -219,6 +240,4 @@ def make(name: str, entry_address: int, params: list, outputs: list):
     text = build(name, params, outputs)
     key = "fast-" + hashlib.sha256(text.encode()).hexdigest()
     loaded = jit.lookup(key, [name]) or jit.load(text, [name], key=key)
-    method = _Def(name.encode(), loaded.addresses[name], METH_FASTCALL, None)
-    # the caller keeps ``method`` alive as long as the function: CPython points into it
-    return _new_function(ctypes.byref(method), None, None), method
+    return _new_function(ctypes.byref(_method_def(name, loaded.addresses[name])), None, None)

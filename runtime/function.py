@@ -61,7 +61,7 @@ class CompiledFunction:
     def _specialised_vjp(self):
         """``vjp`` written out for this function's outputs: the Python around the native
         fast call is a few lines with no loops (generated as namedtuple generates code)."""
-        function, _, specs, where = self._fast["vjp"]
+        function, specs, where = self._fast["vjp"]
 
         def read(i, seen):
             tag, k = where[i]
@@ -105,19 +105,18 @@ class CompiledFunction:
             params += [(s, d) for _, s, d in self.seeds]
         outputs = [(attrs[i]["shape"], attrs[i]["dtype"]) for i in entry.outputs]
         try:
-            made = fastcall.make(f"{entry.name}_fast", entry.address, params, outputs)
+            function = fastcall.make(f"{entry.name}_fast", entry.address, params, outputs)
         except Exception:    # no fast path is a slower call, never a wrong one
-            made = None
-        if made is None:
+            function = None
+        if function is None:
             return None
-        function, keepalive = made
         arrays = [k for k, (shape, _) in enumerate(outputs) if shape != ()]
         scalars = [k for k, (shape, _) in enumerate(outputs) if shape == ()]
         where = {}
         for i, k in zip(entry.outputs, range(len(outputs))):
             where[i] = ("a", arrays.index(k)) if k in arrays else ("s", scalars.index(k))
         specs = [outputs[k] for k in arrays]
-        return function, keepalive, specs, where
+        return function, specs, where
 
     # ---- what was generated --------------------------------------------------------
     @property
@@ -179,7 +178,7 @@ class CompiledFunction:
         fast = self._fast.get(kind)
         if fast is None:
             return None
-        function, _, specs, where = fast
+        function, specs, where = fast
         outs = [np.empty(shape, dtype) for shape, dtype in specs]
         scalars = function(*args, *outs)
         if scalars is fastcall.FALLBACK:

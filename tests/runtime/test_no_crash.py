@@ -1,0 +1,55 @@
+"""Nothing a user does ends the interpreter: checked in subprocesses, which must exit 0."""
+import subprocess
+import sys
+import textwrap
+
+
+def run(code):
+    out = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 0, f"exit {out.returncode}\n{out.stderr[-2000:]}"
+    return out.stdout
+
+
+def test_compiled_functions_created_dropped_and_collected_at_exit():
+    # a builtin's method definition must outlive it, even during interpreter shutdown
+    run("""
+        import gc
+        import numpy as np
+        from symgrad.compiler import Graph, sin
+        keep = []
+        for k in range(60):
+            g = Graph()
+            x = g.input("x", (k % 5 + 1,))
+            f = g.compile([(sin(x) * (k + 0.5)).sum()], [x])
+            f.vjp(np.ones(k % 5 + 1))
+            if k % 3 == 0:
+                keep.append(f)
+            del f
+            gc.collect()
+        print(len(keep))
+    """)
+
+
+def test_bad_arguments_never_reach_native_code():
+    run("""
+        import numpy as np
+        from symgrad.compiler import Graph
+        g = Graph()
+        x = g.input("x", (4,))
+        f = g.compile([(x * x).sum()], [x])
+        bad = [np.ones(3), np.ones((4, 1)), np.ones(8)[::2], np.ones(4, np.float32),
+               np.ones(4, np.int64), np.asfortranarray(np.ones((4, 1)))[:, 0], "abcd",
+               None, [1, 2, 3, 4j], object(), np.ones(4, dtype=object), np.float32(1.0),
+               np.ones(4).view(np.recarray) if False else np.ones(4)[None][0]]
+        for b in bad:
+            try:
+                f.vjp(b)
+            except (TypeError, ValueError):
+                pass
+        ro = np.ones(4)
+        ro.flags.writeable = False
+        assert f.vjp(ro)[0] == 4.0
+        assert f.vjp(np.ones(8)[::2])[0] == 4.0      # non-contiguous: copied, right answer
+        print("ok")
+    """)
