@@ -19,12 +19,12 @@ def _c_name(name: str) -> str:
     return name
 
 
-def _wrappers(f, name: str) -> str:
-    """Stable, exported entry points that call the JIT-named ones."""
+def _wrappers(entry_names: dict, name: str) -> str:
+    """Stable, exported entry points that call the generated ones."""
     out = []
-    for kind, entry in f.artifact.entries.items():
+    for kind, entry in entry_names.items():
         out.append(f'define i32 @"{name}_{kind}"(ptr %table) {{\n'
-                   f'  %r = call i32 @"{entry.name}"(ptr %table)\n  ret i32 %r\n}}\n')
+                   f'  %r = call i32 @"{entry}"(ptr %table)\n  ret i32 %r\n}}\n')
     return "\n".join(out)
 
 
@@ -41,7 +41,7 @@ def header(f, name: str) -> str:
              " * 1 if the workspace for temporaries could not be allocated.", " *",
              f" * {name}_forward(table):", slots(f.inputs + f.outputs), " */",
              f"int32_t {name}_forward(void **table);", ""]
-    if "vjp" in f.artifact.entries:
+    if "vjp" in f.kinds:
         lines += [f"/* {name}_vjp(table): outputs and the vector-Jacobian products vᵀJ,",
                   " * v = the seeds (one per output, of its shape):",
                   slots(f.inputs + f.seeds + f.outputs + grads), " */",
@@ -57,8 +57,10 @@ def export(f, path: str, name: str = "symgrad_fn", kind: str = "shared") -> list
     name = _c_name(name)
     if kind not in ("obj", "shared"):
         raise ValueError(f"export kind must be 'obj' or 'shared', got {kind!r}")
+    from .pipeline import export_ir
     # matmuls as loops: the JIT's BLAS binding does not exist outside this process
-    obj = jit.emit_object(f.artifact.generate(blas=False) + "\n" + _wrappers(f, name))
+    text, entry_names = export_ir(f.work, f._specs, name)
+    obj = jit.emit_object(text + "\n" + _wrappers(entry_names, name))
     head = os.path.splitext(path)[0] + ".h"
     if kind == "obj":
         with open(path, "wb") as fh:

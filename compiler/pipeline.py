@@ -164,9 +164,17 @@ def compile_graph(g: Graph, outputs, wrt=(), inputs=None, name=None):
         grad_ids = _materialised(work, grads)
         entries["vjp"] = (list(dict.fromkeys(fwd_ids + grad_ids)),
                           [i.id for i in inputs] + [s.id for s in seeds])
-    artifact = build(work, entries, name)
-    return CompiledFunction(g, work, artifact, inputs, outs, fwd_ids, list(wrt), seeds,
+    return CompiledFunction(g, work, entries, inputs, outs, fwd_ids, list(wrt), seeds,
                             grad_ids)
+
+
+def export_ir(work: Graph, entries: dict, name: str) -> tuple[str, dict]:
+    """IR of all ``entries`` in one module with matmuls as loops (no JIT-bound symbols),
+    for ahead-of-time export; returns the text and each kind's entry name."""
+    key = structural_key(work, entries)
+    artifact = Artifact(work, {kind: Entry(f"{name}_{key[:16]}_{kind}", ins, outs)
+                               for kind, (outs, ins) in entries.items()}, name)
+    return artifact.generate(blas=False), {k: e.name for k, e in artifact.entries.items()}
 
 
 def build(work: Graph, entries: dict, name=None) -> Artifact:

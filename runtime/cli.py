@@ -175,7 +175,7 @@ def _compile(args) -> int:
         raise UsageError(f"--wrt {', '.join(unknown)}: not names in the expressions")
     f = g.compile([out], [names[w] for w in wrt])
     if args.emit == "sympy":
-        for kind in f.artifact.entries:
+        for kind in f.kinds:
             print(f"; {kind}")
             for k, kernel in enumerate(f.kernels(kind)):
                 print(f"kernel {k}:")
@@ -184,7 +184,8 @@ def _compile(args) -> int:
     if args.emit in ("llvm", "llvm-opt", "asm"):
         from symgrad.runtime import jit
         text = {"llvm": lambda: f.llvm_ir, "llvm-opt": lambda: f.optimized_ir,
-                "asm": lambda: jit.emit_assembly(f.llvm_ir)}[args.emit]()
+                "asm": lambda: "\n".join(jit.emit_assembly(f.artifact(k).llvm_ir)
+                                          for k in f.kinds)}[args.emit]()
         if args.o:
             with open(args.o, "w") as fh:
                 fh.write(text)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import ctypes
 import numbers
+import threading
 
 import numpy as np
 
@@ -43,20 +44,38 @@ class CompiledFunction:
     ``(outputs, gradients)`` with one gradient per ``wrt`` node: ``vᵀJ``.
     """
 
-    def __init__(self, graph, work, artifact, inputs, outputs, out_ids, wrt, seeds, grad_ids):
-        self.graph, self.work, self.artifact = graph, work, artifact
+    def __init__(self, graph, work, entries, inputs, outputs, out_ids, wrt, seeds, grad_ids):
+        self.graph, self.work, self._specs = graph, work, entries
         self.inputs = [(e.name, e.shape, e.dtype) for e in inputs]
         self.outputs = [(o.name, o.shape, o.dtype) for o in outputs]
         self.wrt = [(w.name, w.shape, w.dtype) for w in wrt]
         self.seeds = [(s.name, s.shape, s.dtype) for s in seeds]
         self._out_ids, self._grad_ids = out_ids, grad_ids
-        self._entries = {k: (jit.ENTRY(e.address), e) for k, e in artifact.entries.items()}
         self._names = {n: k for k, (n, _, _) in enumerate(self.inputs)}
-        self._fast = {k: self._fast_entry(k, e) for k, e in artifact.entries.items()}
+        self._artifacts, self._entries, self._fast = {}, {}, {}
+        self._lock = threading.Lock()
         self._default_seed = (1.0,) if len(self.seeds) == 1 and self.seeds[0][1] == () \
             and self.seeds[0][2] == np.float64 else None
-        if self._fast.get("vjp") is not None:
-            self.vjp = self._specialised_vjp()
+        # compile what will be called: the VJP when there is one; the forward on first use
+        self._load("vjp" if "vjp" in entries else "forward")
+
+    def _load(self, kind):
+        """Compile (or take from the cache) one entry point and set up its call paths."""
+        from symgrad.compiler.pipeline import build
+        with self._lock:
+            if kind in self._artifacts:
+                return
+            artifact = build(self.work, {kind: self._specs[kind]})
+            entry = artifact.entries[kind]
+            self._entries[kind] = (jit.ENTRY(entry.address), entry)
+            self._fast[kind] = self._fast_entry(kind, entry)
+            self._artifacts[kind] = artifact
+            if kind == "vjp" and self._fast["vjp"] is not None:
+                self.vjp = self._specialised_vjp()
+
+    def artifact(self, kind):
+        self._load(kind)
+        return self._artifacts[kind]
 
     def _specialised_vjp(self):
         """``vjp`` written out for this function's outputs: the Python around the native
@@ -120,17 +139,23 @@ class CompiledFunction:
 
     # ---- what was generated --------------------------------------------------------
     @property
+    def kinds(self) -> list:
+        """The entry points: "forward", and "vjp" when compiled with wrt."""
+        return list(self._specs)
+
+    @property
     def llvm_ir(self) -> str:
-        return self.artifact.llvm_ir
+        """The LLVM IR of every entry point, before optimisation."""
+        return "\n".join(self.artifact(k).llvm_ir for k in self.kinds)
 
     @property
     def optimized_ir(self) -> str:
-        return self.artifact.optimized_ir
+        return "\n".join(self.artifact(k).optimized_ir for k in self.kinds)
 
     def kernels(self, entry="vjp"):
         """The simplified scalar kernels (sympy) of an entry point."""
-        entry = entry if entry in self.artifact.entries else "forward"
-        return self.artifact.kernels(entry)
+        entry = entry if entry in self._specs else "forward"
+        return self.artifact(entry).kernels(entry)
 
     def __repr__(self):
         ins = ", ".join(f"{n}{list(s) if s else ''}" for n, s, _ in self.inputs)
@@ -186,6 +211,8 @@ class CompiledFunction:
         return {i: (outs[k] if tag == "a" else scalars[k]) for i, (tag, k) in where.items()}
 
     def __call__(self, *args, **kwargs):
+        if "forward" not in self._entries:
+            self._load("forward")
         results = None if kwargs else self._try_fast("forward", args)
         if results is None:
             results = self._run("forward", self._bind(args, kwargs))
