@@ -324,10 +324,19 @@ class ExprLowering:
             if expr.is_Number:
                 method = self._Number
             else:
-                raise NotImplementedError(f"no LLVM lowering for {type(expr).__name__}: {expr}")
+                method = self._rewritten
         value = method(expr)
         self.memo[expr] = value
         return value
+
+    def _rewritten(self, e):
+        """A function sympy's own evaluation introduced (sinh from exponentials, …):
+        lowered through its form in exp and log, which every function here has."""
+        for target in (sp.exp, sp.log):
+            other = e.rewrite(target)
+            if other != e and type(other) is not type(e):
+                return self(other)
+        raise NotImplementedError(f"no LLVM lowering for {type(e).__name__}: {e}")
 
     def const(self, x):
         return ir.Constant(self.ty, float(x))
