@@ -64,9 +64,10 @@ def _convert(e, memo, env, apply, const):
         if e not in env:
             raise GraphError(f"symbol {e} is not an input: pass it in inputs (or declare it)")
         return env[e]
+    if e.is_number and e.is_real is False:
+        raise GraphError(f"constant {e} in the expression is not a real number: symgrad "
+                         "computes with float32/float64")
     if e.is_Number:
-        if not e.is_real:
-            raise GraphError(f"constant {e} is not a real number")
         return const(float(e))
     if e in (sp.pi, sp.E):
         return const(float(e))

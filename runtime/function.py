@@ -15,6 +15,9 @@ class ArgumentError(ValueError):
     """An argument of a compiled function has the wrong shape, dtype or kind."""
 
 
+_MISSING = object()
+
+
 def _coerce(value, name: str, shape: tuple, dtype: np.dtype) -> np.ndarray:
     """``value`` as a C-contiguous array of exactly ``shape`` and ``dtype``, or a clear error."""
     if isinstance(value, np.ndarray):
@@ -166,15 +169,15 @@ class CompiledFunction:
         if len(args) > len(self.inputs):
             raise TypeError(f"takes {len(self.inputs)} inputs "
                             f"({', '.join(n for n, _, _ in self.inputs)}), got {len(args)}")
-        values = list(args) + [None] * (len(self.inputs) - len(args))
+        values = list(args) + [_MISSING] * (len(self.inputs) - len(args))
         for key, v in kwargs.items():
             if key not in self._names:
                 raise TypeError(f"unknown input {key!r}; inputs are "
                                 f"{', '.join(n for n, _, _ in self.inputs)}")
-            if values[self._names[key]] is not None:
+            if values[self._names[key]] is not _MISSING:
                 raise TypeError(f"input {key!r} given twice (by position and by name)")
             values[self._names[key]] = v
-        missing = [n for (n, _, _), v in zip(self.inputs, values) if v is None]
+        missing = [n for (n, _, _), v in zip(self.inputs, values) if v is _MISSING]
         if missing:
             raise TypeError(f"missing input(s): {', '.join(missing)}")
         return [_coerce(v, n, s, d) for v, (n, s, d) in zip(values, self.inputs)]

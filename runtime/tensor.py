@@ -441,7 +441,11 @@ def tensor(data, dtype=None, requires_grad=False) -> Tensor:
     """A new tensor holding a copy of ``data`` (float32 unless ``dtype`` says otherwise)."""
     if isinstance(data, Tensor):
         data = data._data
-    arr = np.array(data, dtype=np.dtype(dtype) if dtype is not None else None)
+    try:
+        arr = np.array(data, dtype=np.dtype(dtype) if dtype is not None else None)
+    except (ValueError, TypeError) as err:
+        raise TypeError(f"cannot make a tensor from {type(data).__name__}: {err}. Nested "
+                        "lists must be rectangular, of real numbers") from None
     if arr.dtype == object or arr.dtype.kind not in "fiub":
         raise TypeError(f"cannot make a tensor from {type(data).__name__} with dtype {arr.dtype}")
     if dtype is None:
@@ -575,7 +579,11 @@ def _unary(op, x):
 def _binary(op, a, b):
     a = a if type(a) is Tensor else _check_operand(a)
     b = b if type(b) is Tensor else _check_operand(b)
-    value = _numpy(op, _value(a), _value(b))
+    try:
+        value = _numpy(op, _value(a), _value(b))
+    except ValueError:
+        ops.broadcast_shapes(np.shape(_value(a)), np.shape(_value(b)))  # names both shapes
+        raise
     if type(value) is not np.ndarray or value.dtype.kind != "f":
         tensors = [t for t in (a, b) if isinstance(t, Tensor)]
         dtype = np.result_type(*[t._data.dtype for t in tensors])

@@ -1,0 +1,13 @@
+"""Run every workload, one after another, in this process: python benchmarks/run_all.py"""
+import cache_second_process
+import w1_tiny
+import w2_lennard_jones
+import w3_elementwise
+import w4_mlp
+import w5_compile_scaling
+import w6_training
+
+if __name__ == "__main__":
+    for module in (w1_tiny, w2_lennard_jones, w3_elementwise, w4_mlp, w5_compile_scaling,
+                   w6_training, cache_second_process):
+        module.main()

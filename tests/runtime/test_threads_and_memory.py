@@ -1,0 +1,106 @@
+"""Threads (calls, compiles, grad mode) and memory that does not grow with use."""
+import gc
+import threading
+import tracemalloc
+
+import numpy as np
+
+import symgrad.runtime as rt
+from symgrad.compiler import Graph, exp, sin
+
+
+def run_threads(target, n=4):
+    errors, threads = [], []
+
+    def wrapped(k):
+        try:
+            target(k)
+        except BaseException as err:  # reported below, with the thread's number
+            errors.append((k, err))
+    for k in range(n):
+        threads.append(threading.Thread(target=wrapped, args=(k,)))
+        threads[-1].start()
+    for t in threads:
+        t.join(timeout=300)
+    assert not errors, errors
+
+
+def test_one_function_called_from_four_threads_at_once():
+    for n in (3, 200_000):      # small: the GIL is held; large: released around the kernel
+        g = Graph()
+        x = g.input("x", (n,))
+        f = g.compile([(sin(x) * exp(x)).sum()], [x])
+
+        def work(k):
+            xs = np.linspace(-1, 1, n) * (k + 1) / 4
+            for _ in range(20):
+                value, (dx,) = f.vjp(xs)
+                np.testing.assert_allclose(value, np.sum(np.sin(xs) * np.exp(xs)), rtol=1e-9)
+                np.testing.assert_allclose(dx, (np.cos(xs) + np.sin(xs)) * np.exp(xs), rtol=1e-9)
+        run_threads(work)
+
+
+def test_compiles_from_several_threads_at_once():
+    def work(k):
+        for j in range(5):
+            g = Graph()
+            x = g.input("x", (4,))
+            c = 1.0 + k + j / 10
+            f = g.compile([(x * x * c).sum()], [x])
+            np.testing.assert_allclose(f.vjp(np.arange(4.0))[1][0], 2 * c * np.arange(4.0))
+    run_threads(work)
+
+
+def test_grad_mode_is_per_thread():
+    inside = threading.Event()
+    release = threading.Event()
+    seen = {}
+
+    def no_grad_thread(_):
+        with rt.no_grad():
+            inside.set()
+            release.wait(10)
+            seen["no_grad"] = rt.is_grad_enabled()
+
+    t = threading.Thread(target=no_grad_thread, args=(0,))
+    t.start()
+    inside.wait(10)
+    x = rt.tensor([1.0], requires_grad=True)
+    seen["main"] = (x * 2).requires_grad     # this thread still records
+    release.set()
+    t.join()
+    assert seen == {"no_grad": False, "main": True}
+
+
+def test_training_loop_memory_does_not_grow_per_step():
+    w = rt.tensor([1.0], requires_grad=True)
+    b = rt.tensor([0.0], requires_grad=True)
+    x, y = rt.tensor([2.0]), rt.tensor([4.0])
+    opt, loss_fn = rt.optim.SGD([w, b], lr=0.01), rt.nn.MSELoss()
+
+    def steps(n):
+        for _ in range(n):
+            loss = loss_fn(w * x + b, y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    steps(200)
+    gc.collect()
+    tracemalloc.start()
+    steps(200)
+    gc.collect()     # count what is kept, not cycles waiting for the collector
+    first = tracemalloc.get_traced_memory()[0]
+    steps(2000)
+    gc.collect()
+    second = tracemalloc.get_traced_memory()[0]
+    tracemalloc.stop()
+    assert second - first < 16 * 1024, f"grew {second - first} bytes over 2000 steps"
+
+
+def test_runtime_cache_of_compiled_backwards_is_bounded(monkeypatch):
+    from symgrad.runtime import autograd
+    monkeypatch.setattr(autograd, "CACHE_SIZE", 8)
+    for k in range(20):
+        x = rt.tensor([1.0] * (k + 1), requires_grad=True)
+        (x * 3).sum().backward()
+    assert len(autograd._cache) <= 8
