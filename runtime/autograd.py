@@ -124,7 +124,7 @@ def _compiled(tape, roots, targets):
     with _lock:
         stats["compiles"] += 1
         _last_shapes[structure] = shapes
-        if len(_cache) >= CACHE_SIZE:
+        while _cache and len(_cache) >= CACHE_SIZE:   # the oldest go first
             _cache.pop(next(iter(_cache)))
         _cache[key] = entry
     log.info("compiled backward #%d (%d recorded ops): %s", stats["compiles"],
