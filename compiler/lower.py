@@ -155,6 +155,9 @@ class Lowerer:
         fn = self._fn(name, ir.VoidType(), [PTR] * len(buffers))
         fn.linkage = "internal"
         fn.attributes.add("nounwind")
+        # each step is optimised on its own: inlined into the entry, a program of many
+        # steps would become one huge function, which LLVM's passes digest slowly
+        fn.attributes.add("noinline")
         for arg in fn.args:
             arg.add_attribute("noalias")
         return fn

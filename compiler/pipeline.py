@@ -12,7 +12,7 @@ from .graph import Expr, Graph, GraphError
 from .lower import Lowerer, new_module
 from .ops import ELEMENTWISE
 from .schedule import schedule
-from .simplify import to_sympy
+from .simplify import SYMPY_BUDGET, to_sympy
 
 log = logging.getLogger("symgrad.compile")
 if os.environ.get("SYMGRAD_LOG_COMPILES"):
@@ -50,8 +50,10 @@ class Artifact:
         lowerer = Lowerer(module, blas=blas)
         for kind, entry in self.entries.items():
             prog = schedule(self.graph, entry.inputs, entry.outputs)
-            scalar = {id(st): to_sympy(self.graph, st) for st in prog.steps
-                      if hasattr(st, "members")}
+            kernels = [st for st in prog.steps if hasattr(st, "members")]
+            # sympy's evaluation is the costly part: within budget for the whole program
+            evaluate = sum(len(k.members) for k in kernels) <= SYMPY_BUDGET
+            scalar = {id(st): to_sympy(self.graph, st, evaluate) for st in kernels}
             self._kernels[kind] = list(scalar.values())
             lowerer.program(entry.name, self.graph, prog, scalar)
         return str(module)

@@ -12,6 +12,11 @@
 * A member is stored to a buffer only when something outside its kernel reads
   it, or it is an output.  Temporaries live in one workspace the native entry
   allocates.
+* A kernel holds at most ``MAX_KERNEL`` members: longer ones are split into
+  consecutive loops (fission).  LLVM's loop vectoriser grows quadratically with
+  the size of a loop body (a 19,000-member kernel took 10 s to vectorise; in
+  chunks of 400 it takes well under one), while a chunk boundary only stores
+  the few values that cross it — which reverse mode keeps anyway.
 """
 from __future__ import annotations
 
@@ -23,6 +28,8 @@ import numpy as np
 
 from .graph import Expr, Graph
 from .ops import ELEMENTWISE
+
+MAX_KERNEL = 400
 
 
 @dataclass(frozen=True)
@@ -181,7 +188,7 @@ def _ancestors(g: Graph, outputs) -> set:
 def _stages(g: Graph, need: set):
     """Stage of every node and the kernel group (stage, shape, dtype) of fusable ones."""
     attrs = g.nx.nodes
-    stage, group = {}, {}
+    stage, group, size = {}, {}, {}
     for i in sorted(need):
         a = attrs[i]
         op, args = a["op"], a["args"]
@@ -189,10 +196,14 @@ def _stages(g: Graph, need: set):
             stage[i] = 0
         elif op in ELEMENTWISE:
             stage[i] = max(stage[x] for x in args)
-            group[i] = (stage[i], a["shape"], a["dtype"].char)
+            base = (stage[i], a["shape"], a["dtype"].char)
+            count = size[base] = size.get(base, 0) + 1
+            group[i] = base + ((count - 1) // MAX_KERNEL,)
         elif op == "sum":
             (x,) = args
-            group[i] = (stage[x], attrs[x]["shape"], attrs[x]["dtype"].char)
+            fused = x in group and attrs[x]["op"] in ELEMENTWISE   # accumulate in x's loop
+            group[i] = group[x] if fused else \
+                (stage[x], attrs[x]["shape"], attrs[x]["dtype"].char, "sum", i)
             stage[i] = stage[x] + 1
         elif op == "matmul":
             stage[i] = max(stage[x] for x in args) + 1

@@ -9,7 +9,7 @@ rest become assignments.  ``sympy.cse`` then shares repeated subexpressions.
 Budgets keep this linear: an inlined expression holds at most ``INLINE_SIZE``
 operations (so no expression is deep, and lowering never recurses far).  Sympy's
 automatic evaluation costs up to milliseconds per node (assumption queries), so
-it runs only on kernels of at most ``SYMPY_BUDGET`` members, and CSE only under
+it runs only on programs of at most ``SYMPY_BUDGET`` members, and CSE only under
 ``CSE_BUDGET`` operations; larger kernels keep their expressions as built
 (unevaluated, linear time) — the graph's hash-consing and folding already
 shared and simplified them, and LLVM's GVN shares the rest.
@@ -46,7 +46,9 @@ def _number(value: float):
     return sp.Integer(int(value)) if float(value).is_integer() else sp.Float(value)
 
 
-def to_sympy(g: Graph, kernel) -> ScalarKernel:
+def to_sympy(g: Graph, kernel, evaluate: bool | None = None) -> ScalarKernel:
+    """``evaluate``: let sympy canonicalise (default: when the kernel is within budget;
+    the pipeline passes False for programs too large in total)."""
     attrs = g.nx.nodes
     members = set(kernel.members)
     uses = {m: 0 for m in members}
@@ -66,7 +68,9 @@ def to_sympy(g: Graph, kernel) -> ScalarKernel:
     for i, v in kernel.consts.items():
         value[i], size[i] = _number(v), 0
 
-    evaluate = len(kernel.members) <= SYMPY_BUDGET
+    if evaluate is None:
+        evaluate = len(kernel.members) <= SYMPY_BUDGET
+    evaluate = evaluate and len(kernel.members) <= SYMPY_BUDGET
     with sp.evaluate(evaluate):  # entered once: entering clears sympy's cache
         assignments = _assign(kernel, attrs, uses, value, size)
     results = {m: value[m] for m in kernel.stores}

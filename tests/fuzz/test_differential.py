@@ -119,6 +119,8 @@ REGRESSIONS = [
     ([(2, 1)], [("matmul_T", 0), ("binary", "pow_safe", 0, 1), ("unary", "neg", 0),
                 ("unary", "neg", 0), ("unary", "exp_small", 2), ("unary", "log_safe", 5)],
      [1, 6]),
+    # a sum of a sum joined its operand's loop instead of reading its result
+    ([(2, 1)], [("sum", 0, (0,), False), ("unary", "neg", 0), ("sum", 1, (0,), False)], [1, 3]),
 ]
 
 
