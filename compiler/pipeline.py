@@ -1,6 +1,8 @@
 """graph → reverse graph → kernels → sympy → LLVM IR → JIT: the whole path in one place."""
 from __future__ import annotations
 
+import contextlib
+import gc
 import hashlib
 import logging
 import os
@@ -153,10 +155,30 @@ def _materialised(work: Graph, exprs):
     return ids
 
 
+@contextlib.contextmanager
+def _collector_paused():
+    """Building graphs allocates many small objects that live on, so Python's cyclic
+    collector runs again and again over everything alive; it gets nothing back, and
+    took most of a compile served from the cache.  Paused for the compile, as it was
+    after."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
 def compile_graph(g: Graph, outputs, wrt=(), inputs=None, name=None):
     """Compile ``outputs`` (and their VJP for ``wrt``); returns a CompiledFunction.
 
     The function takes ``inputs`` (default: the inputs the outputs use, in graph order)."""
+    with _collector_paused():
+        return _compile_graph(g, outputs, wrt, inputs, name)
+
+
+def _compile_graph(g, outputs, wrt, inputs, name):
     from symgrad.runtime.function import CompiledFunction
     work, inputs, outs, seeds, grads = prepare(g, outputs, wrt, inputs)
     fwd_ids = _materialised(work, outs)
