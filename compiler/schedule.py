@@ -198,7 +198,8 @@ def _stages(g: Graph, need: set):
             stage[i] = max(stage[x] for x in args)
             base = (stage[i], a["shape"], a["dtype"].char)
             count = size[base] = size.get(base, 0) + 1
-            group[i] = base + ((count - 1) // MAX_KERNEL,)
+            # a loop is split; a scalar kernel has no loop to vectorise, and stays whole
+            group[i] = base + ((count - 1) // MAX_KERNEL if a["shape"] else 0,)
         elif op == "sum":
             (x,) = args
             fused = x in group and attrs[x]["op"] in ELEMENTWISE   # accumulate in x's loop
