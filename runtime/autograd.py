@@ -37,34 +37,39 @@ def compile_count() -> int:
     return stats["compiles"]
 
 
+def _sequence_of(t):
+    return t.grad_fn.seq
+
+
 class _Tape:
     """The recorded subgraph feeding ``roots``: nodes in topological order, and inputs."""
 
     def __init__(self, roots):
         # every tensor reachable from the roots; leaves in the order they are met (the
         # same for the same structure, so the cache key is stable), nodes in creation order
-        seen, inputs, nodes = set(), [], []
+        index, inputs, nodes = {}, [], []
         stack = list(roots)
         while stack:
             t = stack.pop()
-            if id(t) in seen:
+            if id(t) in index:
                 continue
-            seen.add(id(t))
             node = t.grad_fn
             if node is None:
+                index[id(t)] = ("i", len(inputs))
                 inputs.append(t)
-            else:
-                if node.freed:
-                    raise RuntimeError(
-                        "Trying to backward through the graph a second time: its buffers were "
-                        "freed by the first backward. Specify retain_graph=True in the first "
-                        "backward() (or autograd.grad()) to backward through it again.")
-                nodes.append(t)
-                stack.extend(node.inputs)
-        nodes.sort(key=lambda t: t.grad_fn.seq)
-        self.order, self.inputs = nodes, inputs
-        self.index = {id(t): ("i", k) for k, t in enumerate(inputs)}
-        self.index.update((id(t), ("n", k)) for k, t in enumerate(nodes))
+                continue
+            if node.freed:
+                raise RuntimeError(
+                    "Trying to backward through the graph a second time: its buffers were "
+                    "freed by the first backward. Specify retain_graph=True in the first "
+                    "backward() (or autograd.grad()) to backward through it again.")
+            index[id(t)] = None
+            nodes.append(t)
+            stack.extend(node.inputs)
+        nodes.sort(key=_sequence_of)
+        for k, t in enumerate(nodes):
+            index[id(t)] = ("n", k)
+        self.order, self.inputs, self.index = nodes, inputs, index
 
     def key(self, roots, targets):
         structure = tuple((t.grad_fn.key, tuple(self.index[id(p)] for p in t.grad_fn.inputs))
@@ -86,9 +91,18 @@ class _Tape:
             [exprs[self.index[id(t)]] for t in targets]
 
 
+_ONE = {}   # dtype -> a read-only 0-d one: the implicit seed of a scalar output
+
+
 def _seeds(roots, grad_outputs):
     seeds = []
     for k, (r, s) in enumerate(zip(roots, grad_outputs)):
+        if s is None and r._data.ndim == 0:
+            one = _ONE.get(r._data.dtype)
+            if one is None:
+                one = _ONE[r._data.dtype] = Tensor._make(np.ones((), r._data.dtype))
+            seeds.append(one)
+            continue
         if s is None:
             if r._data.size != 1:
                 raise RuntimeError(
