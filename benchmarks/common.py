@@ -72,7 +72,7 @@ def report(workload, rows, baseline="symgrad", notes=""):
     if notes:
         print("  " + notes)
     os.makedirs(RESULTS, exist_ok=True)
-    with open(os.path.join(RESULTS, f"{workload.split()[0].rstrip(":").lower()}.json"), "w") as fh:
+    with open(os.path.join(RESULTS, f"{workload.split()[0].rstrip(':').lower()}.json"), "w") as fh:
         json.dump({"workload": workload, "date": time.strftime("%Y-%m-%d %H:%M"),
                    "machine": machine(), "rows": rows, "notes": notes}, fh, indent=2)
 
