@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import ops
-from .graph import Expr, GraphError
+from .graph import Expr, GraphError, ancestors
 
 
 def evaluate(g, outputs, inputs: dict):
@@ -15,13 +15,7 @@ def evaluate(g, outputs, inputs: dict):
     for key, value in inputs.items():
         node = g.node(key) if isinstance(key, str) else key
         given[node.id] = np.asarray(value, dtype=node.dtype)
-    need = set()
-    stack = [o.id for o in outputs]
-    while stack:
-        i = stack.pop()
-        if i not in need:
-            need.add(i)
-            stack.extend(g.nx.nodes[i]["args"])
+    need = ancestors(g, [o.id for o in outputs])
     values = {}
     for i in sorted(need):
         attrs = g.nx.nodes[i]

@@ -19,7 +19,7 @@ import sympy as sp
 
 from . import ops
 from .autodiff import LinearMap, adjoint_table
-from .graph import Expr, Graph, GraphError
+from .graph import Expr, Graph, GraphError, ancestors
 
 DENSE_LIMIT = 64      # largest output or operand size whose dense Jacobian is shown
 
@@ -202,12 +202,7 @@ def to_dot(g: Graph, outputs, at=None, reverse=False, names=None) -> str:
     (adjoints P_i, with J_{i→j} on the edges, arrows from consumer back to operand)."""
     names = dict(names or {})
     outputs = outputs if isinstance(outputs, (list, tuple)) else [outputs]
-    need, stack = set(), [o.id for o in outputs]
-    while stack:
-        i = stack.pop()
-        if i not in need:
-            need.add(i)
-            stack.extend(g.nx.nodes[i]["args"])
+    need = ancestors(g, [o.id for o in outputs])
     values = {}
     if at is not None:
         ids = sorted(need)

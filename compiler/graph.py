@@ -25,6 +25,18 @@ class GraphError(ValueError):
     """A graph was built or used in a way that cannot work."""
 
 
+def ancestors(g: "Graph", ids) -> set:
+    """The node ids ``ids`` depend on, themselves included (an explicit stack: any depth)."""
+    need, stack = set(), list(ids)
+    nodes = g.nx.nodes
+    while stack:
+        i = stack.pop()
+        if i not in need:
+            need.add(i)
+            stack.extend(nodes[i]["args"])
+    return need
+
+
 def as_dtype(dtype) -> np.dtype:
     try:
         dt = np.dtype(dtype)
@@ -387,12 +399,7 @@ class Graph:
     def splice(self, src: "Graph", outputs, mapping: dict) -> list:
         """Copy ``outputs`` of graph ``src`` into this graph, its inputs replaced by
         ``mapping`` (src input id -> Expr here).  Iterative; shared nodes stay shared."""
-        need, stack = set(), [o.id for o in outputs]
-        while stack:
-            i = stack.pop()
-            if i not in need:
-                need.add(i)
-                stack.extend(src.nx.nodes[i]["args"])
+        need = ancestors(src, [o.id for o in outputs])
         new = {}
         for i in sorted(need):
             a = src.nx.nodes[i]

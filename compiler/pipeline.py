@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .graph import Expr, Graph, GraphError
+from .graph import Expr, Graph, GraphError, ancestors
 from .lower import Lowerer, new_module
 from .ops import ELEMENTWISE
 from .schedule import schedule
@@ -82,10 +82,9 @@ class Artifact:
 def structural_key(work: Graph, entries: dict) -> str:
     """A hash of everything the generated code depends on: the nodes the entries read,
     in creation order, with operators, parameters, shapes and dtypes."""
-    from .schedule import _ancestors
     need = set()
     for outs, ins in entries.values():
-        need |= _ancestors(work, outs) | set(ins)
+        need |= ancestors(work, outs) | set(ins)
     h = hashlib.sha256()
     nodes = work.nx.nodes
     for i in sorted(need):
@@ -110,8 +109,7 @@ def prepare(g: Graph, outputs, wrt, inputs=None):
             raise TypeError(f"outputs and wrt must be graph expressions, got {e!r}")
         if e.graph is not g:
             raise GraphError(f"{e.name} belongs to another graph")
-    from .schedule import _ancestors
-    used = _ancestors(g, [o.id for o in outputs]) | {w.id for w in wrt}
+    used = ancestors(g, [o.id for o in outputs]) | {w.id for w in wrt}
     if inputs is None:   # the function's parameters: the inputs used, in graph order
         inputs = [i for i in g.inputs if i.id in used]
     else:

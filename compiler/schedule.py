@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 import networkx as nx
 import numpy as np
 
-from .graph import Expr, Graph
+from .graph import Expr, Graph, ancestors
 from .ops import ELEMENTWISE
 
 MAX_KERNEL = 400
@@ -93,7 +93,7 @@ def contiguous_strides(shape: tuple) -> tuple:
 
 def schedule(g: Graph, inputs: list[int], outputs: list[int]) -> Program:
     attrs = g.nx.nodes
-    need = _ancestors(g, outputs)
+    need = ancestors(g, outputs)
     consumers = {i: [] for i in need}
     for i in need:
         for a in attrs[i]["args"]:
@@ -173,16 +173,6 @@ def _read(kernel: Kernel, arg: int, attrs, view, group, key):
         kernel.consts[arg] = attrs[arg]["params"][0]
     elif group.get(arg) != key or attrs[arg]["op"] not in ELEMENTWISE:
         kernel.loads[arg] = view[arg]
-
-
-def _ancestors(g: Graph, outputs) -> set:
-    need, stack = set(), list(outputs)
-    while stack:
-        i = stack.pop()
-        if i not in need:
-            need.add(i)
-            stack.extend(g.nx.nodes[i]["args"])
-    return need
 
 
 def _stages(g: Graph, need: set):

@@ -216,12 +216,8 @@ def load(ir_text: str, names: list[str], key: str | None = None) -> Loaded:
         _init()
         if key is not None and key in _loaded:
             return Loaded(_loaded[key])
-        module = llvm.parse_assembly(add_vector_variants(ir_text))
-        module.verify()
-        module.triple = _target_machine.triple
-        module.data_layout = str(_target_machine.target_data)
+        module = _optimized_module(ir_text)
         size = ir_text.count("\n")
-        optimize(module, size)
         optimized = str(module)
         obj = _codegen["full" if size < LARGE_MODULE else "large"].emit_object(module)
         addresses = _add_object(obj, names)
@@ -231,25 +227,26 @@ def load(ir_text: str, names: list[str], key: str | None = None) -> Loaded:
         return Loaded(addresses, optimized)
 
 
+def _optimized_module(ir_text: str):
+    """Parsed, verified, targeted at this host and optimised (call with the lock held)."""
+    _init()
+    module = llvm.parse_assembly(add_vector_variants(ir_text))
+    module.verify()
+    module.triple = _target_machine.triple
+    module.data_layout = str(_target_machine.target_data)
+    optimize(module, ir_text.count("\n"))
+    return module
+
+
 def optimized(ir_text: str) -> str:
     """``ir_text`` after the optimisation pipeline (for reading; nothing is loaded)."""
     with _lock:
-        _init()
-        module = llvm.parse_assembly(add_vector_variants(ir_text))
-        module.triple = _target_machine.triple
-        module.data_layout = str(_target_machine.target_data)
-        optimize(module, ir_text.count("\n"))
-        return str(module)
+        return str(_optimized_module(ir_text))
 
 
 def emit_assembly(ir_text: str) -> str:
     with _lock:
-        _init()
-        module = llvm.parse_assembly(add_vector_variants(ir_text))
-        module.triple = _target_machine.triple
-        module.data_layout = str(_target_machine.target_data)
-        optimize(module, ir_text.count("\n"))
-        return _target_machine.emit_assembly(module)
+        return _target_machine.emit_assembly(_optimized_module(ir_text))
 
 
 ENTRY = ctypes.CFUNCTYPE(ctypes.c_int32, ctypes.c_void_p)

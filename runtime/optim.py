@@ -19,6 +19,12 @@ class Optimizer:
                 raise ValueError("optimizers take leaf tensors that require grad")
         self.params, self.defaults, self.state = params, defaults, {}
 
+    def _gradient(self, p):
+        """The parameter's gradient with weight decay (L2) added: g + wd·p."""
+        g = p.grad._data
+        wd = self.defaults["weight_decay"]
+        return g + wd * p._data if wd else g
+
     def zero_grad(self, set_to_none=True):
         for p in self.params:
             if p.grad is not None:
@@ -43,9 +49,7 @@ class SGD(Optimizer):
         for p in self.params:
             if p.grad is None:
                 continue
-            g = p.grad._data
-            if d["weight_decay"]:
-                g = g + d["weight_decay"] * p._data
+            g = self._gradient(p)
             if d["momentum"]:
                 buf = self.state.get(id(p))
                 buf = g.copy() if buf is None else d["momentum"] * buf + (1 - d["dampening"]) * g
@@ -65,9 +69,7 @@ class Adam(Optimizer):
         for p in self.params:
             if p.grad is None:
                 continue
-            g = p.grad._data
-            if d["weight_decay"]:
-                g = g + d["weight_decay"] * p._data
+            g = self._gradient(p)
             m, v, t = self.state.get(id(p), (np.zeros_like(g), np.zeros_like(g), 0))
             t += 1
             m = b1 * m + (1 - b1) * g
