@@ -9,7 +9,6 @@ Jupyter.  ``to_dot`` draws the forward or the reverse graph.
 from __future__ import annotations
 
 import json
-import math
 import shutil
 import subprocess
 from dataclasses import dataclass, field
@@ -19,7 +18,7 @@ import sympy as sp
 
 from . import ops
 from .autodiff import LinearMap, adjoint_table
-from .graph import Expr, Graph, GraphError, ancestors
+from .graph import Expr, Graph, ancestors
 
 DENSE_LIMIT = 64      # largest output or operand size whose dense Jacobian is shown
 

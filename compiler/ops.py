@@ -63,10 +63,6 @@ def _heaviside(x, h0):
     return np.heaviside(x, h0).astype(np.result_type(x, h0), copy=False)
 
 
-def _maximum(a, b):
-    return np.maximum(a, b)
-
-
 # ---- arithmetic -------------------------------------------------------------
 elementwise("add", A + B, np.add)
 elementwise("sub", A - B, np.subtract)
@@ -90,7 +86,7 @@ elementwise("sigmoid", 1 / (1 + sp.exp(-A)), _sigmoid, partials=(OUT * (1 - OUT)
 elementwise("relu", sp.Max(A, 0), lambda x: np.maximum(x, 0).astype(np.asarray(x).dtype),
             partials=(sp.Heaviside(A, 0),))
 elementwise("abs", sp.Abs(A), np.abs, partials=(sp.sign(A),))
-elementwise("maximum", sp.Max(A, B), _maximum,
+elementwise("maximum", sp.Max(A, B), np.maximum,
             partials=(sp.Heaviside(A - B), sp.Heaviside(B - A)))
 elementwise("minimum", sp.Min(A, B), np.minimum,
             partials=(sp.Heaviside(B - A), sp.Heaviside(A - B)))

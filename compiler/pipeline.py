@@ -8,7 +8,6 @@ import logging
 import os
 from dataclasses import dataclass
 
-import numpy as np
 
 from .graph import Expr, Graph, GraphError, ancestors
 from .lower import Lowerer, new_module

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 import networkx as nx
 import numpy as np
 
-from .graph import Expr, Graph, ancestors
+from .graph import Graph, ancestors
 from .ops import ELEMENTWISE
 
 MAX_KERNEL = 400

@@ -4,14 +4,13 @@ import stat
 import subprocess
 import sys
 import textwrap
-import warnings
 
 import numpy as np
 import pytest
 
 from symgrad.compiler import Graph, sin
 from symgrad.compiler.pipeline import stats
-from symgrad.runtime import cache, jit
+from symgrad.runtime import cache
 
 PROGRAM = textwrap.dedent("""
     import sys
