@@ -33,7 +33,8 @@ def torch_hvp(fn, values, seed, direction):
     if not inner.requires_grad:  # a linear operator: the second derivative is zero
         return [np.zeros(np.shape(v)) for v in values]
     second = torch.autograd.grad(inner, ts, allow_unused=True)
-    return [np.zeros(np.shape(v)) if g is None else g.numpy() for g, v in zip(second, values)]
+    return [np.zeros(np.shape(v)) if g is None else g.numpy(force=True)
+            for g, v in zip(second, values)]
 
 
 def fd_vjp(f, values, seed, eps=1e-6):

@@ -45,8 +45,11 @@ TABLE = [
     ("matmul_vec", lambda a, b: a @ b, lambda a, b: a @ b, [(3, 4), (4,)], None),
     ("matmul_T", lambda a, b: a @ b.T, lambda a, b: a @ b.T, [(3, 4), (2, 4)], None),
 ]
-SECOND_ORDER = {"add", "sub", "mul", "div", "pow", "pow_const", "exp", "log", "sqrt", "sin",
-                "cos", "tan", "tanh", "sigmoid", "matmul", "sum_all", "transpose"}
+# every elementwise operator (piecewise ones have a zero second derivative away from
+# their kinks), plus a few structured ones
+SECOND_ORDER = {"add", "sub", "mul", "div", "neg", "pow", "pow_const", "exp", "log", "sqrt",
+                "sin", "cos", "tan", "tanh", "sigmoid", "relu", "abs", "maximum", "minimum",
+                "broadcast", "matmul", "sum_all", "transpose"}
 
 
 def _values(shapes, domain, rng, dtype=np.float64):
