@@ -23,9 +23,9 @@ from .simplify import ScalarKernel
 
 I32, I64, PTR = ir.IntType(32), ir.IntType(64), ir.PointerType()
 FLOAT = {np.dtype(np.float64): ir.DoubleType(), np.dtype(np.float32): ir.FloatType()}
-# Transcendentals are calls to the C math library by name; the JIT marks them with the
-# host's SIMD variants (glibc's libmvec), so loops calling them vectorise.
-LIBM = ("sin", "cos", "tan", "exp", "log", "tanh", "pow")
+# Transcendentals (sin cos tan exp log tanh pow) are calls to the C math library by
+# name; the JIT marks them with the host's SIMD variants (glibc's libmvec), so loops
+# calling them vectorise.
 ARITH = ("contract",)               # fuse a*b+c into FMA where the target has it
 REDUCE = ("reassoc", "contract")    # lets sum loops vectorise; not "fast": keeps NaN checks
 ALIGN = 64
