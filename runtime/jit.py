@@ -187,7 +187,38 @@ def _cache_meta(names) -> dict:
             "features": llvm.get_host_cpu_features().flatten(), "names": sorted(names)}
 
 
+_MAPPINGS_EVERY = 128          # loads between two counts of the process's memory mappings
+_loads_since_check = _MAPPINGS_EVERY
+
+
+def _mapping_room() -> None:
+    """Refuse to load more code when the process nears the kernel's limit on memory
+    mappings: every loaded object takes a few that are never returned, and LLVM aborts
+    the process when it cannot map more.  A MemoryError is raised instead."""
+    global _loads_since_check
+    _loads_since_check += 1
+    if _loads_since_check < _MAPPINGS_EVERY:
+        return
+    _loads_since_check = 0
+    try:
+        with open("/proc/sys/vm/max_map_count") as fh:
+            limit = int(fh.read())
+        with open("/proc/self/maps") as fh:
+            used = sum(1 for _ in fh)
+    except (OSError, ValueError):
+        return
+    if used > limit - 2000:
+        _loads_since_check = _MAPPINGS_EVERY     # check again on every further load
+        raise MemoryError(
+            f"this process has {used} memory mappings of the kernel's limit of {limit} "
+            "(vm.max_map_count); compiled code is never unloaded, so compiling more "
+            "distinct graphs here would abort the interpreter. Compile fewer distinct "
+            "graphs per process (reuse compiled functions; the same graph compiles once), "
+            "or raise vm.max_map_count")
+
+
 def _add_object(obj: bytes, names) -> dict:
+    _mapping_room()
     engine = _engines["full"]
     engine.add_object_file(llvm.ObjectFileRef.from_data(obj))
     engine.finalize_object()

@@ -53,3 +53,25 @@ def test_bad_arguments_never_reach_native_code():
         assert f.vjp(np.ones(8)[::2])[0] == 4.0      # non-contiguous: copied, right answer
         print("ok")
     """)
+
+
+def test_running_out_of_memory_mappings_is_an_error_not_an_abort():
+    # every loaded object keeps a few memory mappings; near the kernel's limit LLVM would
+    # abort the process, so symgrad raises MemoryError first (the limit is faked here)
+    out = run("""
+        import builtins, io
+        real_open = builtins.open
+        def fake_open(path, *args, **kwargs):
+            if path == "/proc/sys/vm/max_map_count":
+                return io.StringIO("2100")
+            return real_open(path, *args, **kwargs)
+        builtins.open = fake_open
+        from symgrad.compiler import Graph
+        g = Graph()
+        x = g.input("x", (3,))
+        try:
+            g.compile([x * 2.5], [x])
+        except MemoryError as err:
+            print("MemoryError", "vm.max_map_count" in str(err))
+    """)
+    assert out.strip() == "MemoryError True"
