@@ -219,4 +219,5 @@ def build(work: Graph, entries: dict, name=None) -> Artifact:
         log.info("reused %s from the compile cache", prefix)
     for e in artifact.entries.values():
         e.address = loaded.addresses[e.name]
+    artifact.engine = loaded.engine      # the code lives as long as the artifact holds it
     return artifact

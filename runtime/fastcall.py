@@ -229,15 +229,29 @@ def build(name: str, params: list, outputs: list):
     return str(module)
 
 
+_first_address: dict = {}    # entry name -> the address its first glue was made for
+
+
 def make(name: str, entry_address: int, params: list, outputs: list):
-    """The fast-call builtin for an entry, or None where the layouts are not known."""
+    """(the fast-call builtin for an entry, the engine holding its code), or None where the
+    object layouts are not known."""
     if not layout_ok():
         return None
     import hashlib
     import llvmlite.binding as llvm
+    # The glue calls its entry at the address resolved when the glue is loaded.  An entry
+    # loaded again (its engine closed, its function gone) lands at another address: its
+    # glue then gets a name of its own, so no engine ever holds two definitions of one name,
+    # and the first glue of every entry keeps a name that is the same in every process
+    # (so its object comes from the disk cache).
+    first = _first_address.setdefault(name, entry_address)
+    if entry_address != first:
+        name = f"{name}_{entry_address:x}"
     llvm.add_symbol(f"__symgrad_entry_{name}", entry_address)
     _bind_symbols()
     text = build(name, params, outputs)
     key = "fast-" + hashlib.sha256(text.encode()).hexdigest()
-    loaded = jit.lookup(key, [name]) or jit.load(text, [name], key=key)
-    return _new_function(ctypes.byref(_method_def(name, loaded.addresses[name])), None, None)
+    in_memory = f"{key}@{entry_address:x}"
+    loaded = jit.lookup(key, [name], in_memory) or jit.load(text, [name], key, in_memory)
+    function = _new_function(ctypes.byref(_method_def(name, loaded.addresses[name])), None, None)
+    return function, loaded.engine

@@ -56,6 +56,7 @@ class CompiledFunction:
         self._out_ids, self._grad_ids = out_ids, grad_ids
         self._names = {n: k for k, (n, _, _) in enumerate(self.inputs)}
         self._artifacts, self._entries, self._fast = {}, {}, {}
+        self._engines = []               # CodeEngines holding this function's code
         self._lock = threading.Lock()
         self._default_seed = (1.0,) if len(self.seeds) == 1 and self.seeds[0][1] == () \
             and self.seeds[0][2] == np.float64 else None
@@ -127,11 +128,15 @@ class CompiledFunction:
             params += [(s, d) for _, s, d in self.seeds]
         outputs = [(attrs[i]["shape"], attrs[i]["dtype"]) for i in entry.outputs]
         try:
-            function = fastcall.make(f"{entry.name}_fast", entry.address, params, outputs)
+            made = fastcall.make(f"{entry.name}_fast", entry.address, params, outputs)
+        except MemoryError:
+            raise
         except Exception:    # no fast path is a slower call, never a wrong one
-            function = None
-        if function is None:
+            made = None
+        if made is None:
             return None
+        function, engine = made
+        self._engines.append(engine)     # the glue's code lives as long as this function
         arrays = [k for k, (shape, _) in enumerate(outputs) if shape != ()]
         scalars = [k for k, (shape, _) in enumerate(outputs) if shape == ()]
         where = {}

@@ -1,9 +1,9 @@
 """The LLVM JIT: parse, optimise and load modules; hand back native addresses.
 
-Every module is optimised, compiled to an object file and the object loaded into one
-MCJIT engine, created on first use and never collected (a collected engine frees the
-code behind every function it loaded).  Going through objects is what lets the disk
-cache (``cache.py``) hand back the same code in a new process.  Very large modules are
+Every module is optimised, compiled to an object file and the object loaded into a
+CodeEngine (an MCJIT engine); compiled functions hold the engines their code lives in,
+and an engine nobody holds is closed (see CodeEngine).  Going through objects is what
+lets the disk cache (``cache.py``) hand back the same code in a new process.  Very large modules are
 code-generated at level 0 (the fast register allocator) without the SLP vectoriser:
 both grow super-linearly with long straight-line code.  One lock
 around it: compiles from several threads are serialised, calls are not.
@@ -15,6 +15,7 @@ import ctypes.util
 import functools
 import re
 import threading
+import weakref
 from dataclasses import dataclass
 
 import llvmlite.binding as llvm
@@ -25,14 +26,14 @@ OPT_LEVEL = 3
 LARGE_MODULE = 20_000
 
 _lock = threading.RLock()
-_engines = {}            # "full" -> ExecutionEngine (kept forever)
+_current = None          # the CodeEngine new objects go into
 _codegen = {}            # "full" | "large" -> TargetMachine emitting objects
 _target_machine = None
 
 
 def _init():
     global _target_machine
-    if _engines:
+    if _codegen:
         return
     llvm.initialize_native_target()
     llvm.initialize_native_asmprinter()
@@ -50,7 +51,6 @@ def _init():
         _codegen[kind] = target.create_target_machine(cpu=cpu, features=features, opt=opt,
                                                       codemodel="jitdefault", jit=True)
     _target_machine = _codegen["full"]
-    _engines["full"] = llvm.create_mcjit_compiler(llvm.parse_assembly(""), _target_machine)
 
 
 # glibc's libmvec: ISA letter (x86 vector ABI), the host feature it needs, and widths
@@ -161,9 +161,58 @@ class Loaded:
     """What the engine hands back for one module."""
     addresses: dict          # function name -> address
     optimized_ir: str = ""   # empty when the code came from the cache
+    engine: object = None    # the CodeEngine the code lives in: hold it to keep the code
 
 
-_loaded: dict = {}           # cache key -> addresses: the same code is never loaded twice
+OBJECTS_PER_ENGINE = 64
+
+
+class CodeEngine:
+    """An MCJIT engine; the code loaded into it lives exactly as long as this object.
+
+    Compiled functions hold the engines their code is in; new objects go into the current
+    engine until it holds OBJECTS_PER_ENGINE, then into a fresh one.  An engine nobody
+    holds any more is closed, which returns its code memory and memory mappings: a process
+    compiling many distinct graphs keeps only the code of the functions still alive."""
+
+    def __init__(self):
+        target = llvm.Target.from_default_triple()
+        # MCJIT takes ownership of its target machine: each engine gets its own
+        machine = target.create_target_machine(
+            cpu=llvm.get_host_cpu_name(), features=llvm.get_host_cpu_features().flatten(),
+            opt=3, codemodel="jitdefault", jit=True)
+        self._engine = llvm.create_mcjit_compiler(llvm.parse_assembly(""), machine)
+        self.objects = 0
+
+    def add(self, obj: bytes, names) -> dict:
+        self._engine.add_object_file(llvm.ObjectFileRef.from_data(obj))
+        self._engine.finalize_object()
+        self.objects += 1
+        return {n: self._engine.get_function_address(n) for n in names}
+
+    def __del__(self):
+        engine, self._engine = getattr(self, "_engine", None), None
+        if engine is not None:
+            try:
+                with _lock:
+                    engine.close()
+            except Exception:   # interpreter shutdown: the process returns everything
+                pass
+
+
+# cache key -> (weak reference to its CodeEngine, addresses): code is never loaded twice
+# while loaded, and forgotten when its engine closes
+_loaded: dict = {}
+
+
+def _known(key):
+    hit = _loaded.get(key)
+    if hit is not None:
+        engine = hit[0]()
+        if engine is not None:
+            return Loaded(hit[1], engine=engine)
+        del _loaded[key]
+    return None
 
 
 def optimize(module: "llvm.ModuleRef", size: int) -> None:
@@ -194,7 +243,8 @@ _loads_since_check = _MAPPINGS_EVERY
 def _mapping_room() -> None:
     """Refuse to load more code when the process nears the kernel's limit on memory
     mappings: every loaded object takes a few that are never returned, and LLVM aborts
-    the process when it cannot map more.  A MemoryError is raised instead."""
+    the process when it cannot map more.  A MemoryError is raised instead (with engines
+    closed as their functions go, only the code of live functions counts)."""
     global _loads_since_check
     _loads_since_check += 1
     if _loads_since_check < _MAPPINGS_EVERY:
@@ -217,45 +267,55 @@ def _mapping_room() -> None:
             "or raise vm.max_map_count")
 
 
-def _add_object(obj: bytes, names) -> dict:
+def _add_object(obj: bytes, names, memory_key=None) -> Loaded:
+    global _current
     _mapping_room()
-    engine = _engines["full"]
-    engine.add_object_file(llvm.ObjectFileRef.from_data(obj))
-    engine.finalize_object()
-    return {n: engine.get_function_address(n) for n in names}
+    if _current is None or _current.objects >= OBJECTS_PER_ENGINE:
+        _current = CodeEngine()
+        for k in [k for k, (ref, _) in _loaded.items() if ref() is None]:
+            del _loaded[k]
+    engine = _current
+    addresses = engine.add(obj, names)
+    if memory_key is not None:
+        _loaded[memory_key] = (weakref.ref(engine), addresses)
+    return Loaded(addresses, engine=engine)
 
 
-def lookup(key: str, names) -> Loaded | None:
-    """Code compiled before for ``key``: in this process, or from the disk cache."""
+def lookup(key: str, names, memory_key: str | None = None) -> Loaded | None:
+    """Code compiled before for ``key``: in this process, or from the disk cache.
+    ``memory_key`` names it in this process's table when that differs from ``key``."""
     from . import cache
     with _lock:
         _init()
-        if key in _loaded:
-            return Loaded(_loaded[key])
+        known = _known(memory_key or key)
+        if known is not None:
+            return known
         obj = cache.load(key, _cache_meta(names))
         if obj is None:
             return None
-        addresses = _loaded[key] = _add_object(obj, names)
-        return Loaded(addresses)
+        return _add_object(obj, names, memory_key or key)
 
 
-def load(ir_text: str, names: list[str], key: str | None = None) -> Loaded:
+def load(ir_text: str, names: list[str], key: str | None = None,
+         memory_key: str | None = None) -> Loaded:
     """Parse, verify, optimise and compile ``ir_text`` to an object, load it and return the
     entry addresses; with a ``key``, the object is also written to the disk cache."""
     from . import cache
     with _lock:
         _init()
-        if key is not None and key in _loaded:
-            return Loaded(_loaded[key])
+        if key is not None:
+            known = _known(memory_key or key)
+            if known is not None:
+                return known
         module = _optimized_module(ir_text)
         size = ir_text.count("\n")
         optimized = str(module)
         obj = _codegen["full" if size < LARGE_MODULE else "large"].emit_object(module)
-        addresses = _add_object(obj, names)
+        loaded = _add_object(obj, names, (memory_key or key) if key is not None else None)
+        loaded.optimized_ir = optimized
         if key is not None:
-            _loaded[key] = addresses
             cache.store(key, _cache_meta(names), obj)
-        return Loaded(addresses, optimized)
+        return loaded
 
 
 def _optimized_module(ir_text: str):

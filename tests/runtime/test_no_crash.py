@@ -75,3 +75,36 @@ def test_running_out_of_memory_mappings_is_an_error_not_an_abort():
             print("MemoryError", "vm.max_map_count" in str(err))
     """)
     assert out.strip() == "MemoryError True"
+
+
+def test_code_of_dropped_functions_is_freed_and_kept_ones_still_work():
+    out = run("""
+        import gc
+        import numpy as np
+        from symgrad.compiler import Graph, sin
+        def maps():
+            with open("/proc/self/maps") as fh:
+                return sum(1 for _ in fh)
+        def make(k):
+            g = Graph()
+            x = g.input("x", (4,))
+            return g.compile([(sin(x) * (k + 0.5)).sum()], [x])
+        def check(f, k, x):
+            want = 4 * np.sin(x) * (k + 0.5)
+            assert np.isclose(f.vjp(np.full(4, x))[0], want, rtol=1e-12), (k, want)
+        kept = {k: make(k) for k in (0, 1, 2)}
+        for k in range(3, 400):      # warm up, then count mappings over 1,200 more
+            check(make(k), k, 1.0)
+        gc.collect()
+        before = maps()
+        for k in range(400, 1600):
+            check(make(k), k, 1.0)
+        gc.collect()
+        print(maps() - before)       # without engine rotation: ~4 per function, ~4,800
+        for k, f in kept.items():    # their engine stayed open while others closed
+            check(f, k, 0.5)
+        again = make(700)            # compiled before, its code freed since: loaded anew
+        check(again, 700, 1.0)
+        check(make(700), 700, 0.25)
+    """)
+    assert int(out.split()[-1]) < 200
