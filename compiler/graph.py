@@ -248,8 +248,10 @@ class Graph:
                 raise TypeError(f"a graph constant must be a real number, got {value!r}; "
                                 "pass tensors as inputs (Graph.input)")
         value = float(value)
-        if value == int(value) if math.isfinite(value) else False:
-            value = float(int(value))
+        if value == 0.0:
+            # -0.0 == 0.0, so both intern to one node: its value must not depend on which
+            # of the two was made first
+            value = 0.0
         return Expr(self, self._intern("const", (), (value,), (), as_dtype(dtype or self.dtype)))
 
     # ---- node making -----------------------------------------------------------------

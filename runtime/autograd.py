@@ -200,9 +200,6 @@ def _recorded_grads(f, tape, used, seeds, grads):
 
 def backward(tensor, gradient=None, retain_graph=None, create_graph=False, inputs=None):
     """``tensor.backward(gradient)``: accumulate vᵀJ into the leaves' ``.grad``."""
-    if not isinstance(tensor, Tensor) or not tensor.requires_grad:
-        raise RuntimeError("element 0 of tensors does not require grad and does not have a "
-                           "grad_fn")
     tape = _Tape([tensor])
     tape_targets = _targets(tape, inputs)
     grads = run_backward([tensor], [gradient], tape_targets, retain_graph, create_graph, tape)

@@ -209,6 +209,16 @@ def _fmt(v):
     return f"{a.item():g}" if a.ndim == 0 else np.array2string(a, precision=4)
 
 
+def _subcommand(sub, name, run, help, examples):
+    """A subcommand reading expressions (see _common), with example lines in its --help."""
+    p = sub.add_parser(name, help=help, formatter_class=argparse.RawDescriptionHelpFormatter,
+                       epilog="examples:\n" + "".join(f"  symgrad {name} {e}\n"
+                                                       for e in examples))
+    _common(p)
+    p.set_defaults(run=run)
+    return p
+
+
 def _common(p):
     p.add_argument("expressions", help='assignments in SymPy syntax, separated by ";"')
     p.add_argument("--at", help="input values: name=value,… (a [list] for a tensor)")
@@ -227,38 +237,28 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("action", nargs="?", choices=["list", "run", "all"])
     ex.add_argument("name", nargs="?", help="example number (000–004) or module name")
     ex.set_defaults(run=_examples)
-    jac = sub.add_parser(
-        "jacobian", help="dump local Jacobians J and adjoints P of expressions",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="examples:\n  symgrad jacobian \"u3 = u1 + u2; u4 = u2*u3\" --at u1=2,u2=3\n"
-               "  symgrad jacobian \"z = x*y\" --shape x=3 --shape y=3 "
-               "--at \"x=[0,2,8],y=[5,1,7]\"")
-    _common(jac)
+    jac = _subcommand(sub, "jacobian", _jacobian,
+                      "dump local Jacobians J and adjoints P of expressions",
+                      ['"u3 = u1 + u2; u4 = u2*u3" --at u1=2,u2=3',
+                       '"z = x*y" --shape x=3 --shape y=3 --at "x=[0,2,8],y=[5,1,7]"'])
     jac.add_argument("--format", choices=["text", "latex", "json"], default="text")
-    jac.set_defaults(run=_jacobian)
-    gr = sub.add_parser(
-        "graph", help="draw the forward or reverse graph (DOT, or SVG/PNG with Graphviz)",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="examples:\n  symgrad graph \"u3 = u1 + u2; u4 = u2*u3\" --at u1=2,u2=3 "
-               "--out graph.svg\n  symgrad graph \"u3 = u1 + u2; u4 = u2*u3\" --reverse")
-    _common(gr)
+    gr = _subcommand(sub, "graph", _graph,
+                     "draw the forward or reverse graph (DOT, or SVG/PNG with Graphviz)",
+                     ['"u3 = u1 + u2; u4 = u2*u3" --at u1=2,u2=3 --out graph.svg',
+                      '"u3 = u1 + u2; u4 = u2*u3" --reverse'])
     gr.add_argument("--out", help="file to write: .dot, .svg or .png (default: DOT to stdout)")
     gr.add_argument("--reverse", action="store_true", help="draw adjoints P and J on edges")
-    gr.set_defaults(run=_graph)
-    co = sub.add_parser(
-        "compile", help="show the simplified kernels, LLVM IR or assembly; export a library",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="examples:\n  symgrad compile \"z = sin(x)*y\" --wrt x,y --emit sympy\n"
-               "  symgrad compile \"z = sin(x)*y\" --wrt x,y --emit llvm-opt\n"
-               "  symgrad compile \"z = x*y\" --shape x=3 --shape y=3 --wrt x,y "
-               "--emit shared -o libz.so --name z")
-    _common(co)
+    co = _subcommand(sub, "compile", _compile,
+                     "show the simplified kernels, LLVM IR or assembly; export a library",
+                     ['"z = sin(x)*y" --wrt x,y --emit sympy',
+                      '"z = sin(x)*y" --wrt x,y --emit llvm-opt',
+                      '"z = x*y" --shape x=3 --shape y=3 --wrt x,y --emit shared -o libz.so '
+                      '--name z'])
     co.add_argument("--wrt", help="inputs to differentiate with respect to: x,y")
     co.add_argument("--emit", choices=["sympy", "llvm", "llvm-opt", "asm", "obj", "shared"],
                     default="sympy")
     co.add_argument("-o", help="output file (required for obj and shared)")
     co.add_argument("--name", default="symgrad_fn", help="C name prefix of exported entries")
-    co.set_defaults(run=_compile)
     return p
 
 

@@ -87,16 +87,9 @@ class Node:
     def __repr__(self):
         return f"<{self.name} object>"
 
-    def name_(self):
-        return self.name
-
     @property
     def next_functions(self):
         return tuple((t.grad_fn, 0) for t in self.inputs)
-
-
-def _wants_grad(*tensors) -> bool:
-    return _mode.enabled and any(isinstance(t, Tensor) and t._requires_grad for t in tensors)
 
 
 def _record(value, name, key, build, inputs) -> "Tensor":
