@@ -297,9 +297,10 @@ def lookup(key: str, names, memory_key: str | None = None) -> Loaded | None:
 
 
 def load(ir_text: str, names: list[str], key: str | None = None,
-         memory_key: str | None = None) -> Loaded:
+         memory_key: str | None = None, optimize_ir: bool = True) -> Loaded:
     """Parse, verify, optimise and compile ``ir_text`` to an object, load it and return the
-    entry addresses; with a ``key``, the object is also written to the disk cache."""
+    entry addresses; with a ``key``, the object is also written to the disk cache.
+    ``optimize_ir=False`` skips the IR pipeline (code generation still optimises)."""
     from . import cache
     with _lock:
         _init()
@@ -307,7 +308,7 @@ def load(ir_text: str, names: list[str], key: str | None = None,
             known = _known(memory_key or key)
             if known is not None:
                 return known
-        module = _optimized_module(ir_text)
+        module = _optimized_module(ir_text, optimize_ir)
         size = ir_text.count("\n")
         optimized = str(module)
         obj = _codegen["full" if size < LARGE_MODULE else "large"].emit_object(module)
@@ -318,14 +319,15 @@ def load(ir_text: str, names: list[str], key: str | None = None,
         return loaded
 
 
-def _optimized_module(ir_text: str):
+def _optimized_module(ir_text: str, optimize_ir: bool = True):
     """Parsed, verified, targeted at this host and optimised (call with the lock held)."""
     _init()
     module = llvm.parse_assembly(add_vector_variants(ir_text))
     module.verify()
     module.triple = _target_machine.triple
     module.data_layout = str(_target_machine.target_data)
-    optimize(module, ir_text.count("\n"))
+    if optimize_ir:
+        optimize(module, ir_text.count("\n"))
     return module
 
 
