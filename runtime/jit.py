@@ -220,8 +220,23 @@ def optimize(module: "llvm.ModuleRef", size: int) -> None:
     pto.loop_vectorization = True
     pto.slp_vectorization = size < LARGE_MODULE
     pb = llvm.create_pass_builder(_target_machine, pto)
-    pm = pb.getModulePassManager()
-    pm.run(module, pb)
+    pm = pb.getModulePassManager()    # one per run: a pass manager cannot run twice
+    try:
+        pm.run(module, pb)
+    finally:
+        _free_pass_manager(pm)
+
+
+def _free_pass_manager(pm) -> None:
+    """Free a module pass manager.  llvmlite 0.45-0.50 never does: ``ObjectRef._dispose``
+    (a no-op) comes before ``NewPassManager._dispose`` in ``ModulePassManager``'s method
+    order, so each optimised module leaked its whole pipeline, ~50 KB."""
+    from llvmlite.binding import ffi, newpassmanagers
+    if type(pm)._dispose is ffi.ObjectRef._dispose:
+        newpassmanagers.NewPassManager._dispose(pm)
+        pm.detach()
+    else:               # a fixed llvmlite
+        pm.close()
 
 
 def _cache_meta(names) -> dict:
@@ -242,9 +257,8 @@ _loads_since_check = _MAPPINGS_EVERY
 
 def _mapping_room() -> None:
     """Refuse to load more code when the process nears the kernel's limit on memory
-    mappings: every loaded object takes a few that are never returned, and LLVM aborts
-    the process when it cannot map more.  A MemoryError is raised instead (with engines
-    closed as their functions go, only the code of live functions counts)."""
+    mappings: every loaded object takes a few until its engine closes, and LLVM aborts
+    the process when it cannot map more.  A MemoryError is raised instead."""
     global _loads_since_check
     _loads_since_check += 1
     if _loads_since_check < _MAPPINGS_EVERY:
@@ -261,10 +275,10 @@ def _mapping_room() -> None:
         _loads_since_check = _MAPPINGS_EVERY     # check again on every further load
         raise MemoryError(
             f"this process has {used} memory mappings of the kernel's limit of {limit} "
-            "(vm.max_map_count); compiled code is never unloaded, so compiling more "
-            "distinct graphs here would abort the interpreter. Compile fewer distinct "
-            "graphs per process (reuse compiled functions; the same graph compiles once), "
-            "or raise vm.max_map_count")
+            "(vm.max_map_count), and loading more compiled code could abort the "
+            "interpreter. The code of every live compiled function stays loaded: drop "
+            "compiled functions you no longer need (the same graph compiles once), or "
+            "raise vm.max_map_count")
 
 
 def _add_object(obj: bytes, names, memory_key=None) -> Loaded:
