@@ -240,6 +240,13 @@ def _free_pass_manager(pm) -> None:
 
 
 def _cache_meta(names) -> dict:
+    return {**_environment(), "names": sorted(names)}
+
+
+@functools.lru_cache(maxsize=None)
+def _environment() -> dict:
+    """What the code in a cache entry depends on besides its key (read once: asking
+    package metadata for a version costs milliseconds)."""
     import llvmlite
     from importlib.metadata import PackageNotFoundError, version
     try:
@@ -248,7 +255,7 @@ def _cache_meta(names) -> dict:
         mine = "unknown"
     return {"symgrad": mine, "llvmlite": llvmlite.__version__, "blas": blas(),
             "llvm": list(llvm.llvm_version_info), "cpu": llvm.get_host_cpu_name(),
-            "features": llvm.get_host_cpu_features().flatten(), "names": sorted(names)}
+            "features": llvm.get_host_cpu_features().flatten()}
 
 
 _MAPPINGS_EVERY = 128          # loads between two counts of the process's memory mappings
