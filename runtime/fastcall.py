@@ -1,4 +1,4 @@
-"""A JIT'd CPython ``METH_FASTCALL`` entry point per compiled entry: the cheap call path.
+"""JIT'd CPython ``METH_FASTCALL`` functions: the cheap call path into compiled entries.
 
 ``fast(*inputs, *seeds, *array_outputs)`` checks every argument natively — an exact
 ``float`` or ``numpy.float64`` for a scalar, an exact ``ndarray`` with the declared dtype (by descriptor
@@ -12,12 +12,19 @@ buffer it has not checked, and never raises.
 The object layouts it reads (``PyFloatObject.ob_fval``; numpy's ``PyArrayObject``
 fields) are verified against live objects at start-up; if they differ (another
 interpreter, a free-threaded build), the fast path is simply not used.
+
+The glue depends only on the call signature (shapes and dtypes of arguments and
+outputs): one object per signature serves every entry with it.  Each compiled entry
+gets its own builtin over that glue whose ``self`` is a capsule holding the entry's
+address, so compiling a new graph with a known signature compiles no glue.
 """
 from __future__ import annotations
 
 import ctypes
 import functools
 import sys
+import threading
+import weakref
 
 import numpy as np
 from llvmlite import ir
@@ -106,7 +113,7 @@ def _bind_symbols():
                       ("f64", np.dtype(np.float64)), ("f32", np.dtype(np.float32))):
         llvm.add_symbol(f"__symgrad_addr_{what}", id(obj))   # these objects live forever
     for api in ("Py_IncRef", "PyFloat_FromDouble", "PyTuple_New", "PyTuple_SetItem",
-                "PyEval_SaveThread", "PyEval_RestoreThread"):
+                "PyEval_SaveThread", "PyEval_RestoreThread", "PyCapsule_GetPointer"):
         llvm.add_symbol(api, _api(api))
 
 
@@ -120,9 +127,10 @@ def _symbol(module, name):
 
 
 def build(name: str, params: list, outputs: list):
-    """A fast-call function for an entry.  ``params``: (shape, dtype) of each argument in
+    """The fast-call glue for a signature.  ``params``: (shape, dtype) of each argument in
     table order; ``outputs``: (shape, dtype) of each output.  Array outputs are extra
-    trailing arguments; scalar outputs come back as a tuple of floats."""
+    trailing arguments; scalar outputs come back as a tuple of floats.  The entry to
+    call is the pointer in the capsule the builtin is bound to (its ``self``)."""
     module = ir.Module(name=name)
     fn_type = ir.FunctionType(PTR, [PTR, PTR, I64])
     fn = ir.Function(module, fn_type, name=name)
@@ -130,10 +138,12 @@ def build(name: str, params: list, outputs: list):
     box = ir.Function(module, ir.FunctionType(PTR, [F64]), name="PyFloat_FromDouble")
     new_tuple = ir.Function(module, ir.FunctionType(PTR, [I64]), name="PyTuple_New")
     set_item = ir.Function(module, ir.FunctionType(I32, [PTR, I64, PTR]), name="PyTuple_SetItem")
-    # the kernel entry, by a private symbol bound to its address (see make())
-    entry_fn = ir.Function(module, ir.FunctionType(I32, [PTR]), name=f"__symgrad_entry_{name}")
+    unbox = ir.Function(module, ir.FunctionType(PTR, [PTR, PTR]), name="PyCapsule_GetPointer")
 
     b = ir.IRBuilder(fn.append_basic_block("entry"))
+    entry_type = ir.FunctionType(I32, [PTR])
+    entry_fn = b.inttoptr(b.ptrtoint(b.call(unbox, [fn.args[0], ir.Constant(PTR, None)]), I64),
+                          entry_type.as_pointer(), name="entry")
     fail = fn.append_basic_block("fallback")
     array_outputs = [k for k, (shape, _) in enumerate(outputs) if shape != ()]
     n_args = len(params) + len(array_outputs)
@@ -229,33 +239,44 @@ def build(name: str, params: list, outputs: list):
     return str(module)
 
 
-_first_address: dict = {}    # entry name -> the address its first glue was made for
+_glues: dict = {}      # signature -> (weak reference to its CodeEngine, PyMethodDef)
+_glues_lock = threading.Lock()
+_capsule = ctypes.pythonapi.PyCapsule_New
+_capsule.restype = ctypes.py_object
+_capsule.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_void_p]
 
 
-def make(name: str, entry_address: int, params: list, outputs: list):
-    """(the fast-call builtin for an entry, the engine holding its code), or None where the
-    object layouts are not known."""
+def make(entry_address: int, params: list, outputs: list):
+    """(the fast-call builtin for the entry at ``entry_address``, the engine holding its
+    glue), or None where the object layouts are not known."""
     if not layout_ok():
         return None
+    signature = (tuple((tuple(s), np.dtype(d).str) for s, d in params),
+                 tuple((tuple(s), np.dtype(d).str) for s, d in outputs))
+    with _glues_lock:
+        engine, definition = _glue(signature)
+    function = _new_function(ctypes.byref(definition), _capsule(entry_address, None, None), None)
+    return function, engine
+
+
+def _glue(signature):
+    """(engine, PyMethodDef) of the glue for ``signature``, compiled or loaded if its
+    engine is gone (call with _glues_lock held)."""
+    known = _glues.get(signature)
+    if known is not None and known[0]() is not None:
+        return known[0](), known[1]
     import hashlib
-    import llvmlite.binding as llvm
-    # The glue calls its entry at the address resolved when the glue is loaded.  An entry
-    # loaded again (its engine closed, its function gone) lands at another address: its
-    # glue then gets a name of its own, so no engine ever holds two definitions of one name,
-    # and the first glue of every entry keeps a name that is the same in every process
-    # (so its object comes from the disk cache).
-    first = _first_address.setdefault(name, entry_address)
-    if entry_address != first:
-        name = f"{name}_{entry_address:x}"
-    llvm.add_symbol(f"__symgrad_entry_{name}", entry_address)
+    for k in [k for k, (ref, _) in _glues.items() if ref() is None]:
+        del _glues[k]        # their engines are closed
+    params, outputs = ([(s, np.dtype(d)) for s, d in part] for part in signature)
+    name = "symgrad_fast_" + hashlib.sha256(repr(signature).encode()).hexdigest()[:16]
     _bind_symbols()
     text = build(name, params, outputs)
     key = "fast-" + hashlib.sha256(text.encode()).hexdigest()
-    in_memory = f"{key}@{entry_address:x}"
     # Straight-line checks and one call: code generation alone gives the same instruction
-    # count per call as the IR pipeline (callgrind), and skipping it saves a pipeline run
-    # (time, and ~1.5 KB of LLVM bookkeeping llvmlite cannot free) per compiled function.
-    loaded = (jit.lookup(key, [name], in_memory)
-              or jit.load(text, [name], key, in_memory, optimize_ir=False))
-    function = _new_function(ctypes.byref(_method_def(name, loaded.addresses[name])), None, None)
-    return function, loaded.engine
+    # count per call as the IR pipeline (callgrind), and skipping it saves a pipeline run.
+    loaded = jit.lookup(key, [name]) or jit.load(text, [name], key, optimize_ir=False)
+    # one definition per loaded glue, never freed (see _method_def)
+    definition = _method_def("symgrad_fast", loaded.addresses[name])
+    _glues[signature] = (weakref.ref(loaded.engine), definition)
+    return loaded.engine, definition

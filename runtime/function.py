@@ -128,7 +128,7 @@ class CompiledFunction:
             params += [(s, d) for _, s, d in self.seeds]
         outputs = [(attrs[i]["shape"], attrs[i]["dtype"]) for i in entry.outputs]
         try:
-            made = fastcall.make(f"{entry.name}_fast", entry.address, params, outputs)
+            made = fastcall.make(entry.address, params, outputs)
         except MemoryError:
             raise
         except Exception:    # no fast path is a slower call, never a wrong one

@@ -332,7 +332,9 @@ def load(ir_text: str, names: list[str], key: str | None = None,
         module = _optimized_module(ir_text, optimize_ir)
         size = ir_text.count("\n")
         optimized = str(module)
-        obj = _codegen["full" if size < LARGE_MODULE else "large"].emit_object(module)
+        # huge modules, and glue that skipped the IR pipeline: the fast code generator
+        quick = size >= LARGE_MODULE or not optimize_ir
+        obj = _codegen["large" if quick else "full"].emit_object(module)
         loaded = _add_object(obj, names, (memory_key or key) if key is not None else None)
         loaded.optimized_ir = optimized
         if key is not None:

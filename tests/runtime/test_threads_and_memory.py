@@ -104,3 +104,25 @@ def test_runtime_cache_of_compiled_backwards_is_bounded(monkeypatch):
         x = rt.tensor([1.0] * (k + 1), requires_grad=True)
         (x * 3).sum().backward()
     assert len(autograd._cache) <= 8
+
+
+def test_functions_of_one_signature_share_their_fast_call_glue():
+    from symgrad.runtime import fastcall
+
+    def make(k, n=5):
+        g = Graph()
+        x = g.input("x", (n,))
+        return g.compile([(exp(x) * (k + 1.5)).sum()], [x])
+    first = make(0)
+    glues = set(fastcall._glues)
+    functions = [first] + [make(k) for k in range(1, 6)]
+    assert set(fastcall._glues) == glues           # same shapes: no new glue compiled
+    x = np.linspace(-1.0, 1.0, 5)
+    for k in (3, 0, 5, 1):                         # each builtin calls its own kernel
+        value, (grad,) = functions[k].vjp(x)
+        assert np.isclose(value, np.exp(x).sum() * (k + 1.5), rtol=1e-13)
+        np.testing.assert_allclose(grad, np.exp(x) * (k + 1.5), rtol=1e-13)
+    assert functions[2]._fast["vjp"][0] is not functions[4]._fast["vjp"][0]
+    other = make(0, n=6)                           # another shape: glue of its own
+    assert len(set(fastcall._glues) - glues) == 1
+    assert np.isclose(other.vjp(np.zeros(6))[0], 6 * 1.5)
