@@ -262,9 +262,10 @@ def make(entry_address: int, params: list, outputs: list):
 def _glue(signature):
     """(engine, PyMethodDef) of the glue for ``signature``, compiled or loaded if its
     engine is gone (call with _glues_lock held)."""
-    known = _glues.get(signature)
-    if known is not None and known[0]() is not None:
-        return known[0](), known[1]
+    ref, definition = _glues.get(signature, (lambda: None, None))
+    engine = ref()
+    if engine is not None:
+        return engine, definition
     import hashlib
     for k in [k for k, (ref, _) in _glues.items() if ref() is None]:
         del _glues[k]        # their engines are closed
