@@ -267,7 +267,7 @@ def _glue(signature):
     if engine is not None:
         return engine, definition
     import hashlib
-    for k in [k for k, (ref, _) in _glues.items() if ref() is None]:
+    for k in [k for k, (old, _) in _glues.items() if old() is None]:
         del _glues[k]        # their engines are closed
     params, outputs = ([(s, np.dtype(d)) for s, d in part] for part in signature)
     name = "symgrad_fast_" + hashlib.sha256(repr(signature).encode()).hexdigest()[:16]

@@ -228,7 +228,7 @@ def optimize(module: "llvm.ModuleRef", size: int) -> None:
 
 
 def _free_pass_manager(pm) -> None:
-    """Free a module pass manager.  llvmlite 0.45-0.50 never does: ``ObjectRef._dispose``
+    """Free a module pass manager.  llvmlite (0.50 at least) never does: ``ObjectRef._dispose``
     (a no-op) comes before ``NewPassManager._dispose`` in ``ModulePassManager``'s method
     order, so each optimised module leaked its whole pipeline, ~50 KB."""
     from llvmlite.binding import ffi, newpassmanagers
@@ -321,7 +321,8 @@ def load(ir_text: str, names: list[str], key: str | None = None,
          memory_key: str | None = None, optimize_ir: bool = True) -> Loaded:
     """Parse, verify, optimise and compile ``ir_text`` to an object, load it and return the
     entry addresses; with a ``key``, the object is also written to the disk cache.
-    ``optimize_ir=False`` skips the IR pipeline (code generation still optimises)."""
+    ``optimize_ir=False`` skips the IR pipeline and uses the fast code generator (for
+    straight-line glue, where neither gains anything)."""
     from . import cache
     with _lock:
         _init()
