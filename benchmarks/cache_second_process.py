@@ -26,7 +26,7 @@ print(time.perf_counter() - start)
 
 def main():
     with tempfile.TemporaryDirectory() as cache_dir:
-        env = dict(os.environ, SYMGRAD_CACHE_DIR=cache_dir)
+        env = dict(os.environ, SYMGRAD_CACHE_DIR=cache_dir, SYMGRAD_CACHE="1")
         times = [float(subprocess.run([sys.executable, "-c", PROGRAM], env=env, check=True,
                                       capture_output=True, text=True).stdout)
                  for _ in range(2)]

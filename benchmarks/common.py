@@ -16,6 +16,9 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")   # single thread unless said
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false "
                                    "intra_op_parallelism_threads=1")
+# Compile times are measured cold: code from an earlier run's disk cache would make a
+# "first" time a cache hit.  The cache is measured on its own (cache_second_process.py).
+os.environ["SYMGRAD_CACHE"] = "0"
 
 import numpy as np
 

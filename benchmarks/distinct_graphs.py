@@ -71,7 +71,7 @@ def main(n=10_000):
                 print("  (skipping jax: not installed; pip install -e '.[bench]')")
                 continue
         with tempfile.TemporaryDirectory() as cache_dir:   # a disk cache, as in use
-            env = dict(os.environ, SYMGRAD_CACHE_DIR=cache_dir)
+            env = dict(os.environ, SYMGRAD_CACHE_DIR=cache_dir, SYMGRAD_CACHE="1")
             out = subprocess.run([sys.executable, "-c", setup + COMMON, str(n)], check=True,
                                  capture_output=True, text=True, env=env).stdout
         points = ast.literal_eval(out.strip().splitlines()[-1])
