@@ -14,7 +14,7 @@ from symgrad.compiler import Graph
 from tests.conftest import fd_vjp
 from tests.fuzz.recipes import RuntimeOps, SymgradOps, TorchOps, recipes, replay
 
-EXAMPLES = int(os.environ.get("SYMGRAD_FUZZ_EXAMPLES", "120"))
+EXAMPLES = int(os.environ.get("SYMGRAD_FUZZ_EXAMPLES", "300"))
 FUZZ = settings(max_examples=EXAMPLES, deadline=None, derandomize="SYMGRAD_FUZZ_SEED" not in os.environ,
                 suppress_health_check=list(HealthCheck))
 TOL = {np.float64: dict(rtol=1e-9, atol=1e-11), np.float32: dict(rtol=1e-4, atol=1e-4)}
