@@ -211,7 +211,6 @@ def build(work: Graph, entries: dict, name=None) -> Artifact:
     loaded = jit.lookup(key, names)
     if loaded is None:
         loaded = jit.load(artifact.llvm_ir, names, key=key)
-        artifact._optimized = loaded.optimized_ir
         stats["compiles"] += 1
         log.info("compiled %s: %d nodes, entries %s", prefix, len(work), list(entries))
     else:

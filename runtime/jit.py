@@ -160,7 +160,6 @@ def target_machine():
 class Loaded:
     """What the engine hands back for one module."""
     addresses: dict          # function name -> address
-    optimized_ir: str = ""   # empty when the code came from the cache
     engine: object = None    # the CodeEngine the code lives in: hold it to keep the code
 
 
@@ -332,12 +331,10 @@ def load(ir_text: str, names: list[str], key: str | None = None,
                 return known
         module = _optimized_module(ir_text, optimize_ir)
         size = ir_text.count("\n")
-        optimized = str(module)
         # huge modules, and glue that skipped the IR pipeline: the fast code generator
         quick = size >= LARGE_MODULE or not optimize_ir
         obj = _codegen["large" if quick else "full"].emit_object(module)
         loaded = _add_object(obj, names, (memory_key or key) if key is not None else None)
-        loaded.optimized_ir = optimized
         if key is not None:
             cache.store(key, _cache_meta(names), obj)
         return loaded
