@@ -224,10 +224,6 @@ structured("matmul", _matmul_shape,
            ("P_a = P_c·bᵀ", "P_b = aᵀ·P_c"))
 
 
-def is_elementwise(op: str) -> bool:
-    return op in ELEMENTWISE
-
-
 def evaluate(op: str, args: list, params: tuple, shape: tuple, dtype) -> np.ndarray:
     """Numpy reference value of one operator application."""
     if op == "const":

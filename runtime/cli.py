@@ -200,10 +200,6 @@ def _compile(args) -> int:
     return 0
 
 
-def _name(e, label):
-    return label.get(e.id, e.name)
-
-
 def _fmt(v):
     a = np.asarray(v)
     return f"{a.item():g}" if a.ndim == 0 else np.array2string(a, precision=4)

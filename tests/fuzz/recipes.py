@@ -93,7 +93,14 @@ def replay(recipe, inputs, F):
 
 
 class _Common:
-    """Domain-safe compositions, written once over a backend's primitives."""
+    """Domain-safe compositions, written once over a backend's primitives; anything
+    else is looked up on the backend module."""
+
+    def __init__(self, backend):
+        self.backend = backend
+
+    def __getattr__(self, name):
+        return getattr(self.__dict__["backend"], name)
 
     def neg(self, x): return -x
     def square(self, x): return x * x
@@ -106,34 +113,24 @@ class _Common:
     def log_safe(self, x): return self.log(self.abs(x) + 0.5)
     def sqrt_safe(self, x): return self.sqrt(self.abs(x) + 0.1)
     def tan_small(self, x): return self.tan(self.tanh(x))
+    def T(self, x): return x.T
+    def reshape(self, x, shape): return x.reshape(shape)
+    def matmul(self, x, y): return x @ y
+    def sum(self, x, axes, keep): return x.sum(axes, keepdim=keep)
 
 
 class SymgradOps(_Common):
     def __init__(self):
         from symgrad.compiler import functions
-        self.f = functions
-
-    def __getattr__(self, name):
-        return getattr(self.f, name)
+        super().__init__(functions)
 
     def sum(self, x, axes, keep): return x.sum(axes, keepdims=keep)
-    def T(self, x): return x.T
-    def reshape(self, x, shape): return x.reshape(shape)
-    def matmul(self, x, y): return x @ y
 
 
 class TorchOps(_Common):
     def __init__(self):
         import torch
-        self.t = torch
-
-    def __getattr__(self, name):
-        return getattr(self.t, name)
-
-    def sum(self, x, axes, keep): return x.sum(axes, keepdim=keep)
-    def T(self, x): return x.T
-    def reshape(self, x, shape): return x.reshape(shape)
-    def matmul(self, x, y): return x @ y
+        super().__init__(torch)
 
 
 class RuntimeOps(_Common):
@@ -141,15 +138,6 @@ class RuntimeOps(_Common):
 
     def __init__(self):
         import symgrad.runtime as rt
-        self.rt = rt
-
-    def __getattr__(self, name):
-        return getattr(self.rt, name)
+        super().__init__(rt)
 
     def abs(self, x): return x.abs()
-    def maximum(self, x, y): return self.rt.maximum(x, y)
-    def minimum(self, x, y): return self.rt.minimum(x, y)
-    def sum(self, x, axes, keep): return x.sum(axes, keepdim=keep)
-    def T(self, x): return x.T
-    def reshape(self, x, shape): return x.reshape(shape)
-    def matmul(self, x, y): return x @ y
