@@ -10,8 +10,8 @@ PROGRAM = r"""
 import time
 import numpy as np
 from symgrad.compiler import Graph, sigmoid, sin
-import symgrad.runtime.function, symgrad.runtime.jit, symgrad.compiler.pipeline
-symgrad.runtime.jit.target_machine()        # LLVM start-up is not compile time
+import symgrad.compiler.backend.function, symgrad.compiler.backend.jit, symgrad.compiler.pipeline
+symgrad.compiler.backend.jit.target_machine()        # LLVM start-up is not compile time
 g = Graph()
 x, y = g.input("x", (1000,)), g.input("y", (1000,))
 h = x

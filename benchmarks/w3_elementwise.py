@@ -29,7 +29,8 @@ def main(sizes=(10**6, 10**7)):
         io = X.nbytes + Y.nbytes + gx.nbytes + gy.nbytes
         print(f"  {case}: symgrad peak memory during the call {peak / 1e6:.1f} MB "
               f"beyond inputs ({(X.nbytes + Y.nbytes) / 1e6:.0f} MB); outputs "
-              f"{(gx.nbytes + gy.nbytes) / 1e6:.0f} MB → total {(peak + X.nbytes + Y.nbytes) / io:.3f}× "
+              f"{(gx.nbytes + gy.nbytes) / 1e6:.0f} MB → total "
+              f"{(peak + X.nbytes + Y.nbytes) / io:.3f}× "
               "inputs+outputs")
 
         def numpy_ref():

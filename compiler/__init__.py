@@ -7,15 +7,27 @@
 >>> value, (dx, dy) = f.vjp([0., 2., 8.], [5., 1., 7.], seed=[1., 1., 1.])
 >>> dx, dy
 (array([5., 1., 7.]), array([0., 2., 8.]))
+
+Every elementwise operator of the table (``ops.ELEMENTWISE``) is a function here:
+``sin``, ``tanh``, ``maximum``, … — and so is one declared later with ``ops.elementwise``.
 """
-from .graph import Expr, Graph, GraphError, as_dtype
-from .ops import ELEMENTWISE, STRUCTURED, ShapeError
+from . import functions, ops
 from .autodiff import Adjoint, LinearMap
-from . import functions
-from .functions import (abs, cos, exp, log, maximum, mean, minimum, pow, relu, reshape,
-                        sigmoid, sign, sin, sqrt, sum, tan, tanh, transpose)
+from .errors import GraphError, ShapeError
+from .function import CompiledFunction
+from .functions import mean, reshape, sum, transpose
+from .graph import Expr, Graph, as_dtype
+from .ops import ELEMENTWISE, STRUCTURED
+
+globals().update({name: getattr(functions, name) for name in functions.PUBLIC})
 
 __all__ = ["Graph", "Expr", "GraphError", "ShapeError", "Adjoint", "LinearMap",
-           "ELEMENTWISE", "STRUCTURED", "abs", "cos", "exp", "log", "maximum", "mean",
-           "minimum", "pow", "relu", "reshape", "sigmoid", "sign", "sin", "sqrt", "sum",
-           "tan", "tanh", "transpose", "as_dtype"]
+           "CompiledFunction", "ELEMENTWISE", "STRUCTURED", "as_dtype",
+           *functions.STRUCTURED_FUNCTIONS, *functions.PUBLIC]
+
+
+def __getattr__(name):
+    # an operator declared after import (ops.elementwise) is a function here too
+    if name in functions.PUBLIC:
+        return getattr(functions, name)
+    raise AttributeError(f"module 'symgrad.compiler' has no attribute {name!r}")

@@ -8,7 +8,6 @@ owner), so the runtime replays it on tensors for ``create_graph=True``.
 """
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -19,41 +18,10 @@ from .graph import Expr, Graph, GraphError
 from .ops import ELEMENTWISE, STRUCTURED
 
 
-# ---- instantiating a partial (a tiny sympy template) on operands -----------------------
-class _Tracer:
-    """Stands in for a graph while a partial's sympy template is converted once; what it
-    records is replayed for every node the partial is instantiated on."""
-
-    def __init__(self):
-        self.program = []
-
-    def _emit(self, step):
-        self.program.append(step)
-        return ("t", len(self.program) - 1)
-
-    def apply(self, op, *args, params=()):
-        return self._emit(("apply", op, args, params))
-
-    def const(self, value, dtype=None):
-        return self._emit(("const", value))
-
-
-@functools.lru_cache(maxsize=None)
-def _template(op: str, slot: int):
-    """The partial ``∂op/∂a_slot`` as a number, or (program, result) over leaves A, B, OUT."""
-    from .sympy_import import build
-    expr = ELEMENTWISE[op].local_jacobian(slot)
-    if expr.is_Number:
-        return float(expr)
-    tracer = _Tracer()
-    leaves = {ops.A: ("leaf", 0), ops.B: ("leaf", 1), ops.OUT: ("leaf", 2)}
-    result = build([expr], leaves, tracer)[0]
-    return tuple(tracer.program), result
-
-
+# ---- instantiating a partial (a tiny program built when the operator was declared) -----------
 def instantiate(op: str, slot: int, args, out, owner):
     """``J`` for operand ``slot`` of ``op``, built from ``owner``'s operators."""
-    template = _template(op, slot)
+    template = ELEMENTWISE[op].templates[slot]
     if isinstance(template, float):
         return template
     program, result = template
@@ -78,8 +46,9 @@ def vjp(op: str, params, adjoint, args, out, owner):
     if op in STRUCTURED:
         return STRUCTURED[op].vjp(adjoint, args, out, params)
     contributions = []
+    templates = ELEMENTWISE[op].templates
     for slot, arg in enumerate(args):
-        if op == "heaviside" or op == "sign":
+        if templates[slot] == 0.0:     # flat: no gradient flows through this operand
             contributions.append(None)
             continue
         j = instantiate(op, slot, args, out, owner)

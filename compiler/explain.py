@@ -79,7 +79,8 @@ class Report:
                     rhs = rf"\operatorname{{diag}}\left({rhs}\right)"
             lines.append(f"{lhs} = {rhs}")
         for row in self.adjoints:
-            lines.append(f"{_tex_adjoint(row.name)} = {sp.latex(_adjoint_expr(row), mul_symbol='dot')}")
+            rhs = sp.latex(_adjoint_expr(row), mul_symbol="dot")
+            lines.append(f"{_tex_adjoint(row.name)} = {rhs}")
         return " \\\\\n".join(lines)
 
     def _repr_latex_(self):

@@ -16,13 +16,12 @@ import numpy as np
 import sympy as sp
 
 from . import ops
-from .ops import ELEMENTWISE, STRUCTURED, ShapeError
+from .errors import GraphError, ShapeError
+from .ops import ELEMENTWISE, STRUCTURED
+
+__all__ = ["Graph", "Expr", "GraphError", "ShapeError", "ancestors", "as_dtype", "DTYPES"]
 
 DTYPES = {np.dtype(np.float32): "float32", np.dtype(np.float64): "float64"}
-
-
-class GraphError(ValueError):
-    """A graph was built or used in a way that cannot work."""
 
 
 def ancestors(g: "Graph", ids) -> set:

@@ -18,8 +18,8 @@ import numpy as np
 import sympy as sp
 from llvmlite import ir
 
+from .ops import ELEMENTWISE, SYMPY_OPS
 from .schedule import Kernel, MatMul, Program
-from .simplify import ScalarKernel
 
 I32, I64, PTR = ir.IntType(32), ir.IntType(64), ir.PointerType()
 FLOAT = {np.dtype(np.float64): ir.DoubleType(), np.dtype(np.float32): ir.FloatType()}
@@ -108,7 +108,7 @@ class Lowerer:
         return self._extern(f"{name}.{suffix}", ty, nargs)
 
     # ---- entry point --------------------------------------------------------------
-    def program(self, name: str, g, prog: Program, scalar: dict) -> None:
+    def program(self, name: str, prog: Program) -> None:
         entry = self._fn(name, I32, [PTR])
         entry.args[0].name = "table"
         b = ir.IRBuilder(entry.append_basic_block("entry"))
@@ -142,7 +142,7 @@ class Lowerer:
             if isinstance(step, MatMul):
                 used = self.matmul(fname, step)
             else:
-                used = self.kernel(fname, g, step, scalar[id(step)])
+                used = self.kernel(fname, step)
             fn, buffers = used
             b.call(fn, [pointers[k] for k in buffers])
         if workspace is not None:
@@ -163,17 +163,18 @@ class Lowerer:
         return fn
 
     # ---- a fused elementwise kernel -------------------------------------------------------
-    def kernel(self, name, g, k: Kernel, sk: ScalarKernel):
-        buffers = sorted({v.buffer for v in k.loads.values()} | {v.buffer for v in k.stores.values()}
-                         | {v.buffer for _, v in k.reductions.values()})
+    def kernel(self, name, k: Kernel):
+        sk = k.scalar
+        views = [*k.loads.values(), *k.stores.values(), *(r.out for r in k.reductions.values())]
+        buffers = sorted({v.buffer for v in views})
         fn = self._step_fn(name, buffers)
         ptr = dict(zip(buffers, fn.args))
         b = ir.IRBuilder(fn.append_basic_block("entry"))
         ty = FLOAT[k.dtype]
 
-        red_strides = {r: _reduction_strides(k.domain, g.nx.nodes[r]["params"], v)
-                       for r, (_, v) in k.reductions.items()}
-        for r, (_, v) in k.reductions.items():   # accumulators start at zero
+        red_strides = {i: _reduction_strides(k.domain, r) for i, r in k.reductions.items()}
+        for r in k.reductions.values():   # accumulators start at zero
+            v = r.out
             size = math.prod(v.shape)
             rty = FLOAT[v.dtype]
             if size == 1:
@@ -217,7 +218,7 @@ class Lowerer:
                 val = _convert(b, lowering(sk.results[i]), FLOAT[v.dtype])
                 b.store(val, address(v.buffer, v.dtype, st))
             elif kind == "reduce":
-                v = k.reductions[i][1]
+                v = k.reductions[i].out
                 rty = FLOAT[v.dtype]
                 where = address(v.buffer, v.dtype, st)
                 val = _convert(b, lowering(sk.results[i]), rty)
@@ -286,15 +287,14 @@ class Lowerer:
         return fn, buffers
 
 
-def _reduction_strides(domain, params, view):
+def _reduction_strides(domain, r):
     """Strides, in the domain, of the accumulator a sum writes to (0 on summed axes)."""
-    axes, keepdims = params
-    out_strides = iter(view.strides)
+    out_strides = iter(r.out.strides)
     strides = []
     for d in range(len(domain)):
-        if d in axes:
+        if d in r.axes:
             strides.append(0)
-            if keepdims:
+            if r.keepdims:
                 next(out_strides)
         else:
             strides.append(next(out_strides))
@@ -326,6 +326,8 @@ class ExprLowering:
         if method is None:
             if expr.is_Number:
                 method = self._Number
+            elif _libm_name(expr) is not None:
+                method = self._function
             else:
                 method = self._rewritten
         value = method(expr)
@@ -413,13 +415,12 @@ class ExprLowering:
         fn = self.lowerer._extern(name + ("f" if self.char == "f" else ""), self.ty, len(args))
         return self.b.call(fn, [self(a) for a in args])
 
-    def _exp(self, e): return self._libm("exp", e.args[0])
-    def _log(self, e): return self._libm("log", e.args[0])
-    def _sin(self, e): return self._libm("sin", e.args[0])
-    def _cos(self, e): return self._libm("cos", e.args[0])
+    def _function(self, e):
+        """The generic rule: a SymPy function whose operator names a C math function
+        (the table's ``libm``) is a call to it, ``sinf`` etc. for float32."""
+        return self._libm(_libm_name(e), *e.args)
+
     def _Abs(self, e): return self._call_intrinsic("llvm.fabs", e.args[0])
-    def _tan(self, e): return self._libm("tan", e.args[0])
-    def _tanh(self, e): return self._libm("tanh", e.args[0])
 
     def _minmax(self, e, name):
         args = [self(a) for a in e.args]
@@ -442,6 +443,11 @@ class ExprLowering:
         h0 = self(e.args[1]) if len(e.args) > 1 else self.const(0.5)
         mid = b.select(b.fcmp_ordered(">", x, self.const(0.0)), self.const(1.0), h0)
         return b.select(b.fcmp_ordered("<", x, self.const(0.0)), self.const(0.0), mid)
+
+
+def _libm_name(e):
+    op = SYMPY_OPS.get(type(e))
+    return ELEMENTWISE[op].libm if op is not None else None
 
 
 def _powi(b, x, n, one):

@@ -17,12 +17,17 @@ the compiler's reverse pass and the runtime's ``create_graph=True``.
 """
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import functools
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
 import sympy as sp
+
+from .errors import GraphError, ShapeError
 
 # Symbols the formulas are written in: operands a, b and the operator's own output.
 A, B, OUT = sp.symbols("a b out", real=True)
@@ -30,26 +35,128 @@ A, B, OUT = sp.symbols("a b out", real=True)
 
 @dataclass(frozen=True)
 class Elementwise:
+    """One elementwise operator, everything about it in one place."""
     name: str
     arity: int
     formula: sp.Expr            # in A (and B)
     numpy: Callable
     partials: tuple             # one sympy expression per operand, in A, B and OUT
+    torch: str | None           # PyTorch's function/method name (None: not offered there)
+    grad_fn: str | None         # PyTorch's grad_fn name for it ("SinBackward0")
+    sympy: type | None          # the SymPy function ``from_sympy`` imports as this operator
+    libm: str | None            # the C math function it lowers to, when it is one call
+    public: bool = True         # a graph function (``symgrad.compiler.sin``), a CLI name
+    domain: str = "real"        # where it is smooth, for tests: "real", "positive", "small"
+    templates: tuple = field(default=(), compare=False)   # the partials, ready to build
 
     def local_jacobian(self, slot: int) -> sp.Expr:
         return self.partials[slot]
 
 
 ELEMENTWISE: dict[str, Elementwise] = {}
+STRUCTURED: dict = {}                    # name -> Structured (below)
+SYMPY_OPS: dict[type, str] = {}          # sympy function class -> operator name
+_listeners: list[tuple] = []
 
 
-def elementwise(name, formula, numpy, partials=None):
-    """Declare an elementwise operator: forward formula and derivative side by side."""
+def on_register(add: Callable, remove: Callable | None = None) -> None:
+    """Call ``add(entry)`` for every operator, those declared so far and those to come
+    (and ``remove(entry)`` when one is unregistered): how the graph functions, Tensor
+    methods and module functions follow the table."""
+    _listeners.append((add, remove))
+    for entry in list(ELEMENTWISE.values()):
+        if entry.templates or not _declaring_builtins:
+            add(entry)
+
+
+@functools.lru_cache(maxsize=None)
+def _libm_has(name: str) -> bool:
+    path = ctypes.util.find_library("m")
+    return bool(path) and hasattr(ctypes.CDLL(path), name)
+
+
+def _own_function(formula, arity):
+    """The SymPy function class ``formula`` applies to the operands (sinh for sinh(a))."""
+    if isinstance(formula, sp.Function) and formula.args == (A, B)[:arity]:
+        return type(formula)
+    return None
+
+
+def elementwise(name, formula, numpy, partials=None, torch="", grad_fn=None, public=True,
+                libm="", domain="real"):
+    """Declare an elementwise operator: forward formula and derivative side by side.
+
+    ``torch`` defaults to ``name`` (None: PyTorch has no such operator); ``libm`` to the
+    SymPy function's own name when the formula is one function of the operands (``sinh``
+    lowers to libm's ``sinh``; None: lowered from its formula).  The entry is completed
+    here: its partials are built into templates, so a partial that uses a function the
+    table does not know fails now, not at the first gradient."""
+    if name in ELEMENTWISE or name in STRUCTURED:
+        raise GraphError(f"operator {name!r} is declared twice")
     arity = 2 if formula.has(B) else 1
     operands = (A, B)[:arity]
     if partials is None:
         partials = tuple(sp.diff(formula, a) for a in operands)
-    ELEMENTWISE[name] = Elementwise(name, arity, formula, numpy, tuple(partials))
+    partials = tuple(sp.sympify(p) for p in partials)
+    own = _own_function(formula, arity)
+    if libm == "":   # Abs, Max, sign… have lowering rules of their own
+        libm = own.__name__ if own is not None and _libm_has(own.__name__) else None
+    elif libm is not None and not _libm_has(libm):
+        raise GraphError(f"operator {name!r}: the C math library has no {libm!r}")
+    torch = name if torch == "" else torch
+    if grad_fn is None and torch:
+        grad_fn = "".join(w.capitalize() for w in torch.split("_")) + "Backward0"
+    entry = Elementwise(name, arity, formula, numpy, partials, torch, grad_fn, own, libm, public,
+                        domain)
+    ELEMENTWISE[name] = entry
+    if own is not None:
+        SYMPY_OPS.setdefault(own, name)
+    if not _declaring_builtins:
+        return _complete(name)
+    return entry
+
+
+def _complete(name):
+    """Build the entry's derivative templates (its partials as operator programs); a
+    partial using a function no operator imports is an error, and the entry is removed."""
+    from .sympy_import import template
+    entry = ELEMENTWISE[name]
+    try:
+        templates = tuple(template(p) for p in entry.partials)
+    except GraphError as err:
+        unregister(name)
+        raise GraphError(f"operator {name!r} is incomplete: its derivative {err}") from None
+    entry = ELEMENTWISE[name] = Elementwise(**{**entry.__dict__, "templates": templates})
+    for add, _ in _listeners:
+        add(entry)
+    return entry
+
+
+# The built-in entries below may use each other in any order (pow's partial uses log):
+# they are completed together once all are declared, at the end of this module.
+_declaring_builtins = True
+
+
+def unregister(name: str) -> None:
+    """Remove an operator (for tests that declare one of their own)."""
+    entry = ELEMENTWISE.pop(name)
+    if entry.sympy is not None and SYMPY_OPS.get(entry.sympy) == name:
+        del SYMPY_OPS[entry.sympy]
+    for _, remove in _listeners:
+        if remove is not None and entry.templates:
+            remove(entry)
+
+
+def kind_of(op: str) -> str:
+    """What the scheduler and lowering dispatch on: "leaf" (input, const), "elementwise",
+    or a structured operator's kind ("reduction", "view", "contraction")."""
+    if op in ELEMENTWISE:
+        return "elementwise"
+    if op in STRUCTURED:
+        return STRUCTURED[op].kind
+    if op in ("input", "const"):
+        return "leaf"
+    raise GraphError(f"unknown operator {op!r}")
 
 
 def _sigmoid(x):
@@ -67,19 +174,22 @@ def _heaviside(x, h0):
 elementwise("add", A + B, np.add)
 elementwise("sub", A - B, np.subtract)
 elementwise("mul", A * B, np.multiply)
-elementwise("div", A / B, np.divide)
+elementwise("div", A / B, np.divide, domain="positive")
 elementwise("neg", -A, np.negative)
 # d/da a**b written as b*a**(b-1), not sympy's a**b*b/a, so x**2 at x = 0 has slope 0.
-elementwise("pow", A**B, np.power, partials=(B * A ** (B - 1), OUT * sp.log(A)))
+elementwise("pow", A**B, np.power, partials=(B * A ** (B - 1), OUT * sp.log(A)),
+            grad_fn="PowBackward0", domain="positive")
 # ---- transcendental ---------------------------------------------------------
 elementwise("exp", sp.exp(A), np.exp, partials=(OUT,))
-elementwise("log", sp.log(A), np.log)
-elementwise("sqrt", sp.sqrt(A), np.sqrt, partials=(1 / (2 * OUT),))
+elementwise("log", sp.log(A), np.log, domain="positive")
+elementwise("sqrt", sp.sqrt(A), np.sqrt, partials=(1 / (2 * OUT),), domain="positive")
 elementwise("sin", sp.sin(A), np.sin)
 elementwise("cos", sp.cos(A), np.cos)
-elementwise("tan", sp.tan(A), np.tan, partials=(1 + OUT**2,))
+elementwise("tan", sp.tan(A), np.tan, partials=(1 + OUT**2,), domain="small")
 elementwise("tanh", sp.tanh(A), np.tanh, partials=(1 - OUT**2,))
 elementwise("sigmoid", 1 / (1 + sp.exp(-A)), _sigmoid, partials=(OUT * (1 - OUT),))
+elementwise("sinh", sp.sinh(A), np.sinh)
+elementwise("cosh", sp.cosh(A), np.cosh)
 # ---- piecewise ----------------------------------------------------------------
 # Ties follow PyTorch: relu'(0) = 0, |x|'(0) = 0, maximum/minimum split a tie in half
 # (sympy's Heaviside(0) = 1/2).
@@ -92,11 +202,13 @@ elementwise("minimum", sp.Min(A, B), np.minimum,
             partials=(sp.Heaviside(B - A), sp.Heaviside(A - B)))
 elementwise("sign", sp.sign(A), np.sign, partials=(sp.S.Zero,))
 # heaviside(x, h0): the step the partials above are made of; flat almost everywhere.
-elementwise("heaviside", sp.Heaviside(A, B), _heaviside, partials=(sp.S.Zero, sp.S.Zero))
+# (PyTorch has torch.heaviside but no derivative for it: not offered as a Tensor method)
+elementwise("heaviside", sp.Heaviside(A, B), _heaviside, partials=(sp.S.Zero, sp.S.Zero),
+            torch=None)
 # ---- data movement that fuses like arithmetic -----------------------------------
 # broadcast: the operand read with stride 0 on new or size-1 axes (shape is a parameter).
-elementwise("broadcast", A, lambda a: a, partials=(sp.S.One,))
-elementwise("copy", A, np.copy, partials=(sp.S.One,))
+elementwise("broadcast", A, lambda a: a, partials=(sp.S.One,), torch=None, public=False)
+elementwise("copy", A, np.copy, partials=(sp.S.One,), torch=None, public=False)
 
 
 # ---- shapes ---------------------------------------------------------------------
@@ -107,10 +219,6 @@ def broadcast_shapes(*shapes: tuple) -> tuple:
         raise ShapeError(
             f"shapes {' and '.join(map(str, shapes))} do not broadcast: trailing "
             "dimensions must be equal or 1") from None
-
-
-class ShapeError(ValueError):
-    """Operand shapes do not fit an operator."""
 
 
 def unbroadcast(adjoint, shape: tuple):
@@ -160,18 +268,27 @@ def reshape_target(shape: tuple, new_shape) -> tuple:
 # ---- structured operators ------------------------------------------------------------
 @dataclass(frozen=True)
 class Structured:
+    """A structured operator.  ``kind`` is what the scheduler and lowering dispatch on:
+
+    * "reduction" — accumulates its operand over ``params = (axes, keepdims)``, fused
+      into the loop that produces the operand;
+    * "view" — new strides over the operand's buffer: ``view(strides, shape, params)``;
+    * "contraction" — a product of two operands (a loop nest, or BLAS)."""
     name: str
+    kind: str
     shape: Callable      # (operand shapes, params) -> output shape
     numpy: Callable      # (operand arrays, params) -> array
     vjp: Callable        # (adjoint, operands, out, params) -> one adjoint per operand
     text: tuple          # the VJP for each operand, as the documents write it
+    view: Callable | None = None
 
 
-STRUCTURED: dict[str, Structured] = {}
-
-
-def structured(name, shape, numpy, vjp, text):
-    STRUCTURED[name] = Structured(name, shape, numpy, vjp, text)
+def structured(name, kind, shape, numpy, vjp, text, view=None):
+    if kind not in ("reduction", "view", "contraction"):
+        raise GraphError(f"structured operator {name!r}: unknown kind {kind!r}")
+    if kind == "view" and view is None:
+        raise GraphError(f"view operator {name!r} needs its stride rule (view=)")
+    STRUCTURED[name] = Structured(name, kind, shape, numpy, vjp, text, view)
 
 
 def _sum_shape(shapes, params):
@@ -202,22 +319,33 @@ def _transpose_shape(shapes, params):
     return tuple(shape[p] for p in params[0])
 
 
+def contiguous_strides(shape: tuple) -> tuple:
+    """Row-major strides, in elements."""
+    strides, acc = [], 1
+    for n in reversed(shape):
+        strides.append(acc)
+        acc *= n
+    return tuple(reversed(strides))
+
+
 def _inverse(perm):
     return tuple(int(i) for i in np.argsort(perm))
 
 
-structured("sum", _sum_shape,
+structured("sum", "reduction", _sum_shape,
            lambda args, p: np.sum(args[0], axis=p[0], keepdims=p[1]),
            _sum_vjp, ("P_a = broadcast(P_out)",))
-structured("reshape", lambda shapes, p: p[0],
+structured("reshape", "view", lambda shapes, p: p[0],
            lambda args, p: np.reshape(args[0], p[0]),
-           lambda adj, args, out, p: [adj.reshape(args[0].shape)], ("P_a = reshape(P_out)",))
-structured("transpose", _transpose_shape,
+           lambda adj, args, out, p: [adj.reshape(args[0].shape)], ("P_a = reshape(P_out)",),
+           view=lambda strides, shape, p: contiguous_strides(shape))
+structured("transpose", "view", _transpose_shape,
            lambda args, p: np.transpose(args[0], p[0]),
            lambda adj, args, out, p: [adj.transpose(_inverse(p[0]))],
-           ("P_a = transpose(P_out)",))
+           ("P_a = transpose(P_out)",),
+           view=lambda strides, shape, p: tuple(strides[i] for i in p[0]))
 # Bilinear: P_a = P_c·bᵀ, P_b = aᵀ·P_c.
-structured("matmul", _matmul_shape,
+structured("matmul", "contraction", _matmul_shape,
            lambda args, p: np.matmul(args[0], args[1]),
            lambda adj, args, out, p: [adj @ args[1].transpose((1, 0)),
                                       args[0].transpose((1, 0)) @ adj],
@@ -233,3 +361,8 @@ def evaluate(op: str, args: list, params: tuple, shape: tuple, dtype) -> np.ndar
             value = ELEMENTWISE[op].numpy(*[np.asarray(a, dtype=dtype) for a in args])
         return np.broadcast_to(np.asarray(value, dtype=dtype), shape).copy()
     return np.asarray(STRUCTURED[op].numpy(args, params), dtype=dtype)
+
+
+for _name in list(ELEMENTWISE):
+    _complete(_name)
+_declaring_builtins = False

@@ -4,93 +4,125 @@ from __future__ import annotations
 import contextlib
 import gc
 import hashlib
-import logging
-import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-
+from .backend import EntrySpec, Signature, jit
+from .backend.stats import logger, stats
 from .graph import Expr, Graph, GraphError, ancestors
 from .lower import Lowerer, new_module
-from .ops import ELEMENTWISE
-from .schedule import schedule
+from .ops import kind_of
+from .schedule import Kernel, schedule
 from .simplify import SYMPY_BUDGET, to_sympy
 
-log = logging.getLogger("symgrad.compile")
-if os.environ.get("SYMGRAD_LOG_COMPILES"):
-    logging.basicConfig()
-    log.setLevel(logging.INFO)
-
-stats = {"compiles": 0, "cache_hits": 0}
+log = logger("symgrad.compile")
 
 
 @dataclass
 class Entry:
-    """One native entry point: which nodes it reads and writes, in table order."""
-    name: str
+    """One native entry point: the nodes it reads and writes, in pointer-table order."""
+    kind: str                # "forward" | "vjp"
     inputs: list             # node ids
     outputs: list            # node ids (unique)
+    name: str = ""           # its symbol in the module
     address: int = 0
+
+
+@dataclass
+class CompilePlan:
+    """What ``compile`` hands to code generation: the work graph (the user's, plus seeds,
+    adjoints and output copies) and the entry points to build from it."""
+    graph: Graph             # the user's graph
+    work: Graph
+    inputs: list             # Exprs of ``work``: the function's parameters
+    outputs: list
+    wrt: list
+    seeds: list
+    out_ids: list            # the node holding each output
+    grad_ids: list           # the node holding each gradient
+    entries: dict = field(default_factory=dict)     # kind -> Entry
+
+    def build(self, kind: str) -> "Artifact":
+        """Native code for one entry point (called by the compiled function on first use)."""
+        return build(self.work, [self.entries[kind]])
+
+    def export_ir(self, name: str) -> tuple[str, dict]:
+        return export_ir(self.work, list(self.entries.values()), name)
+
+    def signature(self) -> Signature:
+        def slots(exprs):
+            return [(e.name, e.shape, e.dtype) for e in exprs]
+        return Signature(slots(self.inputs), slots(self.outputs), slots(self.wrt),
+                         slots(self.seeds), self.out_ids, self.grad_ids)
+
+    def entry_specs(self) -> dict:
+        nodes = self.work.nx.nodes
+        return {k: EntrySpec(k, tuple(e.outputs),
+                             tuple((nodes[i]["shape"], nodes[i]["dtype"]) for i in e.outputs))
+                for k, e in self.entries.items()}
 
 
 class Artifact:
     """A compiled module: its entries, and — generated on demand when the code came from
     a cache — the simplified kernels and the LLVM IR before and after optimisation."""
 
-    def __init__(self, graph: Graph, entries: dict, prefix: str, blas: bool = False):
+    def __init__(self, graph: Graph, entries: list, prefix: str, blas: bool = False):
         self.graph, self.entries, self.prefix, self.blas = graph, entries, prefix, blas
         self._ir = None
         self._kernels = {}
         self._optimized = ""
+        self.engine = None
 
-    def _generate(self):
-        self._ir = self.generate(self.blas)
+    @property
+    def address(self) -> int:
+        """The address of the (first) entry point."""
+        return self.entries[0].address
 
     def generate(self, blas: bool) -> str:
         """The module's LLVM IR; ``blas=False`` keeps every matmul as loops (for export)."""
         module = new_module(self.prefix)
         lowerer = Lowerer(module, blas=blas)
-        for kind, entry in self.entries.items():
+        for entry in self.entries:
             prog = schedule(self.graph, entry.inputs, entry.outputs)
-            kernels = [st for st in prog.steps if hasattr(st, "members")]
+            kernels = [st for st in prog.steps if isinstance(st, Kernel)]
             # sympy's evaluation is the costly part: within budget for the whole program
             evaluate = sum(len(k.members) for k in kernels) <= SYMPY_BUDGET
-            scalar = {id(st): to_sympy(self.graph, st, evaluate) for st in kernels}
-            self._kernels[kind] = list(scalar.values())
-            lowerer.program(entry.name, self.graph, prog, scalar)
+            for k in kernels:
+                k.scalar = to_sympy(self.graph, k, evaluate)
+            self._kernels[entry.kind] = [k.scalar for k in kernels]
+            lowerer.program(entry.name, prog)
         return str(module)
 
     @property
     def llvm_ir(self) -> str:
         if self._ir is None:
-            self._generate()
+            self._ir = self.generate(self.blas)
         return self._ir
 
     def kernels(self, kind: str) -> list:
         if kind not in self._kernels:
-            self._generate()
+            self._ir = self.generate(self.blas)
         return self._kernels[kind]
 
     @property
     def optimized_ir(self) -> str:
         if not self._optimized:
-            from symgrad.runtime import jit
             self._optimized = jit.optimized(self.llvm_ir)
         return self._optimized
 
 
-def structural_key(work: Graph, entries: dict) -> str:
+def structural_key(work: Graph, entries: list) -> str:
     """A hash of everything the generated code depends on: the nodes the entries read,
     in creation order, with operators, parameters, shapes and dtypes."""
     need = set()
-    for outs, ins in entries.values():
-        need |= ancestors(work, outs) | set(ins)
+    for e in entries:
+        need |= ancestors(work, e.outputs) | set(e.inputs)
     h = hashlib.sha256()
     nodes = work.nx.nodes
     for i in sorted(need):
         a = nodes[i]
         h.update(repr((i, a["op"], a["args"], a["params"], a["shape"], a["dtype"].char))
                  .encode())
-    h.update(repr(sorted(entries.items())).encode())
+    h.update(repr(sorted((e.kind, e.outputs, e.inputs) for e in entries)).encode())
     return h.hexdigest()
 
 
@@ -98,7 +130,7 @@ def _as_list(x):
     return list(x) if isinstance(x, (list, tuple)) else [x]
 
 
-def prepare(g: Graph, outputs, wrt, inputs=None):
+def prepare(g: Graph, outputs, wrt, inputs=None) -> CompilePlan:
     """Copy the graph and add what compiling needs: seeds, adjoints, output copies."""
     outputs, wrt = _as_list(outputs), _as_list(wrt)
     if not outputs:
@@ -130,7 +162,17 @@ def prepare(g: Graph, outputs, wrt, inputs=None):
         for k, o in enumerate(outs):
             seeds.append(work.input(_fresh(work, f"seed_{o.name}"), o.shape, o.dtype))
         grads = work.grad(outs, [Expr(work, w.id) for w in wrt], seeds)
-    return work, inputs, outs, seeds, grads
+    inputs = [Expr(work, i.id) for i in inputs]
+    wrt = [Expr(work, w.id) for w in wrt]
+    out_ids = _materialised(work, outs)
+    grad_ids = _materialised(work, grads)
+    plan = CompilePlan(g, work, inputs, outs, wrt, seeds, out_ids, grad_ids)
+    ins = [i.id for i in inputs]
+    plan.entries["forward"] = Entry("forward", ins, list(dict.fromkeys(out_ids)))
+    if wrt:
+        plan.entries["vjp"] = Entry("vjp", ins + [s.id for s in seeds],
+                                    list(dict.fromkeys(out_ids + grad_ids)))
+    return plan
 
 
 def _fresh(g, name):
@@ -146,7 +188,7 @@ def _materialised(work: Graph, exprs):
     """Output node ids, with views/inputs/constants copied into their own buffer."""
     ids = []
     for e in exprs:
-        if e.op not in ELEMENTWISE and e.op not in ("sum", "matmul"):
+        if kind_of(e.op) in ("view", "leaf"):
             e = work.apply("copy", e)
         ids.append(e.id)
     return ids
@@ -171,52 +213,39 @@ def compile_graph(g: Graph, outputs, wrt=(), inputs=None, name=None):
     """Compile ``outputs`` (and their VJP for ``wrt``); returns a CompiledFunction.
 
     The function takes ``inputs`` (default: the inputs the outputs use, in graph order)."""
+    from .function import CompiledFunction
     with _collector_paused():
-        return _compile_graph(g, outputs, wrt, inputs, name)
+        return CompiledFunction(prepare(g, outputs, wrt, inputs))
 
 
-def _compile_graph(g, outputs, wrt, inputs, name):
-    from symgrad.runtime.function import CompiledFunction
-    work, inputs, outs, seeds, grads = prepare(g, outputs, wrt, inputs)
-    fwd_ids = _materialised(work, outs)
-    entries = {"forward": (list(dict.fromkeys(fwd_ids)), [i.id for i in inputs])}
-    grad_ids = []
-    if wrt:
-        grad_ids = _materialised(work, grads)
-        entries["vjp"] = (list(dict.fromkeys(fwd_ids + grad_ids)),
-                          [i.id for i in inputs] + [s.id for s in seeds])
-    return CompiledFunction(g, work, entries, inputs, outs, fwd_ids, list(wrt), seeds,
-                            grad_ids)
-
-
-def export_ir(work: Graph, entries: dict, name: str) -> tuple[str, dict]:
+def export_ir(work: Graph, entries: list, name: str) -> tuple[str, dict]:
     """IR of all ``entries`` in one module with matmuls as loops (no JIT-bound symbols),
     for ahead-of-time export; returns the text and each kind's entry name."""
     key = structural_key(work, entries)
-    artifact = Artifact(work, {kind: Entry(f"{name}_{key[:16]}_{kind}", ins, outs)
-                               for kind, (outs, ins) in entries.items()}, name)
-    return artifact.generate(blas=False), {k: e.name for k, e in artifact.entries.items()}
+    named = [Entry(e.kind, e.inputs, e.outputs, f"{name}_{key[:16]}_{e.kind}") for e in entries]
+    artifact = Artifact(work, named, name)
+    return artifact.generate(blas=False), {e.kind: e.name for e in named}
 
 
-def build(work: Graph, entries: dict, name=None) -> Artifact:
+def build(work: Graph, entries: list, name=None) -> Artifact:
     """Schedule, simplify and lower each entry into one module and JIT it — or take the
     same code from the compile cache, keyed by the graph's structure."""
-    from symgrad.runtime import jit
     blas = jit.blas() is not None
     key = structural_key(work, entries)
     prefix = f"{name or 'sg'}_{key[:24]}"
-    artifact = Artifact(work, {kind: Entry(f"{prefix}_{kind}", ins, outs)
-                               for kind, (outs, ins) in entries.items()}, prefix, blas)
-    names = [e.name for e in artifact.entries.values()]
+    named = [Entry(e.kind, e.inputs, e.outputs, f"{prefix}_{e.kind}") for e in entries]
+    artifact = Artifact(work, named, prefix, blas)
+    names = [e.name for e in named]
     loaded = jit.lookup(key, names)
     if loaded is None:
         loaded = jit.load(artifact.llvm_ir, names, key=key)
-        stats["compiles"] += 1
-        log.info("compiled %s: %d nodes, entries %s", prefix, len(work), list(entries))
+        stats.compiles += 1
+        log.info("compiled %s: %d nodes, entries %s", prefix, len(work),
+                 [e.kind for e in entries])
     else:
-        stats["cache_hits"] += 1
+        stats.cache_hits += 1
         log.info("reused %s from the compile cache", prefix)
-    for e in artifact.entries.values():
+    for e in named:
         e.address = loaded.addresses[e.name]
     artifact.engine = loaded.engine      # the code lives as long as the artifact holds it
     return artifact

@@ -27,7 +27,7 @@ import networkx as nx
 import numpy as np
 
 from .graph import Graph, ancestors
-from .ops import ELEMENTWISE
+from .ops import STRUCTURED, contiguous_strides, kind_of
 
 MAX_KERNEL = 400
 
@@ -57,6 +57,15 @@ class Buffer:
     dtype: np.dtype
 
 
+@dataclass(frozen=True)
+class Reduction:
+    """A sum fused into a kernel: accumulates ``operand`` over ``axes`` into ``out``."""
+    operand: int
+    out: View
+    axes: tuple
+    keepdims: bool
+
+
 @dataclass
 class Kernel:
     domain: tuple
@@ -64,8 +73,9 @@ class Kernel:
     members: list                  # elementwise node ids, topological order
     loads: dict                    # node id -> View (values read from buffers)
     stores: dict                   # member id -> View
-    reductions: dict               # sum node id -> (operand id, View of the result)
+    reductions: dict               # sum node id -> Reduction
     consts: dict                   # const node id -> float
+    scalar: object = None          # its ScalarKernel, set by simplification
 
 
 @dataclass
@@ -81,14 +91,6 @@ class Program:
     outputs: list                  # node ids, in pointer-table order
     buffers: list = field(default_factory=list)
     steps: list = field(default_factory=list)
-
-
-def contiguous_strides(shape: tuple) -> tuple:
-    strides, acc = [], 1
-    for n in reversed(shape):
-        strides.append(acc)
-        acc *= n
-    return tuple(reversed(strides))
 
 
 def schedule(g: Graph, inputs: list[int], outputs: list[int]) -> Program:
@@ -120,27 +122,25 @@ def schedule(g: Graph, inputs: list[int], outputs: list[int]) -> Program:
     for i in sorted(need):
         a = attrs[i]
         op = a["op"]
-        if op in ("input", "const"):
+        kind = kind_of(op)
+        if kind == "leaf":
             continue
-        if op in ("reshape", "transpose"):
+        if kind == "view":   # new strides over the operand's buffer
             base = view[a["args"][0]]
-            if op == "reshape":
-                view[i] = View(base.buffer, a["shape"], contiguous_strides(a["shape"]), base.dtype)
-            else:
-                perm = a["params"][0]
-                view[i] = View(base.buffer, a["shape"], tuple(base.strides[p] for p in perm),
-                               base.dtype)
+            view[i] = View(base.buffer, a["shape"],
+                           STRUCTURED[op].view(base.strides, a["shape"], a["params"]),
+                           base.dtype)
             continue
         materialise = i in out_index or any(
-            group.get(c) != group.get(i) or attrs[c]["op"] not in ELEMENTWISE
-            and attrs[c]["op"] != "sum" for c in consumers[i])
+            group.get(c) != group.get(i) or kind_of(attrs[c]["op"]) not in
+            ("elementwise", "reduction") for c in consumers[i])
         if materialise:
             if i in out_index:
                 view[i] = new_buffer("output", out_index[i], i)
             else:
                 view[i] = new_buffer("temp", temps, i)
                 temps += 1
-        if op == "matmul":
+        if kind == "contraction":
             x, y = a["args"]
             step = MatMul(view[x], view[y], view[i])
             producer[view[i].buffer] = step
@@ -152,10 +152,10 @@ def schedule(g: Graph, inputs: list[int], outputs: list[int]) -> Program:
             domain = key[1]
             kernel = kernels[key] = Kernel(domain, np.dtype(key[2]), [], {}, {}, {}, {})
             order.append(kernel)
-        if op == "sum":
+        if kind == "reduction":
             operand = a["args"][0]
             _read(kernel, operand, attrs, view, group, key)
-            kernel.reductions[i] = (operand, view[i])
+            kernel.reductions[i] = Reduction(operand, view[i], *a["params"])
         else:
             kernel.members.append(i)
             for arg in a["args"]:
@@ -171,7 +171,7 @@ def schedule(g: Graph, inputs: list[int], outputs: list[int]) -> Program:
 def _read(kernel: Kernel, arg: int, attrs, view, group, key):
     if attrs[arg]["op"] == "const":
         kernel.consts[arg] = attrs[arg]["params"][0]
-    elif group.get(arg) != key or attrs[arg]["op"] not in ELEMENTWISE:
+    elif group.get(arg) != key or kind_of(attrs[arg]["op"]) != "elementwise":
         kernel.loads[arg] = view[arg]
 
 
@@ -182,25 +182,26 @@ def _stages(g: Graph, need: set):
     for i in sorted(need):
         a = attrs[i]
         op, args = a["op"], a["args"]
-        if op in ("input", "const"):
+        kind = kind_of(op)
+        if kind == "leaf":
             stage[i] = 0
-        elif op in ELEMENTWISE:
+        elif kind == "elementwise":
             stage[i] = max(stage[x] for x in args)
             base = (stage[i], a["shape"], a["dtype"].char)
             count = size[base] = size.get(base, 0) + 1
             # a loop is split; a scalar kernel has no loop to vectorise, and stays whole
             group[i] = base + ((count - 1) // MAX_KERNEL if a["shape"] else 0,)
-        elif op == "sum":
+        elif kind == "reduction":
             (x,) = args
-            fused = x in group and attrs[x]["op"] in ELEMENTWISE   # accumulate in x's loop
+            fused = x in group and kind_of(attrs[x]["op"]) == "elementwise"  # in x's loop
             group[i] = group[x] if fused else \
                 (stage[x], attrs[x]["shape"], attrs[x]["dtype"].char, "sum", i)
             stage[i] = stage[x] + 1
-        elif op == "matmul":
+        elif kind == "contraction":
             stage[i] = max(stage[x] for x in args) + 1
         else:  # a view is readable when its base buffer is
             (x,) = args
-            stage[i] = stage[x] + (1 if attrs[x]["op"] in ELEMENTWISE else 0)
+            stage[i] = stage[x] + (1 if kind_of(attrs[x]["op"]) == "elementwise" else 0)
     return stage, group
 
 

@@ -56,9 +56,9 @@ def to_sympy(g: Graph, kernel, evaluate: bool | None = None) -> ScalarKernel:
         for a in attrs[m]["args"]:
             if a in uses:
                 uses[a] += 1
-    for operand, _ in kernel.reductions.values():
-        if operand in uses:
-            uses[operand] += 1
+    for r in kernel.reductions.values():
+        if r.operand in uses:
+            uses[r.operand] += 1
 
     loads = {}
     value, size = {}, {}
@@ -74,7 +74,7 @@ def to_sympy(g: Graph, kernel, evaluate: bool | None = None) -> ScalarKernel:
     with sp.evaluate(evaluate):  # entered once: entering clears sympy's cache
         assignments = _assign(kernel, attrs, uses, value, size)
     results = {m: value[m] for m in kernel.stores}
-    results.update({r: value[operand] for r, (operand, _) in kernel.reductions.items()})
+    results.update({i: value[r.operand] for i, r in kernel.reductions.items()})
     if evaluate and sum(1 + size.get(m, 0) for m in kernel.members) <= CSE_BUDGET \
             and assignments:
         assignments, results = _cse(assignments, results)

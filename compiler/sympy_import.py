@@ -6,15 +6,53 @@ expression of any depth converts; a SymPy subexpression met twice is one node.
 """
 from __future__ import annotations
 
+import numbers
+
 import sympy as sp
 
-from .graph import GraphError
+from .errors import GraphError
 
-# sympy function class -> operator name in the table
-_FUNCTIONS = {
-    sp.sin: "sin", sp.cos: "cos", sp.tan: "tan", sp.exp: "exp", sp.log: "log",
-    sp.tanh: "tanh", sp.Abs: "abs", sp.sign: "sign",
-}
+
+def _as_sympy(root):
+    """A SymPy expression, or a number made one.  Text is refused: ``sympify`` would
+    ``eval`` it (use the expression parser, ``symgrad.compiler.parse``)."""
+    if isinstance(root, sp.Basic):
+        return root
+    if isinstance(root, numbers.Real) and not isinstance(root, bool):
+        return sp.Float(root) if isinstance(root, float) else sp.Integer(int(root))
+    raise GraphError(f"expected a SymPy expression, got {type(root).__name__} {root!r}"
+                     + ("; text is never evaluated: parse it with symgrad.compiler.parse"
+                        if isinstance(root, str) else ""))
+
+
+class _Tracer:
+    """Stands in for a graph while a partial is converted once; what it records is
+    replayed on every node the partial is instantiated on (see autodiff.instantiate)."""
+
+    def __init__(self):
+        self.program = []
+
+    def _emit(self, step):
+        self.program.append(step)
+        return ("t", len(self.program) - 1)
+
+    def apply(self, op, *args, params=()):
+        return self._emit(("apply", op, args, params))
+
+    def const(self, value, dtype=None):
+        return self._emit(("const", value))
+
+
+def template(partial: sp.Expr):
+    """A partial (over the table's symbols a, b, out) as a number, or as a (program,
+    result) pair of operator applications over leaves a, b, out."""
+    from .ops import A, B, OUT
+    if partial.is_Number:
+        return float(partial)
+    tracer = _Tracer()
+    leaves = {A: ("leaf", 0), B: ("leaf", 1), OUT: ("leaf", 2)}
+    result = build([partial], leaves, tracer)[0]
+    return tuple(tracer.program), result
 
 
 def build(exprs, env: dict, apply):
@@ -27,8 +65,9 @@ def build(exprs, env: dict, apply):
     else:
         raise TypeError("build needs a graph-like object")
     memo: dict = {}
+    exprs = [_as_sympy(r) for r in exprs]
     for root in exprs:
-        stack = [(sp.sympify(root), False)]
+        stack = [(root, False)]
         while stack:
             e, ready = stack.pop()
             if e in memo:
@@ -38,7 +77,7 @@ def build(exprs, env: dict, apply):
                 stack.extend((a, False) for a in _operands(e) if a not in memo)
                 continue
             memo[e] = _convert(e, memo, env, apply, const)
-    return [memo[sp.sympify(r)] for r in exprs]
+    return [memo[r] for r in exprs]
 
 
 def _denominator(f):
@@ -87,10 +126,12 @@ def _convert(e, memo, env, apply, const):
     if isinstance(e, sp.Heaviside):
         h0 = e.args[1] if len(e.args) > 1 else sp.S.Half
         return apply("heaviside", args[0], const(float(h0)))
-    if type(e) in _FUNCTIONS:
-        return apply(_FUNCTIONS[type(e)], *args)
+    from .ops import SYMPY_OPS
+    if type(e) in SYMPY_OPS:
+        return apply(SYMPY_OPS[type(e)], *args)
     raise GraphError(f"SymPy function {type(e).__name__} (in {e}) has no symgrad operator; "
-                     "supported: + - * / **, " + ", ".join(sorted(set(_FUNCTIONS.values())))
+                     "supported: + - * / **, "
+                     + ", ".join(sorted(f.__name__ for f in SYMPY_OPS))
                      + ", sqrt, Max, Min, Heaviside")
 
 

@@ -11,21 +11,15 @@ splices the compiled reverse graph into whatever graph differentiates it next.
 """
 from __future__ import annotations
 
-import logging
-import os
 import threading
 
 import numpy as np
 
 from symgrad.compiler import Graph
+from symgrad.compiler.backend.stats import logger, stats
 from .tensor import Node, Tensor, as_tensor, is_grad_enabled
 
-log = logging.getLogger("symgrad.runtime")
-if os.environ.get("SYMGRAD_LOG_COMPILES"):
-    logging.basicConfig(format="%(name)s: %(message)s")
-    log.setLevel(logging.INFO)
-
-stats = {"compiles": 0, "cache_hits": 0}
+log = logger("symgrad.runtime")
 _cache: dict = {}
 _last_shapes: dict = {}
 _lock = threading.Lock()
@@ -34,7 +28,7 @@ CACHE_SIZE = 512
 
 def compile_count() -> int:
     """How many backward graphs this process has compiled (cache misses)."""
-    return stats["compiles"]
+    return stats.backward_compiles
 
 
 def _sequence_of(t):
@@ -126,7 +120,7 @@ def _compiled(tape, roots, targets):
     with _lock:
         entry = _cache.get(key)
     if entry is not None:
-        stats["cache_hits"] += 1
+        stats.backward_cache_hits += 1
         return entry
     reason = ("first backward of this graph" if structure not in _last_shapes else
               f"input shapes/dtypes changed from {_last_shapes[structure]} to {shapes}")
@@ -136,12 +130,12 @@ def _compiled(tape, roots, targets):
     used = [k for k in range(len(tape.inputs)) if f"t{k}" in names]
     entry = (f, used)
     with _lock:
-        stats["compiles"] += 1
+        stats.backward_compiles += 1
         _last_shapes[structure] = shapes
         while _cache and len(_cache) >= CACHE_SIZE:   # the oldest go first
             _cache.pop(next(iter(_cache)))
         _cache[key] = entry
-    log.info("compiled backward #%d (%d recorded ops): %s", stats["compiles"],
+    log.info("compiled backward #%d (%d recorded ops): %s", stats.backward_compiles,
              len(tape.order), reason)
     return entry
 

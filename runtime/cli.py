@@ -181,7 +181,7 @@ def _compile(args) -> int:
                 print("  " + str(kernel).replace("\n", "\n  "))
         return 0
     if args.emit in ("llvm", "llvm-opt", "asm"):
-        from symgrad.runtime import jit
+        from symgrad.compiler.backend import jit
         text = {"llvm": lambda: f.llvm_ir, "llvm-opt": lambda: f.optimized_ir,
                 "asm": lambda: "\n".join(jit.emit_assembly(f.artifact(k).llvm_ir)
                                           for k in f.kinds)}[args.emit]()
@@ -192,10 +192,9 @@ def _compile(args) -> int:
         else:
             print(text)
         return 0
-    from symgrad.compiler.aot import export
     if not args.o:
         raise UsageError(f"--emit {args.emit} writes a file: give -o libname.so (or .o)")
-    for path in export(f, args.o, name=args.name, kind=args.emit):
+    for path in f.export(args.o, name=args.name, kind=args.emit):
         print(f"wrote {path}")
     return 0
 

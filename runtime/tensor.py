@@ -356,16 +356,8 @@ class Tensor:
     def pow(self, o): return self ** o
     def matmul(self, o): return matmul(self, o)
     def mm(self, o): return matmul(self, o)
-    def exp(self): return _unary("exp", self)
-    def log(self): return _unary("log", self)
-    def sin(self): return _unary("sin", self)
-    def cos(self): return _unary("cos", self)
-    def tan(self): return _unary("tan", self)
-    def tanh(self): return _unary("tanh", self)
-    def sqrt(self): return _unary("sqrt", self)
-    def sigmoid(self): return _unary("sigmoid", self)
-    def relu(self): return _unary("relu", self)
-    def abs(self): return _unary("abs", self)
+    # exp, log, sin, tanh, sigmoid, maximum, … : one method per operator-table entry that
+    # PyTorch has, made below by _method()
 
     def sum(self, dim=None, keepdim=False):
         return reduce_sum(self, dim, keepdim)
@@ -529,12 +521,7 @@ def Variable(data, requires_grad=False):
 
 
 # ---- recorded operations -----------------------------------------------------------------
-_NAMES = {"add": "AddBackward0", "sub": "SubBackward0", "mul": "MulBackward0",
-          "div": "DivBackward0", "neg": "NegBackward0", "pow": "PowBackward0",
-          "exp": "ExpBackward0", "log": "LogBackward0", "sin": "SinBackward0",
-          "cos": "CosBackward0", "tan": "TanBackward0", "tanh": "TanhBackward0",
-          "sqrt": "SqrtBackward0", "sigmoid": "SigmoidBackward0", "relu": "ReluBackward0",
-          "abs": "AbsBackward0", "maximum": "MaximumBackward0", "minimum": "MinimumBackward0"}
+_NAMES = {}      # operator -> PyTorch's grad_fn name, from the operator table (_method)
 
 
 def _check_operand(x):
@@ -548,19 +535,40 @@ def _check_operand(x):
     return float(x)
 
 
-# Operators that can leave their domain: numpy's warnings are silenced, values follow IEEE
-# (nan, inf) as in PyTorch.  Plain arithmetic skips the errstate context, which costs
-# more than the operation itself on small tensors.
-_QUIET = {"div", "pow", "log", "sqrt", "exp", "tan"}
+# Operators that never leave their domain skip numpy's errstate context, which costs more
+# than the operation itself on small tensors; every other one is computed with numpy's
+# warnings silenced, values following IEEE (nan, inf) as in PyTorch.
+_TOTAL = {"add", "sub", "mul", "neg", "abs", "relu", "maximum", "minimum", "sign"}
 _BUILD1 = {}   # op -> builder of a unary node (one closure per operator, not per call)
 _BUILD2 = {}
 
 
 def _numpy(op, *args):
-    if op in _QUIET:
+    if op not in _TOTAL:
         with np.errstate(all="ignore"):
             return ops.ELEMENTWISE[op].numpy(*args)
     return ops.ELEMENTWISE[op].numpy(*args)
+
+
+def _method(entry):
+    """``Tensor.<torch name>`` for an operator-table entry PyTorch has (``x.sinh()``,
+    ``x.maximum(y)``); the module function ``symgrad.runtime.<name>`` follows from it."""
+    if not entry.torch:
+        return
+    _NAMES[entry.name] = entry.grad_fn
+    if entry.torch in vars(Tensor):      # + - * / ** and friends: written out above
+        return
+    op = entry.name
+    if entry.arity == 1:
+        def method(self):
+            return _unary(op, self)
+    else:
+        def method(self, other):
+            return _binary(op, self, as_tensor(other) if not isinstance(other, numbers.Real)
+                           else other)
+    method.__name__ = method.__qualname__ = entry.torch
+    method.__doc__ = f"Elementwise {entry.torch}: {entry.formula} (recorded for autograd)."
+    setattr(Tensor, entry.torch, method)
 
 
 def _unary(op, x):
@@ -589,14 +597,6 @@ def _binary(op, a, b):
         return _record(value, _NAMES[op], (op, "r", b), lambda g, x: g.apply(op, x, b), [a])
     name = "RsubBackward1" if op == "sub" else _NAMES[op]
     return _record(value, name, (op, "l", a), lambda g, y: g.apply(op, a, y), [b])
-
-
-def maximum(a, b):
-    return _binary("maximum", as_tensor(a), as_tensor(b))
-
-
-def minimum(a, b):
-    return _binary("minimum", as_tensor(a), as_tensor(b))
 
 
 def _composite(name, key, build, inputs, value):
@@ -651,3 +651,12 @@ def matmul(a, b) -> Tensor:
     name = "MmBackward0" if a.ndim == b.ndim == 2 else (
         "DotBackward0" if a.ndim == b.ndim == 1 else "MvBackward0")
     return _record(np.matmul(a._data, b._data), name, ("matmul",), lambda g, x, y: x @ y, [a, b])
+
+
+def _forget(entry):
+    if entry.torch and _NAMES.pop(entry.name, None) and \
+            getattr(vars(Tensor).get(entry.torch), "__qualname__", "") == entry.torch:
+        delattr(Tensor, entry.torch)
+
+
+ops.on_register(_method, _forget)

@@ -9,7 +9,7 @@ import sympy as sp
 import symgrad.runtime as rt
 from symgrad.compiler import Graph, GraphError, ShapeError
 from symgrad.runtime.cli import main as cli
-from symgrad.runtime.function import ArgumentError
+from symgrad.compiler.backend import ArgumentError
 
 
 def graph():

@@ -26,7 +26,8 @@ def test_001():
     for line in ["tensor([[27., 27.],", "tensor(27., grad_fn=<MeanBackward0>)",
                  "tensor([[4.5000, 4.5000],", "tensor([[5.5000, 5.5000],",
                  "tensor([[2., 4.],", "grad_fn=<ViewBackward0>",
-                 "tensor([2.0000, 0.2000, 0.0200, 0.0020])", "tensor(1., grad_fn=<PowBackward0>) True",
+                 "tensor([2.0000, 0.2000, 0.0200, 0.0020])",
+                 "tensor(1., grad_fn=<PowBackward0>) True",
                  "tensor(1.) False", "tensor(2., grad_fn=<AddBackward0>) True", "True False"]:
         assert line in out, line
     assert out.rstrip().endswith("tensor(2.)")

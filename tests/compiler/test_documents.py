@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 import sympy as sp
-import torch
+from tests.oracle import lazy_torch as torch
 
 from symgrad.compiler import Graph, GraphError, sigmoid
 

@@ -6,16 +6,17 @@ import os
 
 import numpy as np
 import pytest
-import torch
+from tests.oracle import lazy_torch as torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from symgrad.compiler import Graph
-from tests.conftest import fd_vjp
+from tests.oracle import fd_vjp
 from tests.fuzz.recipes import RuntimeOps, SymgradOps, TorchOps, recipes, replay
 
 EXAMPLES = int(os.environ.get("SYMGRAD_FUZZ_EXAMPLES", "300"))
-FUZZ = settings(max_examples=EXAMPLES, deadline=None, derandomize="SYMGRAD_FUZZ_SEED" not in os.environ,
+FUZZ = settings(max_examples=EXAMPLES, deadline=None,
+                derandomize="SYMGRAD_FUZZ_SEED" not in os.environ,
                 suppress_health_check=list(HealthCheck))
 TOL = {np.float64: dict(rtol=1e-9, atol=1e-11), np.float32: dict(rtol=1e-4, atol=1e-4)}
 
@@ -74,7 +75,8 @@ def check_compiled(recipe, dtype, rng, second_order=True, finite_differences=Fal
     if finite_differences and dtype == np.float64:
         def scalar(*vals):
             out = f(*vals)
-            return np.concatenate([np.ravel(o) for o in (out if isinstance(out, tuple) else (out,))])
+            outs = out if isinstance(out, tuple) else (out,)
+            return np.concatenate([np.ravel(o) for o in outs])
         flat_seed = np.concatenate([np.ravel(s) for s in seeds])
         for a, b in zip(grads, fd_vjp(scalar, values, flat_seed)):
             np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)

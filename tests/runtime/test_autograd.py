@@ -3,7 +3,7 @@ import warnings
 
 import numpy as np
 import pytest
-import torch as T
+from tests.oracle import lazy_torch as T
 
 import symgrad.runtime as torch
 from symgrad.runtime import autograd, nn, optim
@@ -176,7 +176,8 @@ def test_linear_mse_sgd_momentum_match_torch():
     opt = optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=0.01)
     topt = T.optim.SGD(tmodel.parameters(), lr=0.05, momentum=0.9, weight_decay=0.01)
     rng = np.random.default_rng(0)
-    x, y = rng.standard_normal((8, 3)).astype(np.float32), rng.standard_normal((8, 1)).astype(np.float32)
+    x = rng.standard_normal((8, 3)).astype(np.float32)
+    y = rng.standard_normal((8, 1)).astype(np.float32)
     for _ in range(5):
         for o, m, crit, X, Y in ((opt, model, nn.MSELoss(), torch.tensor(x), torch.tensor(y)),
                                  (topt, tmodel, T.nn.MSELoss(), T.tensor(x), T.tensor(y))):
@@ -192,8 +193,10 @@ def test_adam_matches_torch():
     tp = T.nn.Parameter(T.tensor([1.0, -2.0]))
     opt, topt = optim.Adam([p], lr=0.1), T.optim.Adam([tp], lr=0.1)
     for _ in range(3):
-        opt.zero_grad(); (p * p * p).sum().backward(); opt.step()
-        topt.zero_grad(); (tp * tp * tp).sum().backward(); topt.step()
+        for o, q in ((opt, p), (topt, tp)):
+            o.zero_grad()
+            (q * q * q).sum().backward()
+            o.step()
     np.testing.assert_allclose(p.detach().numpy(), tp.detach().numpy(), rtol=1e-5)
 
 

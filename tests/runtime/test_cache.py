@@ -9,19 +9,19 @@ import numpy as np
 import pytest
 
 from symgrad.compiler import Graph, sin
-from symgrad.compiler.pipeline import stats
-from symgrad.runtime import cache
+from symgrad.compiler.backend.stats import stats
+from symgrad.compiler.backend import cache
 
 PROGRAM = textwrap.dedent("""
     import sys
     from symgrad.compiler import Graph, sin
-    from symgrad.compiler.pipeline import stats
-    from symgrad.runtime import cache
+    from symgrad.compiler.backend.stats import stats
+    from symgrad.compiler.backend import cache
     g = Graph()
     x = g.input("x", (5,))
     f = g.compile([(sin(x) * x * {c}).sum()], [x])
     value, (dx,) = f.vjp([0.1, 0.2, 0.3, 0.4, 0.5])
-    print(stats["compiles"], stats["cache_hits"], cache.stats["disk_hits"], repr(value))
+    print(stats.compiles, stats.cache_hits, stats.disk_hits, repr(value))
 """)
 
 
@@ -104,10 +104,10 @@ def test_group_writable_directory_is_not_trusted(tmp_path, monkeypatch):
 
 
 def test_same_graph_twice_in_one_process_compiles_once():
-    before = stats["compiles"]
+    before = stats.compiles
     for _ in range(2):
         g = Graph()
         x = g.input("x", (4,))
         f = g.compile([(sin(x) * 7.125).sum()], [x])
-    assert stats["compiles"] - before <= 1
+    assert stats.compiles - before <= 1
     np.testing.assert_allclose(f.vjp(np.ones(4))[1][0], 7.125 * np.cos(np.ones(4)))

@@ -107,7 +107,7 @@ def test_runtime_cache_of_compiled_backwards_is_bounded(monkeypatch):
 
 
 def test_functions_of_one_signature_share_their_fast_call_glue():
-    from symgrad.runtime import fastcall
+    from symgrad.compiler.backend import fastcall
 
     def make(k, n=5):
         g = Graph()

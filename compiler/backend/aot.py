@@ -8,7 +8,9 @@ import shutil
 import subprocess
 import tempfile
 
-from .graph import DTYPES
+import numpy as np
+
+from . import jit
 
 C_TYPES = {"float64": "double", "float32": "float"}
 
@@ -30,7 +32,7 @@ def _wrappers(entry_names: dict, name: str) -> str:
 
 def header(f, name: str) -> str:
     def slots(items):
-        return "\n".join(f" *   [{k}] {C_TYPES[DTYPES[d]]} {n}"
+        return "\n".join(f" *   [{k}] {C_TYPES[np.dtype(d).name]} {n}"
                          f"{''.join(f'[{s}]' for s in shape) or ' (scalar)'}"
                          for k, (n, shape, d) in enumerate(items))
     grads = [(f"grad_{w}", shape, d) for w, shape, d in f.wrt]
@@ -52,14 +54,12 @@ def header(f, name: str) -> str:
 
 def export(f, path: str, name: str = "symgrad_fn", kind: str = "shared") -> list[str]:
     """Write ``path`` (an ``.o`` for kind="obj", a shared library for "shared") and
-    ``<path stem>.h``; returns the files written."""
-    from symgrad.runtime import jit
+    ``<path stem>.h`` for the compiled function ``f``; returns the files written."""
     name = _c_name(name)
     if kind not in ("obj", "shared"):
         raise ValueError(f"export kind must be 'obj' or 'shared', got {kind!r}")
-    from .pipeline import export_ir
     # matmuls as loops: the JIT's BLAS binding does not exist outside this process
-    text, entry_names = export_ir(f.work, f._specs, name)
+    text, entry_names = f.source.export_ir(name)
     obj = jit.emit_object(text + "\n" + _wrappers(entry_names, name))
     head = os.path.splitext(path)[0] + ".h"
     if kind == "obj":

@@ -21,8 +21,9 @@ import tempfile
 import threading
 import warnings
 
+from .stats import stats
+
 MAGIC = b"SYMGRAD-OBJECT-1\n"
-stats = {"disk_hits": 0, "disk_writes": 0, "rejected": 0}
 _warned: set = set()
 _lock = threading.Lock()
 
@@ -96,11 +97,11 @@ def load(key: str, expect: dict) -> bytes | None:
     else:
         reason, obj = _parse(data, expect)
     if reason:
-        stats["rejected"] += 1
+        stats.disk_rejected += 1
         _warn_once(f"entry:{reason}", f"ignored compile cache entry {path}: {reason}; "
                                       "it is rebuilt")
         return None
-    stats["disk_hits"] += 1
+    stats.disk_hits += 1
     return obj
 
 
@@ -137,7 +138,7 @@ def store(key: str, meta: dict, obj: bytes) -> None:
         except BaseException:
             os.unlink(tmp)
             raise
-        stats["disk_writes"] += 1
+        stats.disk_writes += 1
     except OSError as err:
         _warn_once("write", f"could not write compile cache entry {path} ({err}); "
                             "continuing without it")

@@ -1,8 +1,8 @@
 """JIT'd CPython ``METH_FASTCALL`` functions: the cheap call path into compiled entries.
 
 ``fast(*inputs, *seeds, *array_outputs)`` checks every argument natively — an exact
-``float`` or ``numpy.float64`` for a scalar, an exact ``ndarray`` with the declared dtype (by descriptor
-identity), rank, dimensions and C-contiguous, aligned (and, for outputs, writeable)
+``float`` or ``numpy.float64`` for a scalar, an exact ``ndarray`` with the declared dtype
+(by descriptor identity), rank, dimensions and C-contiguous, aligned (and, for outputs, writeable)
 flags for a tensor — fills the pointer table and calls the kernel entry.  It returns a
 tuple of the scalar outputs as Python floats, or the FALLBACK sentinel when anything
 does not match exactly; the caller then takes the careful Python path, which converts

@@ -1,14 +1,25 @@
-"""CompiledFunction: what ``Graph.compile`` returns; checks arguments, calls native code."""
+"""NativeFunction: checks arguments and calls compiled entry points (forward, vjp).
+
+It knows slots, shapes and dtypes, not graphs: what an entry computes and how its code is
+built come from a *source* (the compiler's compile plan) through two calls,
+``source.build(kind)`` (→ an object with ``address``, ``engine``) and, for export,
+``source.export_ir(name)``.  ``symgrad.compiler.function.CompiledFunction`` adds the
+graph's side (kernels, IR, the work graph).
+"""
 from __future__ import annotations
 
 import ctypes
 import numbers
 import threading
+from dataclasses import dataclass
 
 import numpy as np
 
-from symgrad.compiler.graph import DTYPES
 from . import fastcall, jit
+
+
+def _dtype_name(dtype) -> str:
+    return np.dtype(dtype).name
 
 
 class ArgumentError(ValueError):
@@ -23,37 +34,56 @@ def _coerce(value, name: str, shape: tuple, dtype: np.dtype) -> np.ndarray:
     if isinstance(value, np.ndarray):
         if value.dtype != dtype:
             if value.dtype.kind != "f":
-                raise TypeError(f"{name}: expected a {DTYPES[dtype]} array, got dtype "
-                                f"{value.dtype}; convert it with .astype(np.{DTYPES[dtype]})")
+                raise TypeError(f"{name}: expected a {_dtype_name(dtype)} array, got dtype "
+                                f"{value.dtype}; convert it with .astype(np.{_dtype_name(dtype)})")
             value = value.astype(dtype)
     elif isinstance(value, (bool, np.bool_)) or not isinstance(value, (numbers.Real, list, tuple)):
-        raise TypeError(f"{name}: expected a real number or a {DTYPES[dtype]} array of shape "
+        raise TypeError(f"{name}: expected a real number or a {_dtype_name(dtype)} array of shape "
                         f"{shape}, got {type(value).__name__}")
     else:
         try:
             value = np.asarray(value, dtype=dtype)
         except (TypeError, ValueError) as err:
-            raise TypeError(f"{name}: cannot read {value!r} as {DTYPES[dtype]} numbers "
+            raise TypeError(f"{name}: cannot read {value!r} as {_dtype_name(dtype)} numbers "
                             f"({err})") from None
     if value.shape != shape:
         raise ArgumentError(f"{name}: expected shape {shape}, got {value.shape}")
     return np.ascontiguousarray(value)
 
 
-class CompiledFunction:
-    """Native forward and vector–Jacobian product of a graph.
+@dataclass(frozen=True)
+class Signature:
+    """What a compiled function takes and gives: (name, shape, dtype) per slot, and which
+    result of its entries each output and gradient is (``*_keys``: keys of the results)."""
+    inputs: list
+    outputs: list
+    wrt: list
+    seeds: list
+    out_keys: list
+    grad_keys: list
+
+
+@dataclass(frozen=True)
+class EntrySpec:
+    """One entry point: the keys of the results it writes, in pointer-table order after
+    its arguments, and their (shape, dtype)."""
+    kind: str              # "forward" | "vjp"
+    results: tuple
+    result_types: tuple
+
+
+class NativeFunction:
+    """Native forward and vector–Jacobian product.
 
     ``f(*inputs, **inputs)`` returns the outputs; ``f.vjp(*inputs, seed=v)`` returns
     ``(outputs, gradients)`` with one gradient per ``wrt`` node: ``vᵀJ``.
     """
 
-    def __init__(self, graph, work, entries, inputs, outputs, out_ids, wrt, seeds, grad_ids):
-        self.graph, self.work, self._specs = graph, work, entries
-        self.inputs = [(e.name, e.shape, e.dtype) for e in inputs]
-        self.outputs = [(o.name, o.shape, o.dtype) for o in outputs]
-        self.wrt = [(w.name, w.shape, w.dtype) for w in wrt]
-        self.seeds = [(s.name, s.shape, s.dtype) for s in seeds]
-        self._out_ids, self._grad_ids = out_ids, grad_ids
+    def __init__(self, signature: Signature, entries: dict, source):
+        self.signature, self.source, self._specs = signature, source, entries
+        self.inputs, self.outputs = signature.inputs, signature.outputs
+        self.wrt, self.seeds = signature.wrt, signature.seeds
+        self._out_ids, self._grad_ids = signature.out_keys, signature.grad_keys
         self._names = {n: k for k, (n, _, _) in enumerate(self.inputs)}
         self._artifacts, self._entries, self._fast = {}, {}, {}
         self._engines = []               # CodeEngines holding this function's code
@@ -65,14 +95,13 @@ class CompiledFunction:
 
     def _load(self, kind):
         """Compile (or take from the cache) one entry point and set up its call paths."""
-        from symgrad.compiler.pipeline import build
         with self._lock:
             if kind in self._artifacts:
                 return
-            artifact = build(self.work, {kind: self._specs[kind]})
-            entry = artifact.entries[kind]
-            self._entries[kind] = (jit.ENTRY(entry.address), entry)
-            self._fast[kind] = self._fast_entry(kind, entry)
+            artifact = self.source.build(kind)
+            spec = self._specs[kind]
+            self._entries[kind] = (jit.ENTRY(artifact.address), spec)
+            self._fast[kind] = self._fast_entry(kind, artifact.address, spec)
             self._artifacts[kind] = artifact
             if kind == "vjp" and self._fast["vjp"] is not None:
                 self.vjp = self._specialised_vjp()
@@ -117,18 +146,17 @@ class CompiledFunction:
                      "slow": self._vjp}
         exec(compile(source, f"<symgrad vjp of {self.outputs[0][0]}>", "exec"), namespace)
         fn = namespace["vjp"]
-        fn.__doc__ = CompiledFunction.vjp.__doc__
+        fn.__doc__ = NativeFunction.vjp.__doc__
         return fn
 
-    def _fast_entry(self, kind, entry):
+    def _fast_entry(self, kind, address, spec: EntrySpec):
         """(builtin, array output specs, where each requested result is) or None."""
-        attrs = self.work.nx.nodes
         params = [(s, d) for _, s, d in self.inputs]
         if kind == "vjp":
             params += [(s, d) for _, s, d in self.seeds]
-        outputs = [(attrs[i]["shape"], attrs[i]["dtype"]) for i in entry.outputs]
+        outputs = list(spec.result_types)
         try:
-            made = fastcall.make(entry.address, params, outputs)
+            made = fastcall.make(address, params, outputs)
         except MemoryError:
             raise
         except Exception:    # no fast path is a slower call, never a wrong one
@@ -140,7 +168,7 @@ class CompiledFunction:
         arrays = [k for k, (shape, _) in enumerate(outputs) if shape != ()]
         scalars = [k for k, (shape, _) in enumerate(outputs) if shape == ()]
         where = {}
-        for i, k in zip(entry.outputs, range(len(outputs))):
+        for i, k in zip(spec.results, range(len(outputs))):
             where[i] = ("a", arrays.index(k)) if k in arrays else ("s", scalars.index(k))
         specs = [outputs[k] for k in arrays]
         return function, specs, where
@@ -151,23 +179,10 @@ class CompiledFunction:
         """The entry points: "forward", and "vjp" when compiled with wrt."""
         return list(self._specs)
 
-    @property
-    def llvm_ir(self) -> str:
-        """The LLVM IR of every entry point, before optimisation."""
-        return "\n".join(self.artifact(k).llvm_ir for k in self.kinds)
-
-    @property
-    def optimized_ir(self) -> str:
-        return "\n".join(self.artifact(k).optimized_ir for k in self.kinds)
-
-    def kernels(self, entry="vjp"):
-        """The simplified scalar kernels (sympy) of an entry point."""
-        entry = entry if entry in self._specs else "forward"
-        return self.artifact(entry).kernels(entry)
-
     def __repr__(self):
         ins = ", ".join(f"{n}{list(s) if s else ''}" for n, s, _ in self.inputs)
-        return f"<CompiledFunction ({ins}) -> {len(self.outputs)} output(s), wrt {len(self.wrt)}>"
+        return (f"<{type(self).__name__} ({ins}) -> {len(self.outputs)} output(s), "
+                f"wrt {len(self.wrt)}>")
 
     # ---- calling ---------------------------------------------------------------------
     def _bind(self, args, kwargs) -> list:
@@ -188,14 +203,13 @@ class CompiledFunction:
         return [_coerce(v, n, s, d) for v, (n, s, d) in zip(values, self.inputs)]
 
     def _run(self, kind, arrays) -> dict:
-        fn, entry = self._entries[kind]
+        fn, spec = self._entries[kind]
         results = {}
-        table = (ctypes.c_void_p * (len(arrays) + len(entry.outputs)))()
+        table = (ctypes.c_void_p * (len(arrays) + len(spec.results)))()
         for k, a in enumerate(arrays):
             table[k] = a.ctypes.data
-        attrs = self.work.nx.nodes
-        for k, i in enumerate(entry.outputs):
-            out = results[i] = np.empty(attrs[i]["shape"], attrs[i]["dtype"])
+        for k, (i, (shape, dtype)) in enumerate(zip(spec.results, spec.result_types)):
+            out = results[i] = np.empty(shape, dtype)
             table[len(arrays) + k] = out.ctypes.data
         if fn(table) != 0:
             raise MemoryError("the compiled function could not allocate its workspace")

@@ -1,0 +1,409 @@
+"""The LLVM JIT: parse, optimise and load modules; hand back native addresses.
+
+Every module is optimised, compiled to an object file and the object loaded into a
+CodeEngine (an MCJIT engine); compiled functions hold the engines their code lives in,
+and an engine nobody holds is closed (see CodeEngine).  Going through objects is what
+lets the disk cache (``cache.py``) hand back the same code in a new process.  Very large
+modules are code-generated at level 0 (the fast register allocator) without the SLP
+vectoriser: both grow super-linearly with long straight-line code.
+
+All state (target machines, the current engine, the table of loaded code) belongs to one
+:class:`JIT` object, made on first use by :func:`get`; the module functions below are
+its public face.  One lock around it: compiles from several threads are serialised,
+calls are not.  This module imports only llvmlite, numpy and the standard library.
+"""
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import functools
+import glob
+import os
+import re
+import threading
+import weakref
+from dataclasses import dataclass
+
+import llvmlite.binding as llvm
+
+from . import cache
+from .stats import stats
+
+OPT_LEVEL = 3
+# Above this many IR instructions, long straight-line code makes the SLP vectoriser and
+# the greedy register allocator super-linear; compile such modules with less effort.
+LARGE_MODULE = 20_000
+OBJECTS_PER_ENGINE = 64
+_MAPPINGS_EVERY = 128          # loads between two counts of the process's memory mappings
+ENTRY = ctypes.CFUNCTYPE(ctypes.c_int32, ctypes.c_void_p)
+
+
+# ---- libm and its SIMD variants (glibc's libmvec) ------------------------------------------
+# ISA letter (x86 vector ABI), the host feature it needs, and widths for double and float.
+_ISAS = (("e", "avx512f", 8, 16), ("d", "avx2", 4, 8), ("c", "avx", 4, 8), ("b", "sse2", 2, 4))
+_DECLARE = re.compile(r'declare (double|float) @"?(\w+)"?\(([^)]*)\)')
+
+
+@functools.lru_cache(maxsize=None)
+def _libmvec():
+    path = ctypes.util.find_library("mvec")
+    try:
+        return ctypes.CDLL(path) if path else None
+    except OSError:
+        return None
+
+
+@functools.lru_cache(maxsize=None)
+def _libm():
+    return ctypes.CDLL(ctypes.util.find_library("m"))
+
+
+@functools.lru_cache(maxsize=None)
+def vector_variants(name: str, arity: int, single: bool) -> tuple:
+    """libm function ``name`` (``sin``; ``sinf`` with ``single``) → ((vector name, width),
+    …), the best ISA per width this host has.  Any libm name works: the operator table
+    decides what is called, this module only looks up what glibc offers for it."""
+    lib = _libmvec()
+    if lib is None:
+        return ()
+    features = llvm.get_host_cpu_features()
+    width_index = 3 if single else 2
+    out, seen = [], set()
+    for isa in _ISAS:
+        width = isa[width_index]
+        vname = f"_ZGV{isa[0]}N{width}{'v' * arity}_{name}"
+        if features.get(isa[1]) and width not in seen and hasattr(lib, vname):
+            seen.add(width)
+            out.append((vname, width))
+    return tuple(out)
+
+
+def add_vector_variants(ir_text: str) -> str:
+    """Mark libm declarations that have SIMD variants as pure and list the variants, so
+    the loop vectoriser calls e.g. ``_ZGVeN8v_sin`` instead of eight scalar ``sin``.
+
+    Such a function is called by a private name, ``__symgrad_sin`` bound to libm's
+    ``sin``: a name LLVM does not know as a library function, so it keeps the call (and
+    its SIMD variants) instead of turning it into ``llvm.sin``, whose vector form code
+    generation splits back into scalar calls."""
+    found = {}
+    for m in _DECLARE.finditer(ir_text):
+        ty, name, params = m.groups()
+        arity = len([p for p in params.split(",") if p.strip()])
+        if vector_variants(name, arity, ty == "float"):
+            found[name] = (ty, arity)
+    if not found:
+        return ir_text
+    extra = []
+    for k, (name, (ty, arity)) in enumerate(sorted(found.items())):
+        private = f"__symgrad_{name}"
+        _bind_private(name)
+        ir_text = ir_text.replace(f'@"{name}"(', f'@"{private}"(')
+        variants = vector_variants(name, arity, ty == "float")
+        listed = ",".join(f"_ZGV_LLVM_N{w}{'v' * arity}_{private}({v})" for v, w in variants)
+        group = 9001 + k
+        ir_text = re.sub(rf'(declare {ty} @"?{private}"?\([^)]*\))', rf"\1 #{group}", ir_text)
+        extra.append(f'attributes #{group} = {{ nounwind willreturn memory(none) '
+                     f'"vector-function-abi-variant"="{listed}" }}')
+        for v, w in variants:
+            vt = f"<{w} x {ty}>"
+            extra.append(f"declare {vt} @{v}({', '.join([vt] * arity)})")
+    used = [line.split("@")[1].split("(")[0] for line in extra if line.startswith("declare")]
+    # keep the vector declarations alive until the loop vectoriser looks for them
+    extra.append(f"@llvm.compiler.used = appending global [{len(used)} x ptr] "
+                 f"[{', '.join('ptr @' + u for u in used)}], section \"llvm.metadata\"")
+    return ir_text + "\n" + "\n".join(extra) + "\n"
+
+
+@functools.lru_cache(maxsize=None)
+def _bind_private(name: str) -> bool:
+    """Bind ``__symgrad_<name>`` to libm's ``name``; False when libm has no such function."""
+    function = getattr(_libm(), name, None)
+    if function is None:
+        return False
+    llvm.add_symbol(f"__symgrad_{name}", ctypes.cast(function, ctypes.c_void_p).value)
+    return True
+
+
+_PRIVATE = re.compile(rb"__symgrad_([A-Za-z_][A-Za-z0-9_]*)")
+
+
+def bind_object_names(obj: bytes) -> None:
+    """Bind the private libm names an object calls: an object from the disk cache comes
+    without the IR that bound them when it was compiled."""
+    for name in set(_PRIVATE.findall(obj)):
+        if not name.startswith((b"addr_", b"dgemm", b"sgemm")):
+            _bind_private(name.decode())
+
+
+@functools.lru_cache(maxsize=None)
+def blas() -> str | None:
+    """Bind ``__symgrad_[sd]gemm`` to an ILP64 CBLAS gemm if one is at hand — the OpenBLAS
+    that numpy's wheels ship — and say which; None means matmul stays plain loops."""
+    import numpy
+    here = os.path.dirname(numpy.__file__)
+    for path in sorted(glob.glob(os.path.join(here, os.pardir, "numpy.libs",
+                                              "libscipy_openblas64_*.so*"))):
+        try:
+            lib = ctypes.CDLL(path)
+            d, s = lib.scipy_cblas_dgemm64_, lib.scipy_cblas_sgemm64_
+        except (OSError, AttributeError):
+            continue
+        llvm.add_symbol("__symgrad_dgemm", ctypes.cast(d, ctypes.c_void_p).value)
+        llvm.add_symbol("__symgrad_sgemm", ctypes.cast(s, ctypes.c_void_p).value)
+        return os.path.basename(path)
+    return None
+
+
+# ---- loaded code ---------------------------------------------------------------------------
+@dataclass
+class Loaded:
+    """What the engine hands back for one module."""
+    addresses: dict          # function name -> address
+    engine: object = None    # the CodeEngine the code lives in: hold it to keep the code
+
+
+def _host_machine(**options):
+    target = llvm.Target.from_default_triple()
+    return target.create_target_machine(cpu=llvm.get_host_cpu_name(),
+                                        features=llvm.get_host_cpu_features().flatten(),
+                                        **options)
+
+
+class CodeEngine:
+    """An MCJIT engine; the code loaded into it lives exactly as long as this object.
+
+    Compiled functions hold the engines their code is in; new objects go into the current
+    engine until it holds OBJECTS_PER_ENGINE, then into a fresh one.  An engine nobody
+    holds any more is closed, which returns its code memory and memory mappings: a process
+    compiling many distinct graphs keeps only the code of the functions still alive."""
+
+    def __init__(self, lock):
+        # MCJIT takes ownership of its target machine: each engine gets its own
+        machine = _host_machine(opt=3, codemodel="jitdefault", jit=True)
+        self._engine = llvm.create_mcjit_compiler(llvm.parse_assembly(""), machine)
+        self._lock = lock
+        self.objects = 0
+
+    def add(self, obj: bytes, names) -> dict:
+        self._engine.add_object_file(llvm.ObjectFileRef.from_data(obj))
+        self._engine.finalize_object()
+        self.objects += 1
+        return {n: self._engine.get_function_address(n) for n in names}
+
+    def __del__(self):
+        engine, self._engine = getattr(self, "_engine", None), None
+        if engine is not None:
+            try:
+                with self._lock:
+                    engine.close()
+            except Exception:   # interpreter shutdown: the process returns everything
+                pass
+
+
+def _free_pass_manager(pm) -> None:
+    """Free a module pass manager.  llvmlite (0.50 at least) never does: ``ObjectRef._dispose``
+    (a no-op) comes before ``NewPassManager._dispose`` in ``ModulePassManager``'s method
+    order, so each optimised module leaked its whole pipeline, ~50 KB."""
+    from llvmlite.binding import ffi, newpassmanagers
+    if type(pm)._dispose is ffi.ObjectRef._dispose:
+        newpassmanagers.NewPassManager._dispose(pm)
+        pm.detach()
+    else:               # a fixed llvmlite
+        pm.close()
+
+
+@functools.lru_cache(maxsize=None)
+def environment() -> dict:
+    """What the code in a cache entry depends on besides its key (read once: asking
+    package metadata for a version costs milliseconds)."""
+    import llvmlite
+    from importlib.metadata import PackageNotFoundError, version
+    try:
+        mine = version("symgrad")
+    except PackageNotFoundError:
+        mine = "unknown"
+    return {"symgrad": mine, "llvmlite": llvmlite.__version__, "blas": blas(),
+            "llvm": list(llvm.llvm_version_info), "cpu": llvm.get_host_cpu_name(),
+            "features": llvm.get_host_cpu_features().flatten()}
+
+
+class JIT:
+    """LLVM initialised for this host, its target machines, and the code loaded so far."""
+
+    def __init__(self):
+        self.lock = threading.RLock()
+        llvm.initialize_native_target()
+        llvm.initialize_native_asmprinter()
+        for lib in ("m", "mvec"):
+            path = ctypes.util.find_library(lib)
+            if path:
+                try:
+                    llvm.load_library_permanently(path)
+                except RuntimeError:
+                    pass
+        self.machine = _host_machine(opt=3, codemodel="jitdefault", jit=True)
+        # huge modules and glue: the fast code generator (see LARGE_MODULE)
+        self.quick_machine = _host_machine(opt=0, codemodel="jitdefault", jit=True)
+        self.current = None          # the CodeEngine new objects go into
+        # cache key -> (weak reference to its CodeEngine, addresses): code is never loaded
+        # twice while loaded, and forgotten when its engine closes
+        self.loaded: dict = {}
+        self.loads_since_check = _MAPPINGS_EVERY
+
+    # ---- optimising ---------------------------------------------------------------------
+    def optimize(self, module, size: int) -> None:
+        pto = llvm.create_pipeline_tuning_options(
+            speed_level=OPT_LEVEL if size < LARGE_MODULE else 1)
+        pto.loop_vectorization = True
+        pto.slp_vectorization = size < LARGE_MODULE
+        pb = llvm.create_pass_builder(self.machine, pto)
+        pm = pb.getModulePassManager()    # one per run: a pass manager cannot run twice
+        try:
+            pm.run(module, pb)
+        finally:
+            _free_pass_manager(pm)
+
+    def module(self, ir_text: str, optimize_ir: bool = True):
+        """Parsed, verified, targeted at this host and optimised (call with the lock held)."""
+        module = llvm.parse_assembly(add_vector_variants(ir_text))
+        module.verify()
+        module.triple = self.machine.triple
+        module.data_layout = str(self.machine.target_data)
+        if optimize_ir:
+            self.optimize(module, ir_text.count("\n"))
+        return module
+
+    # ---- loading --------------------------------------------------------------------------
+    def _known(self, key):
+        hit = self.loaded.get(key)
+        if hit is not None:
+            engine = hit[0]()
+            if engine is not None:
+                return Loaded(hit[1], engine=engine)
+            del self.loaded[key]
+        return None
+
+    def _mapping_room(self) -> None:
+        """Refuse to load more code when the process nears the kernel's limit on memory
+        mappings: every loaded object takes a few until its engine closes, and LLVM aborts
+        the process when it cannot map more.  A MemoryError is raised instead."""
+        self.loads_since_check += 1
+        if self.loads_since_check < _MAPPINGS_EVERY:
+            return
+        self.loads_since_check = 0
+        try:
+            with open("/proc/sys/vm/max_map_count") as fh:
+                limit = int(fh.read())
+            with open("/proc/self/maps") as fh:
+                used = sum(1 for _ in fh)
+        except (OSError, ValueError):
+            return
+        if used > limit - 2000:
+            self.loads_since_check = _MAPPINGS_EVERY     # check again on every further load
+            raise MemoryError(
+                f"this process has {used} memory mappings of the kernel's limit of {limit} "
+                "(vm.max_map_count), and loading more compiled code could abort the "
+                "interpreter. The code of every live compiled function stays loaded: drop "
+                "compiled functions you no longer need (the same graph compiles once), or "
+                "raise vm.max_map_count")
+
+    def _add_object(self, obj: bytes, names, memory_key=None) -> Loaded:
+        self._mapping_room()
+        if self.current is None or self.current.objects >= OBJECTS_PER_ENGINE:
+            self.current = CodeEngine(self.lock)
+            for k in [k for k, (ref, _) in self.loaded.items() if ref() is None]:
+                del self.loaded[k]
+        engine = self.current
+        addresses = engine.add(obj, names)
+        if memory_key is not None:
+            self.loaded[memory_key] = (weakref.ref(engine), addresses)
+        return Loaded(addresses, engine=engine)
+
+    def lookup(self, key: str, names, memory_key: str | None = None) -> Loaded | None:
+        with self.lock:
+            known = self._known(memory_key or key)
+            if known is not None:
+                return known
+            obj = cache.load(key, {**environment(), "names": sorted(names)})
+            if obj is None:
+                return None
+            bind_object_names(obj)
+            return self._add_object(obj, names, memory_key or key)
+
+    def load(self, ir_text: str, names, key=None, memory_key=None, optimize_ir=True) -> Loaded:
+        with self.lock:
+            if key is not None:
+                known = self._known(memory_key or key)
+                if known is not None:
+                    return known
+            module = self.module(ir_text, optimize_ir)
+            quick = ir_text.count("\n") >= LARGE_MODULE or not optimize_ir
+            obj = (self.quick_machine if quick else self.machine).emit_object(module)
+            loaded = self._add_object(obj, names,
+                                      (memory_key or key) if key is not None else None)
+            if key is not None:
+                cache.store(key, {**environment(), "names": sorted(names)}, obj)
+            stats.modules_compiled += 1
+            return loaded
+
+
+_jit: JIT | None = None
+_made = threading.Lock()
+
+
+def get() -> JIT:
+    """The process's JIT, made on first use."""
+    global _jit
+    if _jit is None:
+        with _made:
+            if _jit is None:
+                _jit = JIT()
+    return _jit
+
+
+# ---- the public face --------------------------------------------------------------------------
+def target_machine():
+    return get().machine
+
+
+def lookup(key: str, names, memory_key: str | None = None) -> Loaded | None:
+    """Code compiled before for ``key``: in this process, or from the disk cache.
+    ``memory_key`` names it in this process's table when that differs from ``key``."""
+    return get().lookup(key, names, memory_key)
+
+
+def load(ir_text: str, names: list[str], key: str | None = None,
+         memory_key: str | None = None, optimize_ir: bool = True) -> Loaded:
+    """Parse, verify, optimise and compile ``ir_text`` to an object, load it and return the
+    entry addresses; with a ``key``, the object is also written to the disk cache.
+    ``optimize_ir=False`` skips the IR pipeline and uses the fast code generator (for
+    straight-line glue, where neither gains anything)."""
+    return get().load(ir_text, names, key, memory_key, optimize_ir)
+
+
+def optimized(ir_text: str) -> str:
+    """``ir_text`` after the optimisation pipeline (for reading; nothing is loaded)."""
+    jit = get()
+    with jit.lock:
+        return str(jit.module(ir_text))
+
+
+def emit_assembly(ir_text: str) -> str:
+    """Host assembly of ``ir_text`` after the optimisation pipeline."""
+    jit = get()
+    with jit.lock:
+        return jit.machine.emit_assembly(jit.module(ir_text))
+
+
+def emit_object(ir_text: str) -> bytes:
+    """Position-independent native object code for ``ir_text`` (ahead-of-time export)."""
+    jit = get()
+    with jit.lock:
+        tm = _host_machine(opt=3, reloc="pic", codemodel="default")
+        module = llvm.parse_assembly(ir_text)   # plain libm names: links against -lm
+        module.verify()
+        module.triple = tm.triple
+        module.data_layout = str(tm.target_data)
+        jit.optimize(module, ir_text.count("\n"))
+        return tm.emit_object(module)
