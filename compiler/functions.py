@@ -8,7 +8,6 @@ from __future__ import annotations
 from . import ops
 from .graph import Expr
 
-_builtin_abs, _builtin_sum, _builtin_pow = abs, sum, pow
 PUBLIC: list = []            # names of the elementwise functions, in table order
 
 

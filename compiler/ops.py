@@ -65,7 +65,7 @@ def on_register(add: Callable, remove: Callable | None = None) -> None:
     methods and module functions follow the table."""
     _listeners.append((add, remove))
     for entry in list(ELEMENTWISE.values()):
-        if entry.templates or not _declaring_builtins:
+        if entry.templates:        # completed (all are, once the built-ins are)
             add(entry)
 
 
