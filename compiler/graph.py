@@ -247,11 +247,10 @@ class Graph:
                 raise TypeError(f"a graph constant must be a real number, got {value!r}; "
                                 "pass tensors as inputs (Graph.input)")
         value = float(value)
-        if value == 0.0:
-            # -0.0 == 0.0, so both intern to one node: its value must not depend on which
-            # of the two was made first
-            value = 0.0
-        return Expr(self, self._intern("const", (), (value,), (), as_dtype(dtype or self.dtype)))
+        # -0.0 and 0.0 are different constants in IEEE arithmetic (1/-0.0 is -inf); they
+        # compare equal, so the interning key carries the sign
+        return Expr(self, self._intern("const", (), (value,), (), as_dtype(dtype or self.dtype),
+                                       sign=math.copysign(1.0, value)))
 
     # ---- node making -----------------------------------------------------------------
     def _new(self, op, args, params, shape, dtype, name=None) -> int:
@@ -263,8 +262,8 @@ class Graph:
             self.nx.add_edge(a, id, key=slot, slot=slot)
         return id
 
-    def _intern(self, op, args, params, shape, dtype) -> int:
-        key = (op, tuple(args), params, shape, dtype.char)
+    def _intern(self, op, args, params, shape, dtype, sign=None) -> int:
+        key = (op, tuple(args), params, shape, dtype.char, sign)
         id = self._interned.get(key)
         if id is None:
             id = self._interned[key] = self._new(op, args, params, shape, dtype)
@@ -467,7 +466,12 @@ class Graph:
 
 
 def _fold(g: Graph, op, args, shape, dtype):
-    """Cheap rewrites at construction time: constants, x·1, x+0, x·0, −(−x)."""
+    """Rewrites at construction time that are exact in IEEE arithmetic, for every operand
+    value including inf, nan and signed zeros: constant operands (evaluated in the
+    graph's dtype), x·1, x/1, x·(−1), x − 0, x + (−0), x**1, x**0, −(−x).
+
+    Not folded, because IEEE disagrees somewhere: x + 0 (−0 + 0 is +0), 0 − x (0 − 0 is
+    +0, −0 is not), 0·x (inf·0 is nan, −1·0 is −0), x − x, x/x."""
     consts = [a.params[0] if a.op == "const" else None for a in args]
     if all(c is not None for c in consts) and op not in ("broadcast", "copy"):
         value = ops.evaluate(op, consts, (), (), dtype)
@@ -478,24 +482,25 @@ def _fold(g: Graph, op, args, shape, dtype):
     def same(x):  # x itself, broadcast to the result's shape when needed
         return x if x.shape == shape else g.broadcast_to(x, shape)
 
+    def is_(c, value):  # c is exactly ``value``, sign of zero included
+        return c is not None and c == value and math.copysign(1, c) == math.copysign(1, value)
+
     if op == "neg" and args[0].op == "neg":
         return args[0].args[0]
     if len(args) != 2:
         return None
     (a, b), (ca, cb) = args, consts
     if op == "add":
-        if ca == 0: return same(b)
-        if cb == 0: return same(a)
+        if is_(ca, -0.0): return same(b)
+        if is_(cb, -0.0): return same(a)
     elif op == "sub":
-        if cb == 0: return same(a)
-        if ca == 0: return g.apply("neg", same(b))
+        if is_(cb, 0.0): return same(a)
+        if is_(ca, -0.0): return g.apply("neg", same(b))
     elif op == "mul":
         if ca == 1: return same(b)
         if cb == 1: return same(a)
         if ca == -1: return g.apply("neg", same(b))
         if cb == -1: return g.apply("neg", same(a))
-        # 0·x folds to 0, as sympy does (inf·0 would be nan: inputs are not folded)
-        if ca == 0 or cb == 0: return same(g.const(0.0, dtype))
     elif op == "div":
         if cb == 1: return same(a)
     elif op == "pow":

@@ -26,7 +26,9 @@ FLOAT = {np.dtype(np.float64): ir.DoubleType(), np.dtype(np.float32): ir.FloatTy
 # Transcendentals (sin cos tan exp log tanh pow) are calls to the C math library by
 # name; the JIT marks them with the host's SIMD variants (glibc's libmvec), so loops
 # calling them vectorise.
-ARITH = ("contract",)               # fuse a*b+c into FMA where the target has it
+# Elementwise arithmetic carries no fast-math flags: each operation rounds as IEEE says.
+# fast_math=True adds "contract" (fuse a*b+c into FMA where the target has it).
+FAST_ARITH = ("contract",)
 REDUCE = ("reassoc", "contract")    # lets sum loops vectorise; not "fast": keeps NaN checks
 ALIGN = 64
 
@@ -89,9 +91,10 @@ class Lowerer:
     ``blas``: call ``__symgrad_[sd]gemm`` (an ILP64 CBLAS gemm the runtime binds) for
     large enough products instead of loops."""
 
-    def __init__(self, module: ir.Module, blas: bool = False):
+    def __init__(self, module: ir.Module, blas: bool = False, fast_math: bool = False):
         self.module = module
         self.blas = blas
+        self.arith = FAST_ARITH if fast_math else ()
 
     # ---- helpers ---------------------------------------------------------------
     def _fn(self, name, ret, params):
@@ -124,6 +127,8 @@ class Lowerer:
                 p = b.gep(entry.args[0], [ir.Constant(I64, slot)], source_etype=PTR)
                 pointers[k] = b.load(p, typ=PTR, name=f"buf{k}")
         workspace = None
+        if total >= 2**62:   # a 64-bit size must not wrap (each buffer is checked smaller)
+            raise MemoryError(f"{name}: the temporaries need {total:.3g} bytes")
         if total:
             malloc = self.module.globals.get("malloc") or ir.Function(
                 self.module, ir.FunctionType(PTR, [I64]), name="malloc")
@@ -315,6 +320,7 @@ class ExprLowering:
     def __init__(self, lowerer: Lowerer, b: ir.IRBuilder, ty, env: dict):
         self.lowerer, self.b, self.ty, self.env = lowerer, b, ty, env
         self.char = "d" if isinstance(ty, ir.DoubleType) else "f"
+        self.arith = lowerer.arith
         self.memo = {}
 
     def __call__(self, expr):
@@ -364,10 +370,10 @@ class ExprLowering:
         acc = None
         for t in pos:
             v = self(t)
-            acc = v if acc is None else b.fadd(acc, v, flags=ARITH)
+            acc = v if acc is None else b.fadd(acc, v, flags=self.arith)
         for t in neg:
-            v = self(t)
-            acc = b.fsub(self.const(0.0), v) if acc is None else b.fsub(acc, v, flags=ARITH)
+            v = self(t)   # −a − b, not 0 − a − b: the sign of a zero result stays right
+            acc = b.fneg(v) if acc is None else b.fsub(acc, v, flags=self.arith)
         return acc
 
     def _Mul(self, e):
@@ -383,13 +389,13 @@ class ExprLowering:
         acc = None
         for f in num:
             v = self(f)
-            acc = v if acc is None else b.fmul(acc, v, flags=ARITH)
+            acc = v if acc is None else b.fmul(acc, v, flags=self.arith)
         if den:
             d = None
             for f in den:
                 v = self(f)
-                d = v if d is None else b.fmul(d, v, flags=ARITH)
-            acc = b.fdiv(acc if acc is not None else self.const(1.0), d, flags=ARITH)
+                d = v if d is None else b.fmul(d, v, flags=self.arith)
+            acc = b.fdiv(acc if acc is not None else self.const(1.0), d, flags=self.arith)
         if sign:
             acc = b.fneg(acc)
         return acc
@@ -404,12 +410,13 @@ class ExprLowering:
         if exp.is_Number and float(exp).is_integer() and abs(float(exp)) <= 64:
             n = int(exp)
             x = self(base)
-            result = _powi(b, x, abs(n), self.const(1.0))
+            result = _powi(b, x, abs(n), self.const(1.0), self.arith)
             return b.fdiv(self.const(1.0), result) if n < 0 else result
         return self._libm("pow", base, exp)
 
     def _call_intrinsic(self, name, arg):
-        return self.b.call(self.lowerer._intrinsic(name, self.ty), [self(arg)], fastmath=ARITH)
+        return self.b.call(self.lowerer._intrinsic(name, self.ty), [self(arg)],
+                           fastmath=self.arith)
 
     def _libm(self, name, *args):
         fn = self.lowerer._extern(name + ("f" if self.char == "f" else ""), self.ty, len(args))
@@ -450,13 +457,13 @@ def _libm_name(e):
     return ELEMENTWISE[op].libm if op is not None else None
 
 
-def _powi(b, x, n, one):
+def _powi(b, x, n, one, flags):
     """x**n by repeated squaring, n ≥ 0."""
     result, base = None, x
     while n:
         if n & 1:
-            result = base if result is None else b.fmul(result, base, flags=ARITH)
+            result = base if result is None else b.fmul(result, base, flags=flags)
         n >>= 1
         if n:
-            base = b.fmul(base, base, flags=ARITH)
+            base = b.fmul(base, base, flags=flags)
     return one if result is None else result

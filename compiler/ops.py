@@ -174,7 +174,9 @@ def _heaviside(x, h0):
 elementwise("add", A + B, np.add)
 elementwise("sub", A - B, np.subtract)
 elementwise("mul", A * B, np.multiply)
-elementwise("div", A / B, np.divide, domain="positive")
+# ∂/∂b as −(a/b)/b, not −a/b²: b² underflows for |b| < 1.5e-154 where the quotient does
+# not (PyTorch writes it so too)
+elementwise("div", A / B, np.divide, partials=(1 / B, -(OUT / B)), domain="positive")
 elementwise("neg", -A, np.negative)
 # d/da a**b written as b*a**(b-1), not sympy's a**b*b/a, so x**2 at x = 0 has slope 0.
 elementwise("pow", A**B, np.power, partials=(B * A ** (B - 1), OUT * sp.log(A)),

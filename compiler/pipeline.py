@@ -40,13 +40,14 @@ class CompilePlan:
     out_ids: list            # the node holding each output
     grad_ids: list           # the node holding each gradient
     entries: dict = field(default_factory=dict)     # kind -> Entry
+    fast_math: bool = False  # let SymPy rewrite algebraically and LLVM contract to FMA
 
     def build(self, kind: str) -> "Artifact":
         """Native code for one entry point (called by the compiled function on first use)."""
-        return build(self.work, [self.entries[kind]])
+        return build(self.work, [self.entries[kind]], fast_math=self.fast_math)
 
     def export_ir(self, name: str) -> tuple[str, dict]:
-        return export_ir(self.work, list(self.entries.values()), name)
+        return export_ir(self.work, list(self.entries.values()), name, self.fast_math)
 
     def signature(self) -> Signature:
         def slots(exprs):
@@ -65,8 +66,10 @@ class Artifact:
     """A compiled module: its entries, and — generated on demand when the code came from
     a cache — the simplified kernels and the LLVM IR before and after optimisation."""
 
-    def __init__(self, graph: Graph, entries: list, prefix: str, blas: bool = False):
+    def __init__(self, graph: Graph, entries: list, prefix: str, blas: bool = False,
+                 fast_math: bool = False):
         self.graph, self.entries, self.prefix, self.blas = graph, entries, prefix, blas
+        self.fast_math = fast_math
         self._ir = None
         self._kernels = {}
         self._optimized = ""
@@ -80,12 +83,16 @@ class Artifact:
     def generate(self, blas: bool) -> str:
         """The module's LLVM IR; ``blas=False`` keeps every matmul as loops (for export)."""
         module = new_module(self.prefix)
-        lowerer = Lowerer(module, blas=blas)
+        lowerer = Lowerer(module, blas=blas, fast_math=self.fast_math)
         for entry in self.entries:
             prog = schedule(self.graph, entry.inputs, entry.outputs)
             kernels = [st for st in prog.steps if isinstance(st, Kernel)]
-            # sympy's evaluation is the costly part: within budget for the whole program
-            evaluate = sum(len(k.members) for k in kernels) <= SYMPY_BUDGET
+            # Faithful by default: the kernels are the graph's own operations, unevaluated,
+            # so the code computes what IEEE arithmetic gives for them.  SymPy's algebra
+            # (x + c − c → x, log(exp(z)) → z) only under fast_math, and within budget:
+            # its evaluation is the costly part of a compile.
+            evaluate = self.fast_math and \
+                sum(len(k.members) for k in kernels) <= SYMPY_BUDGET
             for k in kernels:
                 k.scalar = to_sympy(self.graph, k, evaluate)
             self._kernels[entry.kind] = [k.scalar for k in kernels]
@@ -110,7 +117,7 @@ class Artifact:
         return self._optimized
 
 
-def structural_key(work: Graph, entries: list) -> str:
+def structural_key(work: Graph, entries: list, fast_math: bool = False) -> str:
     """A hash of everything the generated code depends on: the nodes the entries read,
     in creation order, with operators, parameters, shapes and dtypes."""
     need = set()
@@ -123,6 +130,7 @@ def structural_key(work: Graph, entries: list) -> str:
         h.update(repr((i, a["op"], a["args"], a["params"], a["shape"], a["dtype"].char))
                  .encode())
     h.update(repr(sorted((e.kind, e.outputs, e.inputs) for e in entries)).encode())
+    h.update(b"fast_math" if fast_math else b"ieee")
     return h.hexdigest()
 
 
@@ -130,7 +138,7 @@ def _as_list(x):
     return list(x) if isinstance(x, (list, tuple)) else [x]
 
 
-def prepare(g: Graph, outputs, wrt, inputs=None) -> CompilePlan:
+def prepare(g: Graph, outputs, wrt, inputs=None, fast_math=False) -> CompilePlan:
     """Copy the graph and add what compiling needs: seeds, adjoints, output copies."""
     outputs, wrt = _as_list(outputs), _as_list(wrt)
     if not outputs:
@@ -166,7 +174,8 @@ def prepare(g: Graph, outputs, wrt, inputs=None) -> CompilePlan:
     wrt = [Expr(work, w.id) for w in wrt]
     out_ids = _materialised(work, outs)
     grad_ids = _materialised(work, grads)
-    plan = CompilePlan(g, work, inputs, outs, wrt, seeds, out_ids, grad_ids)
+    plan = CompilePlan(g, work, inputs, outs, wrt, seeds, out_ids, grad_ids,
+                       fast_math=bool(fast_math))
     ins = [i.id for i in inputs]
     plan.entries["forward"] = Entry("forward", ins, list(dict.fromkeys(out_ids)))
     if wrt:
@@ -209,32 +218,36 @@ def _collector_paused():
             gc.enable()
 
 
-def compile_graph(g: Graph, outputs, wrt=(), inputs=None, name=None):
+def compile_graph(g: Graph, outputs, wrt=(), inputs=None, fast_math=False):
     """Compile ``outputs`` (and their VJP for ``wrt``); returns a CompiledFunction.
 
-    The function takes ``inputs`` (default: the inputs the outputs use, in graph order)."""
+    The function takes ``inputs`` (default: the inputs the outputs use, in graph order).
+    ``fast_math=True`` lets SymPy apply real-number identities and LLVM fuse a·b + c into
+    FMA: fewer operations, results that may differ from IEEE evaluation of the graph."""
     from .function import CompiledFunction
+    if not isinstance(fast_math, bool):
+        raise TypeError(f"fast_math must be True or False, got {fast_math!r}")
     with _collector_paused():
-        return CompiledFunction(prepare(g, outputs, wrt, inputs))
+        return CompiledFunction(prepare(g, outputs, wrt, inputs, fast_math))
 
 
-def export_ir(work: Graph, entries: list, name: str) -> tuple[str, dict]:
+def export_ir(work: Graph, entries: list, name: str, fast_math=False) -> tuple[str, dict]:
     """IR of all ``entries`` in one module with matmuls as loops (no JIT-bound symbols),
     for ahead-of-time export; returns the text and each kind's entry name."""
-    key = structural_key(work, entries)
+    key = structural_key(work, entries, fast_math)
     named = [Entry(e.kind, e.inputs, e.outputs, f"{name}_{key[:16]}_{e.kind}") for e in entries]
-    artifact = Artifact(work, named, name)
+    artifact = Artifact(work, named, name, fast_math=fast_math)
     return artifact.generate(blas=False), {e.kind: e.name for e in named}
 
 
-def build(work: Graph, entries: list, name=None) -> Artifact:
+def build(work: Graph, entries: list, name=None, fast_math=False) -> Artifact:
     """Schedule, simplify and lower each entry into one module and JIT it — or take the
     same code from the compile cache, keyed by the graph's structure."""
     blas = jit.blas() is not None
-    key = structural_key(work, entries)
+    key = structural_key(work, entries, fast_math)
     prefix = f"{name or 'sg'}_{key[:24]}"
     named = [Entry(e.kind, e.inputs, e.outputs, f"{prefix}_{e.kind}") for e in entries]
-    artifact = Artifact(work, named, prefix, blas)
+    artifact = Artifact(work, named, prefix, blas, fast_math)
     names = [e.name for e in named]
     loaded = jit.lookup(key, names)
     if loaded is None:

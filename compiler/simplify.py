@@ -1,10 +1,15 @@
-"""A fused kernel as scalar sympy: assignments ``t = expr`` that sympy simplifies.
+"""A fused kernel as scalar sympy: assignments ``t = expr``.
 
 Every member of a kernel becomes a scalar sympy expression over the values the
 kernel loads.  A member read once inside its kernel is inlined into its reader
-while the result stays small, so sympy's automatic canonicalisation sees
-``x·1``, ``x + 0``, ``P·(1 − σ)·σ`` and constant arithmetic and folds them; the
-rest become assignments.  ``sympy.cse`` then shares repeated subexpressions.
+while the result stays small; the rest become assignments.
+
+By default the expressions are built unevaluated: they are the graph's own
+operations, and lowering emits exactly those, so the result is what IEEE
+arithmetic gives (SymPy's automatic evaluation applies real-number identities —
+``(x + c) − c → x``, ``log(exp(z)) → z`` — that floating point does not obey).
+With ``fast_math`` (``evaluate=True`` here) sympy canonicalises and folds, and
+``sympy.cse`` shares the repeated subexpressions its rewriting exposes.
 
 Budgets keep this linear: an inlined expression holds at most ``INLINE_SIZE``
 operations (so no expression is deep, and lowering never recurses far).  Sympy's
@@ -16,6 +21,7 @@ shared and simplified them, and LLVM's GVN shares the rest.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import sympy as sp
@@ -43,12 +49,15 @@ class ScalarKernel:
 
 
 def _number(value: float):
+    if value == 0 and math.copysign(1.0, value) < 0:
+        # SymPy has no −0.0; −(0.0) left unevaluated lowers to it
+        return sp.Mul(sp.S.NegativeOne, sp.Float(0.0), evaluate=False)
     return sp.Integer(int(value)) if float(value).is_integer() else sp.Float(value)
 
 
-def to_sympy(g: Graph, kernel, evaluate: bool | None = None) -> ScalarKernel:
-    """``evaluate``: let sympy canonicalise (default: when the kernel is within budget;
-    the pipeline passes False for programs too large in total)."""
+def to_sympy(g: Graph, kernel, evaluate: bool = False) -> ScalarKernel:
+    """``evaluate``: let sympy canonicalise (fast_math; the pipeline passes False by
+    default and for programs too large in total)."""
     attrs = g.nx.nodes
     members = set(kernel.members)
     uses = {m: 0 for m in members}
@@ -68,8 +77,6 @@ def to_sympy(g: Graph, kernel, evaluate: bool | None = None) -> ScalarKernel:
     for i, v in kernel.consts.items():
         value[i], size[i] = _number(v), 0
 
-    if evaluate is None:
-        evaluate = len(kernel.members) <= SYMPY_BUDGET
     evaluate = evaluate and len(kernel.members) <= SYMPY_BUDGET
     with sp.evaluate(evaluate):  # entered once: entering clears sympy's cache
         assignments = _assign(kernel, attrs, uses, value, size)

@@ -178,12 +178,14 @@ def test_nan_and_inf_propagate_as_ieee_says():
     assert math.isnan(dx[0]) and math.isnan(dy[0])
 
 
-def test_simplification_uses_real_identities_documented():
-    # x/x is 1 after sympy's canonicalisation, also at x = 0 (IEEE would give nan):
-    # docs/errors.md says so
+def test_real_identities_only_under_fast_math():
+    # x/x is 1 after sympy's canonicalisation, also at x = 0: only when asked for
     g = Graph()
     x = g.input("x")
-    assert g.compile([x / x])(0.0) == 1.0
+    assert math.isnan(g.compile([x / x])(0.0))
+    assert g.compile([x / x], fast_math=True)(0.0) == 1.0
+    with pytest.raises(TypeError, match="fast_math must be True or False"):
+        g.compile([x], fast_math="yes")
 
 
 def test_one_element_array_versus_zero_d():

@@ -1,4 +1,5 @@
 """Graph building, hash-consing, sympy import, scaling and errors."""
+import math
 import time
 
 import numpy as np
@@ -23,10 +24,23 @@ def test_nodes_are_numbered_and_hash_consed():
 def test_folding_keeps_graph_lean():
     g = Graph()
     x = g.input("x", (3,))
-    assert (x * 1) == x and (x + 0) == x and (-(-x)) == x
+    assert (x * 1) == x and (x + -0.0) == x and (x - 0.0) == x and (-(-x)) == x
     made = [d["op"] for _, d in g.nx.nodes(data=True)]
     assert "mul" not in made and "add" not in made   # folded as made, not after
     assert (g.const(2.0) * 3.0).op == "const"
+
+
+def test_folding_is_exact_in_ieee():
+    # x + 0 is not x at x = −0, 0·x is not 0 at inf, 0 − x is not −x at 0: not folded
+    g = Graph()
+    x = g.input("x")
+    assert (x + 0.0).op == "add" and (x * 0.0).op == "mul" and (0.0 - x).op == "sub"
+    assert g.const(-0.0) != g.const(0.0)        # two constants: 1/−0 is −inf
+    f = g.compile([1 / (x + 0.0), x * 0.0, 0.0 - x, 1 / (g.const(-0.0) + x * 0.0)])
+    out = f(-0.0)
+    assert out[0] == math.inf and math.copysign(1, out[1]) == -1
+    assert math.copysign(1, out[2]) == 1 and out[3] == -math.inf
+    assert math.isnan(f(math.inf)[1])
 
 
 def test_from_sympy_shares_subexpressions_and_differentiates():
