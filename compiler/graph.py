@@ -57,9 +57,19 @@ def _check_shape(shape) -> tuple:
                for n in shape):
         raise ShapeError(f"shape must be a tuple of positive ints, got {shape!r}")
     shape = tuple(int(n) for n in shape)
-    if math.prod(shape) >= 2**62:
-        raise ShapeError(f"shape {shape} has too many elements")
+    _check_size(shape)
     return shape
+
+
+# Byte offsets and sizes in generated code are 64-bit: every node's buffer stays far
+# below 2⁶³ bytes (8-byte elements), so no size or offset can wrap.
+MAX_ELEMENTS = 2**59
+
+
+def _check_size(shape: tuple) -> None:
+    if math.prod(shape) > MAX_ELEMENTS:
+        raise ShapeError(f"shape {shape} has too many elements ({math.prod(shape):.3g}; "
+                         "at most 2**59, which no memory holds)")
 
 
 class Expr:
@@ -254,6 +264,7 @@ class Graph:
 
     # ---- node making -----------------------------------------------------------------
     def _new(self, op, args, params, shape, dtype, name=None) -> int:
+        _check_size(shape)      # shapes made by broadcasting and matmul too
         id = len(self) + 1
         self.nx.add_node(id, op=op, args=tuple(args), params=params, shape=shape, dtype=dtype)
         if name:

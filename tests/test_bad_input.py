@@ -29,6 +29,14 @@ def tensor_fn():
 
 
 ONE = np.ones(3)
+
+
+class _LyingShape(np.ndarray):
+    shape = property(lambda self: (3,))
+
+
+class _LyingDtype(np.ndarray):
+    dtype = property(lambda self: np.dtype(np.float64))
 Q, R = sp.Symbol("q"), sp.Symbol("r")
 
 # entry point, category, call, exception type, words the message must contain
@@ -74,6 +82,20 @@ TABLE = [
     ("call", "missing", lambda: scalar_fn()(ONE), TypeError, ["missing", "y"]),
     ("call", "unknown name", lambda: scalar_fn()(ONE, z=ONE), TypeError, ["unknown input", "'z'"]),
     ("call", "twice", lambda: scalar_fn()(ONE, ONE, x=ONE), TypeError, ["given twice", "'x'"]),
+    ("call", "huge int", lambda: scalar_fn()(10**400, ONE), TypeError, ["x", "too large"]),
+    ("call", "numeric strings", lambda: scalar_fn()(["1", "2", "3"], ONE), TypeError, ["x", "not real numbers"]),
+    ("call", "list of bools", lambda: scalar_fn()([True, False, True], ONE), TypeError, ["x", "bools"]),
+    ("call", "masked array", lambda: scalar_fn()(np.ma.masked_array(ONE, [0, 1, 0]), ONE), TypeError,
+     ["x", "masked arrays are not supported"]),
+    ("call", "subclass lying about shape", lambda: scalar_fn()(np.ones(2).view(_LyingShape), ONE),
+     ArgumentError, ["x", "(3,)", "(2,)"]),
+    ("call", "subclass lying about dtype", lambda: scalar_fn()(np.ones(3, np.int8).view(_LyingDtype), ONE),
+     TypeError, ["x", "int8"]),
+    ("Expr ops", "broadcast too large", lambda: Graph().input("x").broadcast_to((2**31, 2**30)), ShapeError,
+     ["too many elements"]),
+    ("vjp", "seeds for inputs", lambda: (lambda g, x, y: g.compile([x * y, x + y], [x, y]).vjp(
+        2.0, seed=(3.0, 1.0, 1.0)))(*(lambda g: (g, g.input("x"), g.input("y")))(Graph())),
+     TypeError, ["missing", "y"]),
     ("vjp", "seed shape", lambda: tensor_fn().vjp(ONE, ONE, seed=np.ones(4)), ArgumentError, ["seed", "(3,)", "(4,)"]),
     ("vjp", "no seed", lambda: tensor_fn().vjp(ONE, ONE), ArgumentError, ["(3,)", "seed="]),
     ("vjp", "seed dtype", lambda: tensor_fn().vjp(ONE, ONE, seed=np.ones(3, np.int32)), TypeError, ["seed", "int32"]),

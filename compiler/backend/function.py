@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ctypes
 import numbers
+import reprlib
 import threading
 from dataclasses import dataclass
 
@@ -30,8 +31,15 @@ _MISSING = object()
 
 
 def _coerce(value, name: str, shape: tuple, dtype: np.dtype) -> np.ndarray:
-    """``value`` as a C-contiguous array of exactly ``shape`` and ``dtype``, or a clear error."""
+    """``value`` as a C-contiguous array of exactly ``shape`` and ``dtype``, or a clear error.
+
+    Every check reads the plain ndarray that native code will get, never the user's object:
+    a subclass may override ``.shape`` or ``.dtype`` with anything."""
+    if isinstance(value, np.ma.MaskedArray):
+        raise TypeError(f"{name}: masked arrays are not supported (the mask would be "
+                        "ignored); pass value.filled(...) or value.data")
     if isinstance(value, np.ndarray):
+        value = np.asarray(value)        # the base-class view: its real shape and dtype
         if value.dtype != dtype:
             if value.dtype.kind != "f":
                 raise TypeError(f"{name}: expected a {_dtype_name(dtype)} array, got dtype "
@@ -42,10 +50,16 @@ def _coerce(value, name: str, shape: tuple, dtype: np.dtype) -> np.ndarray:
                         f"{shape}, got {type(value).__name__}")
     else:
         try:
+            if isinstance(value, (list, tuple)):
+                # numbers only: numpy would read "1.5" and True as numbers too
+                kind = np.asarray(value).dtype.kind
+                if kind not in "fiu":
+                    what = "bools" if kind == "b" else "not real numbers"
+                    raise TypeError(f"the elements are {what}")
             value = np.asarray(value, dtype=dtype)
-        except (TypeError, ValueError) as err:
-            raise TypeError(f"{name}: cannot read {value!r} as {_dtype_name(dtype)} numbers "
-                            f"({err})") from None
+        except (TypeError, ValueError, OverflowError) as err:
+            raise TypeError(f"{name}: cannot read {reprlib.repr(value)} as "
+                            f"{_dtype_name(dtype)} numbers ({err})") from None
     if value.shape != shape:
         raise ArgumentError(f"{name}: expected shape {shape}, got {value.shape}")
     return np.ascontiguousarray(value)
@@ -132,10 +146,10 @@ class NativeFunction:
         one = len(self.seeds) == 1
         source = (
             "def vjp(*args, seed=None, **kwargs):\n"
-            "    if not kwargs:\n"
+            f"    if not kwargs and len(args) == {len(self.inputs)}:\n"
             f"        seeds = {'default' if one else 'None'} if seed is None else "
             f"{'(seed,)' if one else 'tuple(seed)'}\n"
-            "        if seeds is not None:\n"
+            f"        if seeds is not None and len(seeds) == {len(self.seeds)}:\n"
             f"{allocs.replace('    o', '            o')}"
             f"            r = function(*args, *seeds{outs})\n"
             f"            if r is not FALLBACK:\n"

@@ -58,6 +58,51 @@ def test_bad_arguments_never_reach_native_code():
     """)
 
 
+def test_huge_broadcast_shapes_are_refused_before_any_allocation():
+    # 2**61 elements of 8 bytes wrapped the 64-bit workspace size to 0: malloc(0), then
+    # writes past it (SIGSEGV)
+    out = run("""
+        from symgrad.compiler import Graph, ShapeError, sin
+        g = Graph(); x = g.input("x")
+        try:
+            f = g.compile([sin(x.broadcast_to((2**31, 2**30))).T.sum()]); f(0.5)
+        except ShapeError as err:
+            print("ShapeError", err)
+        g = Graph(); x = g.input("x", (2**30,))
+        try:
+            g.compile([(x.reshape(2**30, 1) @ x.reshape(1, 2**30)).sum()])
+        except ShapeError as err:
+            print("ShapeError", err)
+    """)
+    assert out.count("ShapeError") == 2 and "too many elements" in out
+
+
+def test_arrays_whose_subclass_lies_about_shape_or_dtype_are_read_as_they_are():
+    # the checks read the plain ndarray native code gets, not the subclass's properties
+    out = run("""
+        import numpy as np
+        from symgrad.compiler import Graph
+        from symgrad.compiler.backend import ArgumentError
+        class Shape(np.ndarray):
+            shape = property(lambda self: (200000,))
+        class Dtype(np.ndarray):
+            dtype = property(lambda self: np.dtype(np.float64))
+        g = Graph(); x = g.input("x", (200000,))
+        f = g.compile([x.sum()], [x])
+        for bad in (np.ones(199999).view(Shape), np.ones(10).view(Shape),
+                    np.ones(200000, np.float32).view(Dtype)):
+            for call in (f, f.vjp):
+                try:
+                    print(call(bad))
+                except ArgumentError as err:
+                    print("ArgumentError", err)
+        print(f(np.ones(200000).view(Dtype)))
+    """)
+    assert out.count("ArgumentError") == 4, out
+    assert out.splitlines()[-1] == "200000.0"
+    assert "(200000.0" in out     # the float32 array, converted: a right answer
+
+
 def test_running_out_of_memory_mappings_is_an_error_not_an_abort():
     # every loaded object keeps a few memory mappings; near the kernel's limit LLVM would
     # abort the process, so symgrad raises MemoryError first (the limit is faked here)
