@@ -24,6 +24,7 @@ import warnings
 from .stats import stats
 
 MAGIC = b"SYMGRAD-OBJECT-1\n"
+MAX_ENTRY_BYTES = 256 << 20     # far above any object symgrad writes
 _warned: set = set()
 _lock = threading.Lock()
 
@@ -81,28 +82,46 @@ def _path(key: str, meta: dict) -> str | None:
 def load(key: str, expect: dict) -> bytes | None:
     """The object for ``key``, or None (missing, or rejected with a warning)."""
     path = _path(key, expect)
-    if path is None or not os.path.exists(path):
+    if path is None or not os.path.lexists(path):
         return None
     try:
-        with open(path, "rb") as fh:
-            info = os.fstat(fh.fileno())
-            data = fh.read()
+        # no symlinks, no FIFOs or devices (a FIFO would block, /dev/zero never end),
+        # and no more than an object can plausibly be
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     except OSError:
+        if os.path.islink(path):
+            _reject(path, "it is a symbolic link")
         return None
+    with os.fdopen(fd, "rb") as fh:
+        info = os.fstat(fh.fileno())
+        data = b""
+        if stat.S_ISREG(info.st_mode) and info.st_size <= MAX_ENTRY_BYTES:
+            try:
+                data = fh.read(MAX_ENTRY_BYTES + 1)
+            except OSError:
+                return None
     reason = None
-    if info.st_uid != os.getuid():
+    if not stat.S_ISREG(info.st_mode):
+        reason = "it is not a regular file"
+    elif len(data) > MAX_ENTRY_BYTES or info.st_size > MAX_ENTRY_BYTES:
+        reason = f"it is larger than {MAX_ENTRY_BYTES >> 20} MB"
+    elif info.st_uid != os.getuid():
         reason = "it belongs to another user"
     elif info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
         reason = "it is writable by other users"
     else:
         reason, obj = _parse(data, expect)
     if reason:
-        stats.disk_rejected += 1
-        _warn_once(f"entry:{reason}", f"ignored compile cache entry {path}: {reason}; "
-                                      "it is rebuilt")
+        _reject(path, reason)
         return None
     stats.disk_hits += 1
     return obj
+
+
+def _reject(path, reason):
+    stats.disk_rejected += 1
+    _warn_once(f"entry:{reason}", f"ignored compile cache entry {path}: {reason}; "
+                                  "it is rebuilt")
 
 
 def _parse(data: bytes, expect: dict):

@@ -18,6 +18,7 @@ import ctypes
 import ctypes.util
 import functools
 import glob
+import hashlib
 import os
 import re
 import threading
@@ -213,6 +214,23 @@ def _free_pass_manager(pm) -> None:
         pm.close()
 
 
+def _source_digest() -> str:
+    """A hash of the compiler's own source files (this package and its parent): a build
+    with any change in how code is generated never serves another build's objects, even
+    under the same version string."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    h = hashlib.sha256()
+    for folder, dirs, files in sorted(os.walk(root)):
+        dirs.sort()
+        for name in sorted(files):
+            if name.endswith(".py"):
+                path = os.path.join(folder, name)
+                h.update(os.path.relpath(path, root).encode() + b"\0")
+                with open(path, "rb") as fh:
+                    h.update(fh.read())
+    return h.hexdigest()[:16]
+
+
 @functools.lru_cache(maxsize=None)
 def environment() -> dict:
     """What the code in a cache entry depends on besides its key (read once: asking
@@ -223,7 +241,8 @@ def environment() -> dict:
         mine = version("symgrad")
     except PackageNotFoundError:
         mine = "unknown"
-    return {"symgrad": mine, "llvmlite": llvmlite.__version__, "blas": blas(),
+    return {"symgrad": mine, "build": _source_digest(), "llvmlite": llvmlite.__version__,
+            "blas": blas(),
             "llvm": list(llvm.llvm_version_info), "cpu": llvm.get_host_cpu_name(),
             "features": llvm.get_host_cpu_features().flatten()}
 

@@ -66,6 +66,41 @@ def test_bad_entries_are_ignored_reported_and_rebuilt(tmp_path, damage):
     assert "CacheWarning" in stderr and "rebuilt" in stderr
 
 
+@pytest.mark.parametrize("kind", ["fifo", "symlink to /dev/zero", "symlink to an entry",
+                                  "oversized"])
+def test_entries_that_are_not_plain_files_are_refused(tmp_path, kind):
+    # a FIFO would block the compile for ever, /dev/zero never ends; a symlink may point
+    # anywhere: never followed
+    reference = run(tmp_path)[3]
+    (entry,) = entries(tmp_path)
+    data = entry.read_bytes()
+    entry.unlink()
+    if kind == "fifo":
+        os.mkfifo(entry, 0o600)
+    elif kind == "symlink to /dev/zero":
+        os.symlink("/dev/zero", entry)
+    elif kind == "symlink to an entry":
+        (tmp_path / "elsewhere.o").write_bytes(data)
+        os.symlink(tmp_path / "elsewhere.o", entry)
+    else:
+        with open(entry, "wb") as fh:
+            fh.truncate(cache.MAX_ENTRY_BYTES + 1)   # sparse: takes no disk
+        os.chmod(entry, 0o600)
+    compiles, hits, _, value, stderr = run(tmp_path)
+    assert compiles == 1 and hits == 0 and value == reference
+    assert "CacheWarning" in stderr, stderr
+
+
+def test_entries_are_keyed_on_the_compiler_source(tmp_path):
+    # two builds with one version string must not share objects: the key holds a hash
+    # of the compiler's source files
+    from symgrad.compiler.backend import jit
+    env = jit.environment()
+    assert len(env["build"]) == 16 and env["build"] == jit._source_digest()
+    other = dict(env, build="0" * 16)
+    assert cache._path("k", env) != cache._path("k", other)
+
+
 def test_concurrent_writers_leave_one_valid_entry(tmp_path):
     env = dict(os.environ, SYMGRAD_CACHE_DIR=str(tmp_path / "cache"))
     procs = [subprocess.Popen([sys.executable, "-c", PROGRAM.format(c=2.5)], env=env,
