@@ -18,11 +18,13 @@ from .function import CompiledFunction
 from .functions import mean, reshape, sum, transpose
 from .graph import Expr, Graph, as_dtype
 from .ops import ELEMENTWISE, STRUCTURED
+from .parsing import ParseError, Program, parse
 
 globals().update({name: getattr(functions, name) for name in functions.PUBLIC})
 
 __all__ = ["Graph", "Expr", "GraphError", "ShapeError", "Adjoint", "LinearMap",
-           "CompiledFunction", "ELEMENTWISE", "STRUCTURED", "as_dtype",
+           "CompiledFunction", "ELEMENTWISE", "STRUCTURED", "as_dtype", "parse", "ParseError",
+           "Program",
            *functions.STRUCTURED_FUNCTIONS, *functions.PUBLIC]
 
 

@@ -15,7 +15,6 @@ import runpy
 import sys
 
 import numpy as np
-import sympy as sp
 
 from symgrad.examples import EXAMPLES
 
@@ -52,38 +51,18 @@ def _examples(args) -> int:
 def parse_program(text: str, shapes: dict):
     """``"u3 = u1 + u2; u4 = u2*u3"`` → (graph, {name: Expr}, last assigned name).
 
+    Parsed by the expression language (``symgrad.compiler.parse``), never evaluated.
     Free names become inputs (scalars unless ``--shape name=3,2``)."""
-    from symgrad.compiler import Graph
-    from symgrad.compiler.sympy_import import build
-    statements = [s.strip() for s in text.replace("\n", ";").split(";") if s.strip()]
-    if not statements:
-        raise UsageError("no expressions given: write e.g. \"u3 = u1 + u2; u4 = u2*u3\"")
-    g, env, names, last = Graph(), {}, {}, None
-    for k, stmt in enumerate(statements):
-        target, sep, rhs = stmt.partition("=")
-        target = target.strip() if sep else f"out{k}"
-        rhs = rhs if sep else stmt
-        if not target.isidentifier():
-            raise UsageError(f"statement {k + 1} ({stmt!r}): {target!r} is not a name")
-        try:
-            expr = sp.sympify(rhs, locals={n: sp.Symbol(n) for n in names} | {
-                "sigmoid": sp.Function("sigmoid")})
-        except (sp.SympifyError, SyntaxError, TypeError) as err:
-            reason = str(err).strip().splitlines()[-1]
-            raise UsageError(f"statement {k + 1} ({stmt!r}): cannot parse {rhs.strip()!r}: "
-                             f"{reason}") from None
-        for s in sorted(expr.free_symbols, key=str):
-            if s not in env:
-                shape = shapes.get(s.name, ())
-                env[s] = names[s.name] = g.input(s.name, shape)
-        if expr.has(sp.Function("sigmoid")):
-            expr = expr.replace(sp.Function("sigmoid"), lambda a: 1 / (1 + sp.exp(-a)))
-        node = build([expr], env, g)[0]
-        if node.op not in ("input", "const") and "name" not in g.nx.nodes[node.id]:
-            node.named(target)
-        env[sp.Symbol(target)] = names[target] = node
-        last = target
-    return g, names, last
+    from symgrad.compiler import ParseError, parse
+    try:
+        program = parse(text, shapes)
+    except ParseError as err:
+        raise UsageError(str(err)) from None
+    unused = sorted(set(shapes) - {i.name for i in program.inputs})
+    if unused:
+        raise UsageError(f"--shape {', '.join(unused)}: not an input of the expressions "
+                         f"(inputs: {', '.join(i.name for i in program.inputs) or 'none'})")
+    return program.graph, program.names, program.outputs[-1]
 
 
 def _parse_at(text: str) -> dict:
@@ -215,7 +194,8 @@ def _subcommand(sub, name, run, help, examples):
 
 
 def _common(p):
-    p.add_argument("expressions", help='assignments in SymPy syntax, separated by ";"')
+    p.add_argument("expressions", help='assignments separated by ";": name = expression, '
+                   'with + - * / ** @, the operator table\'s functions, sum/mean/.T')
     p.add_argument("--at", help="input values: name=value,… (a [list] for a tensor)")
     p.add_argument("--shape", action="append", help="declare a tensor input: name=3,2")
     p.add_argument("--of", help="the output (default: the last assigned name)")

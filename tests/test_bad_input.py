@@ -147,7 +147,15 @@ def test_bad_input_raises_a_clear_error(entry, category, call, error, words):
 
 CLI = [
     (["jacobian", "u3 = u1 + * u2"], ["statement 1", "cannot parse"]),
-    (["jacobian", "3x = u1"], ["not a name"]),
+    (["jacobian", "3x = u1"], ["statement 1", "cannot parse"]),
+    (["jacobian", "z = __import__('os').system('echo PWNED')"], ["not allowed"]),
+    (["jacobian", "z = x*__import__('os').system('echo PWNED')"], ["not allowed"]),
+    (["graph", "z = __import__('os').getcwd()"], ["not allowed"]),
+    (["compile", "a = x; z = eval('x')"], ["statement 2", "eval() is not a symgrad function"]),
+    (["jacobian", "x = x + 1"], ["x is an input"]),
+    (["jacobian", "z = [x, y]"], ["List is not part"]),
+    (["jacobian", "z = x[0]"], ["indexing"]),
+    (["jacobian", "z = sin(x)", "--shape", "X=3"], ["--shape X", "not an input", "inputs: x"]),
     (["jacobian", "u3 = u1 + u2", "--at", "u1=2"], ["missing", "u2"]),
     (["jacobian", "u3 = u1 + u2", "--at", "u1=abc,u2=1"], ["'abc'", "not a number"]),
     (["jacobian", "u3 = u1 + u2", "--at", "u1"], ["name=value"]),
