@@ -11,6 +11,7 @@ splices the compiled reverse graph into whatever graph differentiates it next.
 """
 from __future__ import annotations
 
+import itertools
 import threading
 
 import numpy as np
@@ -173,6 +174,19 @@ def run_backward(roots, grad_outputs, targets, retain_graph, create_graph, tape=
     return _recorded_grads(f, tape, used, seeds, grads)
 
 
+_tokens = itertools.count()
+
+
+def _token(work) -> int:
+    """A number that names this work graph for the life of the process.  (Its ``id`` would
+    not: once the graph is freed, a new one can get the same address, and a later
+    backward's cache key would then find the old graph's compiled function.)"""
+    token = getattr(work, "_splice_token", None)
+    if token is None:
+        token = work._splice_token = next(_tokens)
+    return token
+
+
 def _recorded_grads(f, tape, used, seeds, grads):
     """Gradients whose grad_fn is the compiled reverse graph, spliced where needed."""
     work = f.work
@@ -187,7 +201,8 @@ def _recorded_grads(f, tape, used, seeds, grads):
         t = Tensor._make(np.asarray(grad))
         if is_grad_enabled() and any(p.requires_grad for p in parents):
             t.requires_grad = True
-            t.grad_fn = Node("CompiledBackward0", ("splice", id(work), gid), build, parents)
+            t.grad_fn = Node("CompiledBackward0", ("splice", _token(work), gid), build,
+                             parents)
         out.append(t)
     return out
 

@@ -148,6 +148,24 @@ def test_create_graph_gives_second_derivatives():
     np.testing.assert_allclose(x.grad.numpy(), tx.grad.numpy(), rtol=1e-10)
 
 
+def test_second_derivatives_stay_right_when_the_backward_cache_evicts(monkeypatch):
+    # the grad_fn of a create_graph gradient named its compiled graph by id(work): after
+    # eviction a new graph could reuse the address and find the old compiled function
+    monkeypatch.setattr(autograd, "CACHE_SIZE", 1)
+    tokens = set()
+    for k in range(60):
+        x = torch.tensor([0.3 + k / 100], dtype=torch.float64, requires_grad=True)
+        y = (x.sin() if k % 2 else x.cos() * x).sum()
+        (g,) = autograd.grad(y, x, create_graph=True)
+        tokens.add(g.grad_fn.key)
+        (h,) = autograd.grad(g.sum(), x)
+        v = float(x.detach().numpy()[0])
+        want = -np.sin(v) if k % 2 else -2 * np.sin(v) - v * np.cos(v)
+        assert float(h.numpy()[0]) == pytest.approx(want, rel=1e-12)
+        del x, y, g, h
+    assert len(tokens) >= 60 // 2     # a new name whenever the graph was compiled anew
+
+
 def test_training_loop_compiles_once_and_reaches_documented_values():
     w = torch.tensor([1.0], requires_grad=True)
     b = torch.tensor([0.0], requires_grad=True)
