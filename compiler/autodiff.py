@@ -8,6 +8,7 @@ owner), so the runtime replays it on tensors for ``create_graph=True``.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -136,9 +137,20 @@ class LinearMap:
         return self.text
 
 
+def display_number(value: float):
+    """A constant as a person writes it: 2, not 2.00000000000000; 0.1, not 0.100000000000000."""
+    if math.isfinite(value) and value.is_integer() and abs(value) < 1e15:
+        return sp.Integer(int(value))
+    if not math.isfinite(value):
+        return sp.nan if math.isnan(value) else (sp.oo if value > 0 else -sp.oo)
+    text = repr(value)
+    digits = len(text.split("e")[0].replace("-", "").replace(".", "").lstrip("0")) or 1
+    return sp.Float(text, dps=max(digits, 1))
+
+
 def _display_symbol(g: Graph, id: int):
     e = Expr(g, id)
-    return sp.Float(e.params[0]) if e.op == "const" else g.symbol(id)
+    return display_number(e.params[0]) if e.op == "const" else g.symbol(id)
 
 
 def local_jacobian(g: Graph, source: Expr, target: Expr):
@@ -160,7 +172,7 @@ def local_jacobian(g: Graph, source: Expr, target: Expr):
     for sym, arg in zip((ops.A, ops.B), target.args):
         env[sym] = _display_symbol(g, arg.id)
     total = sum((ELEMENTWISE[target.op].local_jacobian(s) for s in slots), sp.S.Zero)
-    return total.subs(env, simultaneous=True)
+    return ops.readable(total.subs(env, simultaneous=True))
 
 
 @dataclass

@@ -440,16 +440,47 @@ class ExprLowering:
     def _Max(self, e): return self._minmax(e, "llvm.maximum")
     def _Min(self, e): return self._minmax(e, "llvm.minimum")
 
+    def _select(self, cond, x, a, b, yes, no):
+        """``yes if a <cond> b else no``; ordered compare: false when either is NaN."""
+        return self.b.select(self.b.fcmp_ordered(cond, a, b), yes, no)
+
     def _sign(self, e):
-        b, x = self.b, self(e.args[0])
-        pos = b.select(b.fcmp_ordered(">", x, self.const(0.0)), self.const(1.0), x)
-        return b.select(b.fcmp_ordered("<", x, self.const(0.0)), self.const(-1.0), pos)
+        # ±0 stay themselves, NaN gives 0 (PyTorch's sign)
+        x, zero = self(e.args[0]), self.const(0.0)
+        mid = self._select("==", x, x, zero, x, zero)
+        pos = self._select(">", x, x, zero, self.const(1.0), mid)
+        return self._select("<", x, x, zero, self.const(-1.0), pos)
 
     def _Heaviside(self, e):
-        b, x = self.b, self(e.args[0])
+        # numpy's heaviside: NaN stays NaN
+        x, zero = self(e.args[0]), self.const(0.0)
         h0 = self(e.args[1]) if len(e.args) > 1 else self.const(0.5)
-        mid = b.select(b.fcmp_ordered(">", x, self.const(0.0)), self.const(1.0), h0)
-        return b.select(b.fcmp_ordered("<", x, self.const(0.0)), self.const(0.0), mid)
+        mid = self._select("==", x, x, zero, h0, x)
+        pos = self._select(">", x, x, zero, self.const(1.0), mid)
+        return self._select("<", x, x, zero, zero, pos)
+
+    # the masks derivatives are made of (ops.py): PyTorch's values at ties, zeros, NaN
+    def _step(self, e):
+        x = self(e.args[0])
+        return self._select("<=", x, x, self.const(0.0), self.const(0.0), self.const(1.0))
+
+    def _tie(self, e):
+        a, b = self(e.args[0]), self(e.args[1])
+        mid = self._select("==", a, a, b, self.const(0.5), self.const(1.0))
+        return self._select("<", a, a, b, self.const(0.0), mid)
+
+    def _xmul(self, e):
+        a, y = self(e.args[0]), self(e.args[1])
+        product = self.b.fmul(a, y, flags=self.arith)
+        return self._select("==", a, a, self.const(0.0), self.const(0.0), product)
+
+    def _pow_log(self, e):
+        a, p = self(e.args[0]), self(e.args[1])
+        log = self._libm("log", e.args[0])
+        zero = self.const(0.0)
+        masked = self.b.and_(self.b.fcmp_ordered("==", a, zero),
+                             self.b.fcmp_ordered(">=", p, zero))
+        return self.b.select(masked, zero, log)
 
 
 def _libm_name(e):

@@ -170,6 +170,56 @@ def _heaviside(x, h0):
     return np.heaviside(x, h0).astype(np.result_type(x, h0), copy=False)
 
 
+# ---- masks that derivatives are made of (PyTorch's conventions at ties, zeros, NaN) -------
+# Each is a SymPy function of its own, lowered by a rule of the same name in lower.py.
+class step(sp.Function):
+    """relu'(a): 0 where a ≤ 0, 1 elsewhere (NaN included)."""
+    nargs = 1
+
+
+class tie(sp.Function):
+    """∂max(a, b)/∂a: 0 where a < b, 1/2 where a = b, 1 elsewhere (NaN included)."""
+    nargs = 2
+
+
+class xmul(sp.Function):
+    """a·b, but 0 where a = 0 (so 0·inf is 0): b·a^(b−1) at b = 0."""
+    nargs = 2
+
+
+class pow_log(sp.Function):
+    """log(a), but 0 where a = 0 and b ≥ 0: ∂a^b/∂b there is 0 in PyTorch."""
+    nargs = 2
+
+
+# How a mask reads in the J and P dumps: the textbook formula it refines at ties and NaN.
+READABLE = {step: lambda a: sp.Heaviside(a, 0), tie: lambda a, b: sp.Heaviside(a - b),
+            xmul: lambda a, b: a * b, pow_log: lambda a, b: sp.log(a)}
+
+
+def readable(expr):
+    """``expr`` with the masks above written as the formulas they refine (for display)."""
+    for cls, formula in READABLE.items():
+        expr = expr.replace(cls, formula)
+    return expr
+
+
+def _masked(values, mask, other):
+    return np.where(mask, other, values)
+
+
+elementwise("step", step(A), lambda a: np.where(np.asarray(a) <= 0, 0.0, 1.0).astype(
+    np.asarray(a).dtype), partials=(sp.S.Zero,), torch=None, public=False)
+elementwise("tie", tie(A, B), lambda a, b: np.where(
+    np.asarray(a) < b, 0.0, np.where(np.asarray(a) == b, 0.5, 1.0)).astype(
+        np.result_type(a, b)), partials=(sp.S.Zero, sp.S.Zero), torch=None, public=False)
+elementwise("xmul", xmul(A, B), lambda a, b: _masked(np.multiply(a, b), np.asarray(a) == 0, 0),
+            partials=(B, A), torch=None, public=False)
+elementwise("pow_log", pow_log(A, B), lambda a, b: _masked(
+    np.log(a), (np.asarray(a) == 0) & (np.asarray(b) >= 0), 0),
+    partials=(1 / A, sp.S.Zero), torch=None, public=False, domain="positive")
+
+
 # ---- arithmetic -------------------------------------------------------------
 elementwise("add", A + B, np.add)
 elementwise("sub", A - B, np.subtract)
@@ -179,7 +229,9 @@ elementwise("mul", A * B, np.multiply)
 elementwise("div", A / B, np.divide, partials=(1 / B, -(OUT / B)), domain="positive")
 elementwise("neg", -A, np.negative)
 # d/da a**b written as b*a**(b-1), not sympy's a**b*b/a, so x**2 at x = 0 has slope 0.
-elementwise("pow", A**B, np.power, partials=(B * A ** (B - 1), OUT * sp.log(A)),
+# At 0⁰ PyTorch's slopes are 0 and 0 (not b·0^(b−1) = 0·inf and 1·log 0): the partials
+# use the masked helpers above, as PyTorch masks its formulas.
+elementwise("pow", A**B, np.power, partials=(xmul(B, A ** (B - 1)), OUT * pow_log(A, B)),
             grad_fn="PowBackward0", domain="positive")
 # ---- transcendental ---------------------------------------------------------
 elementwise("exp", sp.exp(A), np.exp, partials=(OUT,))
@@ -193,20 +245,21 @@ elementwise("sigmoid", 1 / (1 + sp.exp(-A)), _sigmoid, partials=(OUT * (1 - OUT)
 elementwise("sinh", sp.sinh(A), np.sinh)
 elementwise("cosh", sp.cosh(A), np.cosh)
 # ---- piecewise ----------------------------------------------------------------
-# Ties follow PyTorch: relu'(0) = 0, |x|'(0) = 0, maximum/minimum split a tie in half
-# (sympy's Heaviside(0) = 1/2).
+# Derivatives at ties and NaN follow PyTorch: relu'(0) = 0 and relu'(nan) = 1,
+# |x|'(0) = |x|'(nan) = 0, maximum/minimum split a tie in half and pass a NaN to both.
 elementwise("relu", sp.Max(A, 0), lambda x: np.maximum(x, 0).astype(np.asarray(x).dtype),
-            partials=(sp.Heaviside(A, 0),))
+            partials=(step(A),))
 elementwise("abs", sp.Abs(A), np.abs, partials=(sp.sign(A),))
-elementwise("maximum", sp.Max(A, B), np.maximum,
-            partials=(sp.Heaviside(A - B), sp.Heaviside(B - A)))
-elementwise("minimum", sp.Min(A, B), np.minimum,
-            partials=(sp.Heaviside(B - A), sp.Heaviside(A - B)))
-elementwise("sign", sp.sign(A), np.sign, partials=(sp.S.Zero,))
+elementwise("maximum", sp.Max(A, B), np.maximum, partials=(tie(A, B), tie(B, A)))
+elementwise("minimum", sp.Min(A, B), np.minimum, partials=(tie(B, A), tie(A, B)))
+# sign(nan) is 0, as in PyTorch (numpy and JAX give nan)
+elementwise("sign", sp.sign(A), lambda x: np.where(np.isnan(x), 0, np.sign(x)).astype(
+    np.asarray(x).dtype), partials=(sp.S.Zero,))
 # heaviside(x, h0): the step the partials above are made of; flat almost everywhere.
 # (PyTorch has torch.heaviside but no derivative for it: not offered as a Tensor method)
 elementwise("heaviside", sp.Heaviside(A, B), _heaviside, partials=(sp.S.Zero, sp.S.Zero),
             torch=None)
+
 # ---- data movement that fuses like arithmetic -----------------------------------
 # broadcast: the operand read with stride 0 on new or size-1 axes (shape is a parameter).
 elementwise("broadcast", A, lambda a: a, partials=(sp.S.One,), torch=None, public=False)

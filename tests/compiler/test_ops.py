@@ -2,6 +2,7 @@
 product of every entry, against PyTorch float64 and central finite differences (JAX's
 grad_test_spec / tinygrad's helper_test_op habit).  Elementwise rows are made from the
 table itself, so a new entry is tested without writing a row."""
+import math
 import operator
 
 import numpy as np
@@ -56,6 +57,13 @@ STRUCTURED_ROWS = [
         lambda a: a.T.reshape(12) * a.T.reshape(12), [(3, 4)]),
     Row("heaviside", "heaviside", lambda a: C.heaviside(a, 0.5) * a,
         lambda a: (a > 0).double() * a, [(7,)]),
+    # the masks derivatives are made of: their values away from ties, zeros and NaN
+    Row("step", "step", lambda a: a.apply("step") * a, lambda a: (a > 0).double() * a, [(7,)]),
+    Row("tie", "tie", lambda a, b: a.apply("tie", b) * a, lambda a, b: (a > b).double() * a,
+        BINARY_SHAPES, second_order=False),
+    Row("xmul", "xmul", lambda a, b: a.apply("xmul", b), lambda a, b: a * b, BINARY_SHAPES),
+    Row("pow_log", "pow_log", lambda a, b: a.apply("pow_log", b) * b, lambda a, b: a.log() * b,
+        BINARY_SHAPES, domain="positive"),
     Row("matmul", "matmul", lambda a, b: a @ b, lambda a, b: a @ b, [(3, 4), (4, 2)]),
     Row("matmul_vec", "matmul", lambda a, b: a @ b, lambda a, b: a @ b, [(3, 4), (4,)],
         second_order=False),
@@ -198,3 +206,35 @@ def test_from_sympy_imports_operators_declared_in_the_table():
 def test_from_sympy_never_evaluates_text():
     with pytest.raises(C.GraphError, match="text is never evaluated"):
         Graph.from_sympy(["__import__('os').system('echo PWNED')"], [])
+
+
+# ---- derivative conventions at special values: PyTorch's, value for value ------------------
+NAN = float("nan")
+SPECIAL_POINTS = [
+    ("pow", [(0.0, 0.0), (0.0, 2.0), (0.0, -1.0), (0.0, 0.5), (2.0, 0.0), (-2.0, 2.0)]),
+    ("relu", [(NAN,), (0.0,), (-0.0,), (1.0,), (-1.0,)]),
+    ("abs", [(NAN,), (0.0,), (-2.0,)]),
+    ("maximum", [(NAN, 1.0), (1.0, NAN), (1.0, 1.0), (2.0, 1.0), (math.inf, math.inf)]),
+    ("minimum", [(NAN, 1.0), (1.0, 1.0), (2.0, 1.0), (-math.inf, -math.inf)]),
+    ("sign", [(NAN,), (0.0,), (-3.0,)]),
+    ("sqrt", [(0.0,), (-1.0,)]),
+    ("div", [(0.0, 0.0), (1.0, 0.0), (1e-220, 1e-160)]),
+]
+
+
+@pytest.mark.parametrize("name, points", SPECIAL_POINTS, ids=[n for n, _ in SPECIAL_POINTS])
+def test_values_and_slopes_at_special_points_are_pytorchs(name, points):
+    from tests.oracle import torch
+    T = torch()
+    entry = ELEMENTWISE[name]
+    g = Graph()
+    xs = [g.input(f"a{k}") for k in range(entry.arity)]
+    f = g.compile([g.apply(name, *xs)], xs)
+    for point in points:
+        value, grads = f.vjp(*point)
+        ts = [T.tensor(v, dtype=T.float64, requires_grad=True) for v in point]
+        out = getattr(T, entry.torch)(*ts)
+        out.backward()
+        want = [out.item()] + [t.grad.item() for t in ts]
+        got = [value, *grads]
+        np.testing.assert_array_equal(got, want, err_msg=f"{name}{point}")
