@@ -53,9 +53,9 @@ def _check_shape(shape) -> tuple:
         shape = tuple(shape)
     except TypeError:
         raise ShapeError(f"shape must be a tuple of ints, got {shape!r}") from None
-    if not all(isinstance(n, (int, np.integer)) and not isinstance(n, bool) and n >= 1
+    if not all(isinstance(n, (int, np.integer)) and not isinstance(n, bool) and n >= 0
                for n in shape):
-        raise ShapeError(f"shape must be a tuple of positive ints, got {shape!r}")
+        raise ShapeError(f"shape must be a tuple of non-negative ints, got {shape!r}")
     shape = tuple(int(n) for n in shape)
     _check_size(shape)
     return shape
@@ -160,7 +160,8 @@ class Expr:
     def mean(self, axes=None, keepdims=False):
         axes = ops.normalize_axes(axes, self.ndim)
         count = math.prod(self.shape[a] for a in axes)
-        return self.graph.sum(self, axes, keepdims) * (1.0 / count)
+        # the mean of no elements is nan, as in numpy and PyTorch
+        return self.graph.sum(self, axes, keepdims) * (1.0 / count if count else math.nan)
 
     def reshape(self, *shape):
         return self.graph.reshape(self, shape[0] if len(shape) == 1 else shape)

@@ -184,9 +184,12 @@ class Lowerer:
             rty = FLOAT[v.dtype]
             if size == 1:
                 b.store(ir.Constant(rty, 0.0), ptr[v.buffer])
-            else:
+            elif size > 1:
                 with loop(b, size, "z") as i:
                     b.store(ir.Constant(rty, 0.0), b.gep(ptr[v.buffer], [i], source_etype=rty))
+        if math.prod(k.domain) == 0:       # zero-size tensors: no element to compute
+            b.ret_void()
+            return fn, buffers
 
         accesses = ([("load", i, v.broadcast_to(k.domain)) for i, v in k.loads.items()]
                     + [("store", i, v.strides) for i, v in k.stores.items()]
@@ -278,8 +281,14 @@ class Lowerer:
                         b.mul(j, ir.Constant(I64, view.strides[1])))
             return b.gep(ptr[view.buffer], [off], source_etype=FLOAT[view.dtype])
 
+        if m * n == 0:                      # zero-size operands: an empty product
+            b.ret_void()
+            return fn, buffers
         with loop(b, m * n, "z") as i:
             b.store(ir.Constant(ty, 0.0), b.gep(ptr[c.buffer], [i], source_etype=ty))
+        if kk == 0:
+            b.ret_void()
+            return fn, buffers
         with loop(b, m, "i") as i:
             with loop(b, kk, "p") as p:
                 aval = _convert(b, b.load(at(a, i, p), typ=FLOAT[a.dtype]), ty)

@@ -614,7 +614,8 @@ def reduce_mean(x: Tensor, dim=None, keepdim=False) -> Tensor:
     axes = ops.normalize_axes(dim, x.ndim) if x.ndim else ()
     count = math.prod(x._data.shape[a] for a in axes)
     # np.add.reduce and one multiply: np.mean's generality costs more on small tensors
-    value = np.add.reduce(x._data, axis=axes, keepdims=keepdim) * x._data.dtype.type(1 / count)
+    scale = x._data.dtype.type(1 / count if count else math.nan)   # mean of nothing: nan
+    value = np.add.reduce(x._data, axis=axes, keepdims=keepdim) * scale
     name = "MeanBackward0" if dim is None else "MeanBackward1"
     return _composite(name, ("mean", axes, keepdim), lambda g, a: a.mean(axes, keepdim), [x],
                       value)

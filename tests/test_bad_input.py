@@ -41,7 +41,7 @@ Q, R = sp.Symbol("q"), sp.Symbol("r")
 
 # entry point, category, call, exception type, words the message must contain
 TABLE = [
-    ("Graph.input", "shape", lambda: Graph().input("a", (2, -1)), ShapeError, ["(2, -1)", "positive"]),
+    ("Graph.input", "shape", lambda: Graph().input("a", (2, -1)), ShapeError, ["(2, -1)", "non-negative"]),
     ("Graph.input", "overflow", lambda: Graph().input("a", (2**40, 2**40)), ShapeError, ["too many elements"]),
     ("Graph.input", "dtype", lambda: Graph().input("a", (2,), dtype=np.int64), TypeError, ["float32 or float64", "int64"]),
     ("Graph.input", "string dtype", lambda: Graph().input("a", dtype="banana"), TypeError, ["banana"]),
