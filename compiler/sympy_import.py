@@ -103,7 +103,7 @@ def _convert(e, memo, env, apply, const):
         if e not in env:
             raise GraphError(f"symbol {e} is not an input: pass it in inputs (or declare it)")
         return env[e]
-    if e.is_number and e.is_real is False:
+    if e.is_Atom and e.is_number and e.is_real is False:   # atoms: no recursion
         raise GraphError(f"constant {e} in the expression is not a real number: symgrad "
                          "computes with float32/float64")
     if e.is_Number:

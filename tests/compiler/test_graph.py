@@ -145,3 +145,30 @@ def test_building_errors_name_the_problem():
         g.input("x")
     with pytest.raises(ShapeError, match="cannot reshape"):
         x.reshape(2, 2)
+
+
+def test_from_sympy_takes_any_depth():
+    # the complex-constant check asked sympy's recursive is_number of every subexpression
+    x = sp.Symbol("x")
+    e = x
+    for _ in range(3000):
+        e = sp.sin(sp.Add(e, 1, evaluate=False), evaluate=False)
+    g, out = Graph.from_sympy(e, [x])
+    value = 0.3
+    for _ in range(3000):
+        value = math.sin(value + 1)
+    assert g.compile([out])(0.3) == value
+
+
+def test_zero_size_tensors_compile_and_run():
+    g = Graph()
+    x, w = g.input("x", (0, 3)), g.input("w", (3, 2))
+    f = g.compile([(sin(x) @ w).sum(), x.mean(), x * 2], [x, w])
+    (total, mean, doubled), (dx, dw) = f.vjp(np.zeros((0, 3)), np.ones((3, 2)),
+                                               seed=(1.0, 1.0, np.zeros((0, 3))))
+    assert total == 0.0 and math.isnan(mean) and doubled.shape == dx.shape == (0, 3)
+    np.testing.assert_array_equal(dw, np.zeros((3, 2)))
+    g = Graph()
+    a, b = g.input("a", (2, 0)), g.input("b", (0, 2))
+    np.testing.assert_array_equal(g.compile([a @ b])(np.zeros((2, 0)), np.zeros((0, 2))),
+                                  np.zeros((2, 2)))
