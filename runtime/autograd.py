@@ -65,6 +65,15 @@ class _Tape:
         for k, t in enumerate(nodes):
             index[id(t)] = ("n", k)
         self.order, self.inputs, self.index = nodes, inputs, index
+        # integer and bool tensors take part as floats, as PyTorch promotes them: to the
+        # widest float dtype in the graph (float32 if none)
+        floats = [t._data.dtype for t in inputs + nodes if t._data.dtype.kind == "f"]
+        self.int_as = np.result_type(np.float32, *floats)
+
+    def arrays(self, used):
+        """The data of the inputs ``used``, as the compiled function takes it."""
+        return [t._data if t._data.dtype.kind == "f" else t._data.astype(self.int_as)
+                for t in (self.inputs[k] for k in used)]
 
     def key(self, roots, targets):
         structure = tuple((t.grad_fn.key, tuple(self.index[id(p)] for p in t.grad_fn.inputs))
@@ -77,7 +86,7 @@ class _Tape:
         g = Graph()
         exprs = {}
         for k, t in enumerate(self.inputs):
-            dtype = t._data.dtype if t._data.dtype.kind == "f" else np.float32
+            dtype = t._data.dtype if t._data.dtype.kind == "f" else self.int_as
             exprs[("i", k)] = g.input(f"t{k}", t._data.shape, dtype)
         for k, t in enumerate(self.order):
             args = [exprs[self.index[id(p)]] for p in t.grad_fn.inputs]
@@ -160,7 +169,7 @@ def run_backward(roots, grad_outputs, targets, retain_graph, create_graph, tape=
             raise RuntimeError("one of the differentiated tensors does not appear in the "
                                "graph of the outputs; pass allow_unused=True to get None")
     f, used = _compiled(tape, roots, targets)
-    arrays = [tape.inputs[k]._data for k in used]
+    arrays = tape.arrays(used)
     # a 0-d seed goes as a Python float: the compiled function's fast path takes those
     seed = [s._data.item() if s._data.ndim == 0 else s._data for s in seeds]
     seed = seed[0] if len(seed) == 1 else seed

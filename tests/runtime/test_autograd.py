@@ -1,4 +1,5 @@
 """PyTorch semantics of the runtime, each against PyTorch itself where it computes."""
+import math
 import warnings
 
 import numpy as np
@@ -223,3 +224,24 @@ def test_backward_inputs_restricts_accumulation():
     b = torch.tensor([2.0], requires_grad=True)
     (a * b).sum().backward(inputs=[a])
     assert a.grad.item() == 2.0 and b.grad is None
+
+
+def test_integer_tensors_take_part_as_pytorch_promotes_them():
+    for dtype, tdtype in ((torch.float64, T.float64), (torch.float32, T.float32)):
+        a = torch.tensor([1.5, -2.0], dtype=dtype, requires_grad=True)
+        (a * torch.tensor([3, 4]) + torch.tensor([True, False])).sum().backward()
+        ta = T.tensor([1.5, -2.0], dtype=tdtype, requires_grad=True)
+        (ta * T.tensor([3, 4]) + T.tensor([True, False])).sum().backward()
+        np.testing.assert_array_equal(a.grad.numpy(), ta.grad.numpy())
+        assert a.grad.numpy().dtype == ta.grad.numpy().dtype
+
+
+def test_zero_size_tensors_have_zero_size_gradients():
+    z = torch.zeros(0, 3, requires_grad=True)
+    w = torch.ones(3, 2, requires_grad=True)
+    ((z.sin() @ w).sum() + (z * 2).sum()).backward()
+    tz, tw = T.zeros(0, 3, requires_grad=True), T.ones(3, 2, requires_grad=True)
+    ((tz.sin() @ tw).sum() + (tz * 2).sum()).backward()
+    assert z.grad.shape == tuple(tz.grad.shape) == (0, 3)
+    np.testing.assert_array_equal(w.grad.numpy(), tw.grad.numpy())
+    assert math.isnan(float(torch.zeros(0).mean().numpy()))
