@@ -45,7 +45,9 @@ class CompiledFunction(NativeFunction):
         entry = entry if entry in self._specs else "forward"
         return self.artifact(entry).kernels(entry)
 
-    def export(self, path: str, name: str = "symgrad_fn", kind: str = "shared") -> list:
-        """Write a native object (``kind="obj"``) or shared library and a C header."""
+    def export(self, path: str, name: str = "symgrad_fn", kind: str = "shared",
+               overwrite: bool = False) -> list:
+        """Write a native object (``kind="obj"``) or shared library and a C header beside
+        it; an existing header is replaced only with ``overwrite=True``."""
         from .backend.aot import export
-        return export(self, path, name=name, kind=kind)
+        return export(self, path, name=name, kind=kind, overwrite=overwrite)

@@ -173,7 +173,7 @@ def _compile(args) -> int:
         return 0
     if not args.o:
         raise UsageError(f"--emit {args.emit} writes a file: give -o libname.so (or .o)")
-    for path in f.export(args.o, name=args.name, kind=args.emit):
+    for path in f.export(args.o, name=args.name, kind=args.emit, overwrite=args.force):
         print(f"wrote {path}")
     return 0
 
@@ -234,6 +234,8 @@ def build_parser() -> argparse.ArgumentParser:
                     default="sympy")
     co.add_argument("-o", help="output file (required for obj and shared)")
     co.add_argument("--name", default="symgrad_fn", help="C name prefix of exported entries")
+    co.add_argument("--force", action="store_true",
+                    help="replace an existing header beside -o (never replaced otherwise)")
     return p
 
 
@@ -247,6 +249,13 @@ def main(argv=None) -> int:
         return 2
     except (ValueError, TypeError, KeyError, RuntimeError) as err:
         print(f"symgrad {args.command}: {type(err).__name__}: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:     # a file that cannot be written: missing folder, disk full
+        print(f"symgrad {args.command}: {err}", file=sys.stderr)
+        return 2
+    except MemoryError:
+        print(f"symgrad {args.command}: out of memory (are the --shape / --at tensors "
+              "that large?)", file=sys.stderr)
         return 2
 
 

@@ -226,3 +226,35 @@ def test_one_element_array_versus_zero_d():
     assert f.vjp(np.array(2.0), [3.0], seed=[1.0])[1][0] == 3.0
     with pytest.raises(ArgumentError, match=r"v: expected shape \(1,\), got \(\)"):
         f(2.0, np.array(3.0))
+
+
+def test_command_line_files_never_lost_and_errors_one_line(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "mylib.h").write_text("keep me")
+    cases = [
+        (["compile", "z = x*y", "--emit", "llvm", "-o", "nodir/out.ll"], "No such file"),
+        (["compile", "z = x*y", "--emit", "llvm", "-o", str(tmp_path)], "Is a directory"),
+        (["compile", "z = x*y", "--emit", "llvm", "-o", "/dev/full"], "No space left"),
+        (["compile", "z = x*y", "--wrt", "x", "--emit", "shared", "-o", "nodir/l.so"],
+         "does not exist"),
+        (["compile", "z = x*y", "--wrt", "x", "--emit", "obj", "-o", str(tmp_path)],
+         "is a directory"),
+        (["graph", "u3 = u1 + u2", "--out", "nodir/g.dot"], "No such file"),
+        (["compile", "z = x*y", "--wrt", "x", "--emit", "shared", "-o", "mylib.so"],
+         "mylib.h exists"),
+        (["compile", "z = x*y", "--wrt", "x", "--emit", "obj", "-o", "out.h"],
+         "would be overwritten by the C header"),
+    ]
+    for argv, phrase in cases:
+        assert cli(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and phrase in err, (argv, err)
+    assert (tmp_path / "mylib.h").read_text() == "keep me"
+    assert not (tmp_path / "out.h").exists() and not (tmp_path / "mylib.so").exists()
+    monkeypatch.setenv("CC", "/nonexistent/cc -O2")      # never a silent substitute
+    assert cli(["compile", "z = x*y", "--wrt", "x", "--emit", "shared", "-o", "l2.so"]) == 2
+    assert "/nonexistent/cc is not an executable" in capsys.readouterr().err
+    monkeypatch.delenv("CC")
+    assert cli(["compile", "z = x*y", "--wrt", "x", "--emit", "shared", "-o", "mylib.so",
+                "--force"]) == 0
+    assert "symgrad" in (tmp_path / "mylib.h").read_text()

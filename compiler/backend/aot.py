@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import tempfile
@@ -52,32 +53,63 @@ def header(f, name: str) -> str:
     return "\n".join(lines)
 
 
-def export(f, path: str, name: str = "symgrad_fn", kind: str = "shared") -> list[str]:
+def export(f, path: str, name: str = "symgrad_fn", kind: str = "shared",
+           overwrite: bool = False) -> list[str]:
     """Write ``path`` (an ``.o`` for kind="obj", a shared library for "shared") and
-    ``<path stem>.h`` for the compiled function ``f``; returns the files written."""
+    ``<path stem>.h`` for the compiled function ``f``; returns the files written.
+
+    ``path`` is the caller's to overwrite; the header is not named by the caller, so an
+    existing one is kept (FileExistsError) unless ``overwrite=True``."""
     name = _c_name(name)
     if kind not in ("obj", "shared"):
         raise ValueError(f"export kind must be 'obj' or 'shared', got {kind!r}")
+    path = os.fspath(path)
+    head = os.path.splitext(path)[0] + ".h"
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(f"cannot write {path}: directory {folder} does not exist")
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"cannot write {path}: it is a directory; name a file")
+    if os.path.abspath(head) == os.path.abspath(path):
+        raise ValueError(f"{path} would be overwritten by the C header: name the output "
+                         f"{'.o' if kind == 'obj' else '.so'}, the header is written beside it")
+    if os.path.exists(head) and not overwrite:
+        raise FileExistsError(f"{head} exists and would be replaced by the C header; remove "
+                              "it or pass overwrite=True (--force on the command line)")
+    cc = _compiler() if kind == "shared" else None
     # matmuls as loops: the JIT's BLAS binding does not exist outside this process
     text, entry_names = f.source.export_ir(name)
     obj = jit.emit_object(text + "\n" + _wrappers(entry_names, name))
-    head = os.path.splitext(path)[0] + ".h"
     if kind == "obj":
         with open(path, "wb") as fh:
             fh.write(obj)
     else:
-        cc = shutil.which(os.environ.get("CC", "cc")) or shutil.which("gcc")
-        if cc is None:
-            raise RuntimeError("a shared library needs a C compiler to link (cc or gcc, or "
-                               "set CC); --emit obj writes the object without one")
         with tempfile.TemporaryDirectory() as tmp:
             o = os.path.join(tmp, "f.o")
             with open(o, "wb") as fh:
                 fh.write(obj)
-            done = subprocess.run([cc, "-shared", "-o", path, o, "-lm"], capture_output=True,
+            done = subprocess.run([*cc, "-shared", "-o", path, o, "-lm"], capture_output=True,
                                   text=True)
             if done.returncode != 0:
                 raise RuntimeError(f"linking {path} failed: {done.stderr.strip()}")
     with open(head, "w") as fh:
         fh.write(header(f, name))
     return [path, head]
+
+
+def _compiler() -> list:
+    """The C compiler command: ``$CC`` (which may carry flags) if set — and then exactly
+    it, never a silent substitute — else cc or gcc."""
+    wanted = os.environ.get("CC")
+    if wanted:
+        words = shlex.split(wanted)
+        found = shutil.which(words[0]) if words else None
+        if found is None:
+            raise RuntimeError(f"CC={wanted!r}: {words[0] if words else '(empty)'} is not an "
+                               "executable; fix CC or unset it to use cc")
+        return [found, *words[1:]]
+    found = shutil.which("cc") or shutil.which("gcc")
+    if found is None:
+        raise RuntimeError("a shared library needs a C compiler to link (cc or gcc, or set "
+                           "CC); --emit obj writes the object without one")
+    return [found]
