@@ -184,7 +184,8 @@ class Adjoint:
 
     @property
     def name(self):
-        return "P" + self.node.name[1:] if self.node.name.startswith("u") else f"P_{self.node.name}"
+        n = _n(self.node)
+        return "P" + n if n.isdigit() else f"P_{n}"
 
     def symbolic(self) -> str:
         if not self.terms:
@@ -207,7 +208,9 @@ class Adjoint:
 
 
 def _n(e: Expr) -> str:
-    return e.name[1:] if e.name.startswith("u") and e.name[1:].isdigit() else e.name
+    """How a node is written in J and P subscripts: its number when its name is the
+    automatic ``u<number>`` of this very node (the documents' P4, J_{2→4}), else its name."""
+    return str(e.id) if e.name == f"u{e.id}" else e.name
 
 
 def _p(e: Expr) -> str:

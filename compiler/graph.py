@@ -102,7 +102,13 @@ class Expr:
 
     @property
     def name(self) -> str:
-        return self._attrs.get("name") or f"u{self.id}"
+        given = self._attrs.get("name")
+        if given:
+            return given
+        auto = f"u{self.id}"
+        # a user's input or node named like another node's automatic name keeps it; the
+        # automatic one steps aside (u3′ is no identifier, so no user name can take it)
+        return auto if auto not in self.graph._user_names else auto + "′"
 
     @property
     def symbol(self) -> sp.Symbol:
@@ -136,7 +142,8 @@ class Expr:
             raise GraphError(f"a node name must be a Python identifier, got {name!r}")
         if self.op != "input":
             self.graph.nx.nodes[self.id]["name"] = name
-            self.graph._symbols.pop(self.id, None)
+            self.graph._user_names.add(name)
+            self.graph._symbols.clear()     # automatic names may have stepped aside
         return self
 
     def __add__(self, o): return self.graph.apply("add", self, o)
@@ -197,6 +204,7 @@ class Graph:
         self.dtype = as_dtype(dtype)
         self._interned: dict[tuple, int] = {}
         self._inputs: dict[str, int] = {}
+        self._user_names: set = set()       # names given by the user (inputs, named nodes)
         self._symbols: dict[int, sp.Symbol] = {}
 
     def __len__(self):
@@ -245,6 +253,8 @@ class Graph:
         dtype = as_dtype(dtype if dtype is not None else self.dtype)
         node = self._new("input", (), (), _check_shape(shape), dtype, name=name)
         self._inputs[name] = node
+        self._user_names.add(name)
+        self._symbols.clear()
         return Expr(self, node)
 
     def const(self, value, dtype=None) -> Expr:
@@ -430,6 +440,7 @@ class Graph:
         other.nx = self.nx.copy()
         other._interned = dict(self._interned)
         other._inputs = dict(self._inputs)
+        other._user_names = set(self._user_names)
         return other
 
     # ---- derivatives and evaluation (implemented in their own modules) ---------------------

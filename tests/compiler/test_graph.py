@@ -172,3 +172,18 @@ def test_zero_size_tensors_compile_and_run():
     a, b = g.input("a", (2, 0)), g.input("b", (0, 2))
     np.testing.assert_array_equal(g.compile([a @ b])(np.zeros((2, 0)), np.zeros((0, 2))),
                                   np.zeros((2, 2)))
+
+
+def test_automatic_names_never_collide_with_user_names():
+    g = Graph()
+    a, b = g.input("a"), g.input("b")
+    c = a * b                                   # node 3: automatically u3
+    u3 = g.input("u3")                          # a user input named u3
+    d = c * u3
+    assert u3.name == "u3" and c.name != "u3"
+    rows = [str(r) for r in g.adjoints(of=d)]
+    names = [r.split(" = ")[0] for r in rows]
+    assert len(set(names)) == len(names), rows
+    assert str(g.local_jacobian(c, d)) == "u3" and str(g.local_jacobian(u3, d)) == c.name
+    f = g.compile([d], [a, b, u3])
+    assert f.vjp(2.0, 3.0, 5.0) == (30.0, (15.0, 10.0, 6.0))
