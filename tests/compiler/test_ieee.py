@@ -10,7 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from symgrad.compiler import Graph, exp, functions, log, sqrt
+from symgrad.compiler import Graph, exp, functions, log, sin, sqrt
 from tests.fuzz.recipes import SymgradOps, recipes, replay
 
 # Each case: a function of (x, y) written once over a namespace F (numpy or symgrad's
@@ -182,3 +182,58 @@ def test_forward_and_vjp_entries_return_identical_bits(recipe, dtype, data_seed)
     careful = careful if isinstance(careful, tuple) else (careful,)
     for a, b in zip(forward, careful):
         assert np.asarray(a).tobytes() == np.asarray(b).tobytes()
+
+
+class _Sub(np.ndarray):
+    pass
+
+
+def _outcome(call):
+    try:
+        out = call()
+    except Exception as err:               # the same error: class and message
+        return ("error", type(err), str(err))
+    values, grads = out if isinstance(out, tuple) and len(out) == 2 else (out, ())
+    flat = [np.asarray(v) for v in (values if isinstance(values, tuple) else (values,))]
+    flat += [np.asarray(g) for g in grads]
+    return ("value", [(a.shape, a.dtype.str, a.tobytes()) for a in flat])
+
+
+ARGUMENTS = [
+    ((2.0, np.ones(3)), dict(seed=(1.0, np.ones(3)))),
+    ((2.0, np.ones(3).view(_Sub)), dict(seed=(1.0, np.ones(3)))),
+    ((2.0, np.ones(3, np.float32)), dict(seed=(1.0, np.ones(3)))),
+    ((2.0, [1.0, 2.0, 3.0]), dict(seed=(1.0, np.ones(3)))),
+    ((2.0, np.ones(4)), dict(seed=(1.0, np.ones(3)))),
+    ((2.0,), dict(seed=(1.0, np.ones(3), np.ones(3)))),
+    ((2.0, np.ones(3), 1.0), dict(seed=(1.0, np.ones(3)))),
+    ((2.0, np.ones(3)), dict(seed=(1.0,))),
+    ((2.0, np.ones(3)), dict(seed=None)),
+    ((True, np.ones(3)), dict(seed=(1.0, np.ones(3)))),
+    ((np.float64(2.0), np.ones(6)[::2]), dict(seed=(np.float64(1.0), np.ones(3)))),
+    ((2.0, np.ones(3)), dict(seed=(1.0, np.ones(3)), y=np.ones(3))),
+]
+
+
+@pytest.mark.parametrize("args, kwargs", ARGUMENTS)
+def test_fast_and_careful_paths_agree_on_every_argument(args, kwargs):
+    g = Graph()
+    x, y = g.input("x"), g.input("y", (3,))
+    f = g.compile([(x * y).sum(), sin(y) * x], [x, y])
+    assert f.vjp.__name__ == "vjp" and f.vjp != f._vjp      # the specialised fast path
+    fast = _outcome(lambda: f.vjp(*args, **kwargs))
+    careful = _outcome(lambda: f._vjp(*args, **kwargs))
+    assert fast == careful
+
+
+@pytest.mark.parametrize("args, kwargs", [
+    ((2.0,), dict(seed=(3.0, 1.0, 1.0))),      # seeds standing in for the missing y
+    ((2.0, 3.0, 1.0), dict(seed=(1.0,))),      # an input standing in for a seed
+    ((2.0, 3.0), dict(seed=(1.0, 1.0))),
+    ((2.0, 3.0), dict(seed=[1.0, 1.0])),
+])
+def test_fast_and_careful_paths_agree_on_counts(args, kwargs):
+    g = Graph()
+    x, y = g.input("x"), g.input("y")
+    f = g.compile([x * y, x + y], [x, y])
+    assert _outcome(lambda: f.vjp(*args, **kwargs)) == _outcome(lambda: f._vjp(*args, **kwargs))
