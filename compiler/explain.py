@@ -176,14 +176,19 @@ def jacobian_report(g: Graph, of, at=None, seed=None, names=None) -> Report:
         values = dict(zip(ids, g.evaluate([Expr(g, i) for i in ids], at)))
     for row in rows:
         for consumer, j in row.terms:
-            edge = Edge(row.node, consumer, j, _structure(row.node, consumer))
-            if at is not None:
-                if not isinstance(j, LinearMap):
-                    jexpr = g.local_jacobian_expr(row.node, consumer)
-                    edge.value = g.evaluate(jexpr, at)
-                edge.dense = _dense(g, row.node, consumer, edge.value, values) \
-                    if consumer.shape != () or row.node.shape != () else None
-            report.edges.append(edge)
+            report.edges.append(Edge(row.node, consumer, j, _structure(row.node, consumer)))
+    if at is not None:
+        # every elementwise J as a node, then one evaluation pass for all of them (an
+        # evaluation per edge made the report quadratic in the graph's size)
+        elementwise = [e for e in report.edges if not isinstance(e.jacobian, LinearMap)]
+        work = g.copy()                     # the user's graph stays as it was
+        jexprs = [work.local_jacobian_expr(Expr(work, e.source.id), Expr(work, e.target.id))
+                  for e in elementwise]
+        for edge, value in zip(elementwise, work.evaluate(jexprs, at) if jexprs else []):
+            edge.value = value
+        for edge in report.edges:
+            edge.dense = _dense(g, edge.source, edge.target, edge.value, values) \
+                if edge.target.shape != () or edge.source.shape != () else None
     return report
 
 
