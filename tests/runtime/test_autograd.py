@@ -245,3 +245,11 @@ def test_zero_size_tensors_have_zero_size_gradients():
     assert z.grad.shape == tuple(tz.grad.shape) == (0, 3)
     np.testing.assert_array_equal(w.grad.numpy(), tw.grad.numpy())
     assert math.isnan(float(torch.zeros(0).mean().numpy()))
+
+
+def test_division_by_zero_is_a_valid_program():
+    x = torch.tensor([1.0, -2.0], dtype=torch.float64, requires_grad=True)
+    (x / 0.0).sum().backward()
+    tx = T.tensor([1.0, -2.0], dtype=T.float64, requires_grad=True)
+    (tx / 0.0).sum().backward()
+    np.testing.assert_array_equal(x.grad.numpy(), tx.grad.numpy())
