@@ -145,13 +145,13 @@ class LinearMap:
 
 def display_number(value: float):
     """A constant as a person writes it: 2, not 2.00000000000000; 0.1, not 0.100000000000000."""
-    if math.isfinite(value) and value.is_integer() and abs(value) < 1e15:
-        return sp.Integer(int(value))
     if not math.isfinite(value):
         return sp.nan if math.isnan(value) else (sp.oo if value > 0 else -sp.oo)
-    text = repr(value)
-    digits = len(text.split("e")[0].replace("-", "").replace(".", "").lstrip("0")) or 1
-    return sp.Float(text, dps=max(digits, 1))
+    if value.is_integer() and abs(value) < 1e15:
+        return sp.Integer(int(value))
+    text = repr(value)            # the shortest decimal that reads back as this double
+    mantissa = text.split("e")[0].replace("-", "").replace(".", "").lstrip("0")
+    return sp.Float(text, dps=len(mantissa) or 1)
 
 
 def _display_symbol(g: Graph, id: int):

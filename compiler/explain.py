@@ -169,22 +169,20 @@ def jacobian_report(g: Graph, of, at=None, seed=None, names=None) -> Report:
         seed = 1.0   # a tensor output is seeded with ones, as document 000's v = [1, 1, 1]
     rows = adjoint_table(g, of, None, at, seed)
     report = Report(adjoints=rows, names=dict(names or {}))
-    live = {r.node.id for r in rows}
-    values = {}
-    if at is not None:
-        ids = sorted(live)
-        values = dict(zip(ids, g.evaluate([Expr(g, i) for i in ids], at)))
     for row in rows:
         for consumer, j in row.terms:
             report.edges.append(Edge(row.node, consumer, j, _structure(row.node, consumer)))
     if at is not None:
-        # every elementwise J as a node, then one evaluation pass for all of them (an
-        # evaluation per edge made the report quadratic in the graph's size)
+        # the nodes' values and every elementwise J (made a node of a copy: the user's graph
+        # stays as it was) in one evaluation pass; a pass per edge was quadratic
+        work = g.copy()
+        ids = sorted(r.node.id for r in rows)
         elementwise = [e for e in report.edges if not isinstance(e.jacobian, LinearMap)]
-        work = g.copy()                     # the user's graph stays as it was
         jexprs = [work.local_jacobian_expr(Expr(work, e.source.id), Expr(work, e.target.id))
                   for e in elementwise]
-        for edge, value in zip(elementwise, work.evaluate(jexprs, at) if jexprs else []):
+        computed = work.evaluate([Expr(work, i) for i in ids] + jexprs, at)
+        values = dict(zip(ids, computed))
+        for edge, value in zip(elementwise, computed[len(ids):]):
             edge.value = value
         for edge in report.edges:
             edge.dense = _dense(g, edge.source, edge.target, edge.value, values) \

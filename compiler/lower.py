@@ -449,39 +449,39 @@ class ExprLowering:
     def _Max(self, e): return self._minmax(e, "llvm.maximum")
     def _Min(self, e): return self._minmax(e, "llvm.minimum")
 
-    def _select(self, cond, x, a, b, yes, no):
+    def _select(self, cond, a, b, yes, no):
         """``yes if a <cond> b else no``; ordered compare: false when either is NaN."""
         return self.b.select(self.b.fcmp_ordered(cond, a, b), yes, no)
 
     def _sign(self, e):
         # ±0 stay themselves, NaN gives 0 (PyTorch's sign)
         x, zero = self(e.args[0]), self.const(0.0)
-        mid = self._select("==", x, x, zero, x, zero)
-        pos = self._select(">", x, x, zero, self.const(1.0), mid)
-        return self._select("<", x, x, zero, self.const(-1.0), pos)
+        mid = self._select("==", x, zero, x, zero)
+        pos = self._select(">", x, zero, self.const(1.0), mid)
+        return self._select("<", x, zero, self.const(-1.0), pos)
 
     def _Heaviside(self, e):
         # numpy's heaviside: NaN stays NaN
         x, zero = self(e.args[0]), self.const(0.0)
         h0 = self(e.args[1]) if len(e.args) > 1 else self.const(0.5)
-        mid = self._select("==", x, x, zero, h0, x)
-        pos = self._select(">", x, x, zero, self.const(1.0), mid)
-        return self._select("<", x, x, zero, zero, pos)
+        mid = self._select("==", x, zero, h0, x)
+        pos = self._select(">", x, zero, self.const(1.0), mid)
+        return self._select("<", x, zero, zero, pos)
 
     # the masks derivatives are made of (ops.py): PyTorch's values at ties, zeros, NaN
     def _step(self, e):
         x = self(e.args[0])
-        return self._select("<=", x, x, self.const(0.0), self.const(0.0), self.const(1.0))
+        return self._select("<=", x, self.const(0.0), self.const(0.0), self.const(1.0))
 
     def _tie(self, e):
         a, b = self(e.args[0]), self(e.args[1])
-        mid = self._select("==", a, a, b, self.const(0.5), self.const(1.0))
-        return self._select("<", a, a, b, self.const(0.0), mid)
+        mid = self._select("==", a, b, self.const(0.5), self.const(1.0))
+        return self._select("<", a, b, self.const(0.0), mid)
 
     def _xmul(self, e):
         a, y = self(e.args[0]), self(e.args[1])
         product = self.b.fmul(a, y, flags=self.arith)
-        return self._select("==", a, a, self.const(0.0), self.const(0.0), product)
+        return self._select("==", a, self.const(0.0), self.const(0.0), product)
 
     def _pow_log(self, e):
         a, p = self(e.args[0]), self(e.args[1])

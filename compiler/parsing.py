@@ -63,6 +63,10 @@ def functions_available() -> list:
     return sorted(set(functions.PUBLIC) | set(STRUCTURED))
 
 
+def _callable(name: str) -> bool:
+    return name in STRUCTURED or name in functions.PUBLIC
+
+
 def parse(text: str, shapes: dict | None = None, dtype=np.float64,
           graph: Graph | None = None) -> Program:
     """Build a graph from ``text``; ``shapes`` maps an input name to its shape (default:
@@ -176,7 +180,7 @@ class _Statement:
             kind = "an input" if names[name].op == "input" and names[name].name == name \
                 else "already assigned"
             raise self.error(node, f"{name} is {kind}: assign to a new name")
-        if name in CONSTANTS or name in functions_available():
+        if name in CONSTANTS or _callable(name):
             raise self.error(node, f"{name} is a built-in name: assign to another")
 
     def check_name(self, node, name):
@@ -186,39 +190,32 @@ class _Statement:
     # ---- the walk: iterative, so a 3,000-term sum is no deeper than a short one --------
     def evaluate(self, root):
         done: dict = {}
-        stack = [(root, False)]
+        stack = [(root, None)]
         while stack:
-            node, ready = stack.pop()
-            if not ready:
-                stack.append((node, True))
-                stack.extend((c, False) for c in reversed(self.operands(node)))
+            node, children = stack.pop()
+            if children is None:
+                children = self.operands(node)
+                stack.append((node, children))
+                stack.extend((c, None) for c in reversed(children))
                 continue
-            done[id(node)] = self.build(node, [done[id(c)] for c in self.operands(node)])
+            done[id(node)] = self.build(node, [done[id(c)] for c in children])
         return done[id(root)]
 
     def operands(self, node) -> list:
-        """The sub-expressions ``node`` needs as values (static arguments excluded)."""
+        """The sub-expressions ``node`` needs as values; a structured function's axis,
+        shape or permutation arguments are static (read by ``static``)."""
         if isinstance(node, ast.BinOp):
             return [node.left, node.right]
         if isinstance(node, ast.UnaryOp):
             return [node.operand]
         if isinstance(node, ast.Call):
             self.check_call(node)
-            if isinstance(node.func, ast.Attribute):
-                return [node.func.value] + node.args[:self.value_args(node)]
-            return node.args[:self.value_args(node)]
+            if isinstance(node.func, ast.Attribute):       # x.sum(0): x only
+                return [node.func.value]
+            return node.args[:1] if node.func.id in METHODS else node.args
         if isinstance(node, ast.Attribute):
             return [node.value]
         return []
-
-    def value_args(self, call) -> int:
-        """How many positional arguments are graph values (the rest are static)."""
-        name = self.callee(call)
-        if isinstance(call.func, ast.Attribute):
-            return 0
-        if name in ("sum", "mean", "reshape", "transpose"):
-            return 1
-        return len(call.args)
 
     def callee(self, call) -> str:
         return call.func.attr if isinstance(call.func, ast.Attribute) else call.func.id
@@ -226,7 +223,7 @@ class _Statement:
     def check_call(self, call):
         func = call.func
         if isinstance(func, ast.Name):
-            if func.id not in functions_available():
+            if not _callable(func.id):
                 raise self.error(func, f"{func.id}() is not a symgrad function; available: "
                                        + ", ".join(functions_available()))
         elif isinstance(func, ast.Attribute):
@@ -246,7 +243,7 @@ class _Statement:
 
     def build(self, node, values):
         if isinstance(node, ast.Constant):
-            return self.number_(node)
+            return self.literal(node)
         if isinstance(node, ast.Name):
             return self.name(node)
         if isinstance(node, ast.BinOp):
@@ -272,7 +269,7 @@ class _Statement:
         raise self.error(node, f"{type(node).__name__} is not part of the expression "
                                "language (numbers, names, + - * / ** @, function calls)")
 
-    def number_(self, node):
+    def literal(self, node):
         v = node.value
         if isinstance(v, bool) or not isinstance(v, numbers.Real):
             raise self.error(node, f"{v!r} is not a number; text and other literals are not "
@@ -289,7 +286,7 @@ class _Statement:
             return self.program.names[name]
         if name in CONSTANTS:
             return CONSTANTS[name]
-        if name in functions_available():
+        if _callable(name):
             raise self.error(node, f"{name} is a function: call it, e.g. {name}(x)")
         shape = self.shapes.get(name, ())
         try:
@@ -328,7 +325,7 @@ class _Statement:
             x = self.tensor(node.func.value, values[0])
             static = [self.static(a) for a in node.args]
             return self.structured(node, name, x, static, node.keywords)
-        if name in ("sum", "mean", "reshape", "transpose"):
+        if name in METHODS:
             if not node.args:
                 raise self.error(node, f"{name}() needs an argument")
             x = self.tensor(node.args[0], values[0])

@@ -175,7 +175,7 @@ def prepare(g: Graph, outputs, wrt, inputs=None, fast_math=False) -> CompilePlan
     out_ids = _materialised(work, outs)
     grad_ids = _materialised(work, grads)
     plan = CompilePlan(g, work, inputs, outs, wrt, seeds, out_ids, grad_ids,
-                       fast_math=bool(fast_math))
+                       fast_math=fast_math)
     ins = [i.id for i in inputs]
     plan.entries["forward"] = Entry("forward", ins, list(dict.fromkeys(out_ids)))
     if wrt:

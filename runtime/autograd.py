@@ -11,6 +11,7 @@ splices the compiled reverse graph into whatever graph differentiates it next.
 """
 from __future__ import annotations
 
+import functools
 import itertools
 import threading
 
@@ -65,10 +66,13 @@ class _Tape:
         for k, t in enumerate(nodes):
             index[id(t)] = ("n", k)
         self.order, self.inputs, self.index = nodes, inputs, index
-        # integer and bool tensors take part as floats, as PyTorch promotes them: to the
-        # widest float dtype in the graph (float32 if none)
-        floats = [t._data.dtype for t in inputs + nodes if t._data.dtype.kind == "f"]
-        self.int_as = np.result_type(np.float32, *floats)
+
+    @functools.cached_property
+    def int_as(self):
+        """The dtype integer and bool inputs take part as, as PyTorch promotes them: the
+        widest float dtype in the graph (float32 if none).  Asked only when there is one."""
+        floats = [t._data.dtype for t in self.inputs + self.order if t._data.dtype.kind == "f"]
+        return np.result_type(np.float32, *floats)
 
     def arrays(self, used):
         """The data of the inputs ``used``, as the compiled function takes it."""

@@ -52,11 +52,13 @@ def _coerce(value, name: str, shape: tuple, dtype: np.dtype) -> np.ndarray:
         try:
             if isinstance(value, (list, tuple)):
                 # numbers only: numpy would read "1.5" and True as numbers too
-                kind = np.asarray(value).dtype.kind
-                if kind not in "fiu":
-                    what = "bools" if kind == "b" else "not real numbers"
+                read = np.asarray(value)
+                if read.dtype.kind not in "fiu":
+                    what = "bools" if read.dtype.kind == "b" else "not real numbers"
                     raise TypeError(f"the elements are {what}")
-            value = np.asarray(value, dtype=dtype)
+                value = read.astype(dtype, copy=False)
+            else:
+                value = np.asarray(value, dtype=dtype)
         except (TypeError, ValueError, OverflowError) as err:
             raise TypeError(f"{name}: cannot read {reprlib.repr(value)} as "
                             f"{_dtype_name(dtype)} numbers ({err})") from None

@@ -242,8 +242,8 @@ def environment() -> dict:
     except PackageNotFoundError:
         mine = "unknown"
     return {"symgrad": mine, "build": _source_digest(), "llvmlite": llvmlite.__version__,
-            "blas": blas(),
-            "llvm": list(llvm.llvm_version_info), "cpu": llvm.get_host_cpu_name(),
+            "blas": blas(), "llvm": list(llvm.llvm_version_info),
+            "cpu": llvm.get_host_cpu_name(),
             "features": llvm.get_host_cpu_features().flatten()}
 
 
