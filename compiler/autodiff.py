@@ -135,12 +135,27 @@ def _seeds(g, outputs, seeds):
 # ---- what the user reads: J on edges, P equations ------------------------------------------------
 @dataclass(frozen=True)
 class LinearMap:
-    """The local Jacobian of a structured operator, as its VJP rule."""
+    """The local Jacobian of a structured operator: the linear map ``P ↦ P·J`` that its
+    VJP rule applies, written with the actual operands (``P ↦ P @ xᵀ``)."""
     op: str
-    text: str
+    slots: tuple         # the operand slots the source fills (two in x @ x)
+    operands: tuple      # the operands' names
+    params: tuple
+    shapes: tuple        # the operands' shapes
+
+    def apply(self, adjoint: str, names=None, tex: bool = False) -> str:
+        """``adjoint·J`` as text (or LaTeX), operands written as ``names``."""
+        return " + ".join(STRUCTURED[self.op].rule(slot, adjoint, list(names or self.operands),
+                                                   self.params, self.shapes, tex)
+                          for slot in self.slots)
 
     def __str__(self):
-        return self.text
+        return f"P ↦ {self.apply('P')}"
+
+
+def show(expr) -> str:
+    """A SymPy expression as the reports write it: ``2·h``, ``1 - h^2``."""
+    return str(expr).replace("**", "^").replace("*", "·")
 
 
 def display_number(value: float):
@@ -154,14 +169,10 @@ def display_number(value: float):
     return sp.Float(text, dps=len(mantissa) or 1)
 
 
-def _display_symbol(g: Graph, id: int):
-    e = Expr(g, id)
-    return display_number(e.params[0]) if e.op == "const" else g.symbol(id)
-
-
-def local_jacobian(g: Graph, source: Expr, target: Expr):
+def local_jacobian(g: Graph, source: Expr, target: Expr, symbol=None):
     """``J_{source→target}``: a sympy expression (the diagonal entry for tensors), or a
-    :class:`LinearMap` for structured operators.
+    :class:`LinearMap` for structured operators.  ``symbol(node)`` names the nodes in it
+    (default: each node's own symbol).
 
     >>> g = Graph(); u1, u2 = g.input("u1"), g.input("u2")
     >>> u4 = u2 * (u1 + u2)
@@ -172,13 +183,20 @@ def local_jacobian(g: Graph, source: Expr, target: Expr):
     if not slots:
         raise GraphError(f"{source.name} is not an operand of {target.name}: no edge "
                          f"({source.name}, {target.name})")
+    symbol = symbol or (lambda e: g.symbol(e.id))
     if target.op in STRUCTURED:
-        return LinearMap(target.op, STRUCTURED[target.op].text[slots[0]])
-    env = {ops.OUT: _display_symbol(g, target.id)}
+        return LinearMap(target.op, tuple(slots), tuple(str(_display_symbol(a, symbol))
+                                                      for a in target.args),
+                         target.params, tuple(a.shape for a in target.args))
+    env = {ops.OUT: _display_symbol(target, symbol)}
     for sym, arg in zip((ops.A, ops.B), target.args):
-        env[sym] = _display_symbol(g, arg.id)
+        env[sym] = _display_symbol(arg, symbol)
     total = sum((ELEMENTWISE[target.op].local_jacobian(s) for s in slots), sp.S.Zero)
     return ops.readable(total.xreplace(env))      # one simultaneous pass: fast
+
+
+def _display_symbol(e: Expr, symbol):
+    return display_number(e.params[0]) if e.op == "const" else symbol(e)
 
 
 @dataclass
@@ -201,8 +219,8 @@ class Adjoint:
     def expanded(self) -> str:
         if not self.terms:
             return "seed"
-        return " + ".join(f"{_p(c)}·({j})" if not isinstance(j, LinearMap) else
-                          f"[{j}]" for c, j in self.terms)
+        return " + ".join(f"{_p(c)}·({show(j)})" if not isinstance(j, LinearMap) else
+                          j.apply(_p(c)) for c, j in self.terms)
 
     def __str__(self):
         text = f"{self.name} = {self.symbolic()}"

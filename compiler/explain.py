@@ -1,26 +1,85 @@
 """What the compiler derived, for people: Jacobian/adjoint reports and graph pictures.
 
-``jacobian_report(g, of, at)`` lists every edge's local Jacobian ``J_{j→i}``
-(symbolic, numeric, and as a dense matrix for small tensors) and every adjoint
-equation ``P_i = Σ_j P_j·J_{i→j}`` in reverse topological order, as document
-002 lays them out; it prints as text, LaTeX or JSON and renders itself in
-Jupyter.  ``to_dot`` draws the forward or the reverse graph.
+``jacobian_report(g, of, at)`` lists the nodes ``u_i = f_i(…)`` (with their values when
+``at`` is given), every edge's local Jacobian ``J_{j→i}`` (symbolic, numeric, and as a
+dense matrix for small tensors) and every adjoint equation ``P_i = Σ_j P_j·J_{i→j}`` in
+reverse topological order, as document 002 lays them out; it prints as text, LaTeX or JSON
+and renders itself in Jupyter.  ``to_dot`` draws the forward or the reverse graph.
+
+One notation throughout (:class:`Notation`): a node is ``u7`` or the user's name, an edge's
+Jacobian ``J_{7→h}``, an adjoint ``P7`` or ``P_h``, the same in text and in LaTeX.
 """
 from __future__ import annotations
 
 import json
 import shutil
 import subprocess
+import sys
 from dataclasses import dataclass, field
 
 import numpy as np
 import sympy as sp
 
 from . import ops
-from .autodiff import LinearMap, adjoint_table
+from .autodiff import LinearMap, adjoint_table, display_number, local_jacobian, relevant_nodes, \
+    show
 from .graph import Expr, Graph, ancestors
 
-DENSE_LIMIT = 64      # largest output or operand size whose dense Jacobian is shown
+SUMMARY_LIMIT = 12    # a tensor with more entries prints as a summary (shape, entries, norm)
+DENSE_LIMIT = 8       # dense Jacobians are printed up to this many rows and columns…
+FULL_DENSE_LIMIT = 64  # …and up to this many with full=True
+TERMS_LIMIT = 6       # an adjoint with more terms prints its first and last ones
+
+
+class Notation:
+    """How nodes are written: ``u7`` (or the user's name), ``J_{7→h}``, ``P7`` / ``P_h``;
+    the same in LaTeX (``u_{7}``, ``J_{7 \\to h}``, ``P_{7}``)."""
+
+    def __init__(self, g: Graph, names=None):
+        self.g, self.names = g, dict(names or {})
+
+    def label(self, e: Expr) -> str:
+        return self.names.get(e.id, e.name)
+
+    def sub(self, e: Expr, tex: bool = False) -> str:
+        """The subscript: the number for the node's own automatic name (document 002's
+        J_{2→4}, P4), else its name."""
+        label = self.label(e)
+        if label == f"u{e.id}":
+            return str(e.id)
+        return _tex_name(label) if tex else label
+
+    def node(self, e: Expr, tex: bool = False) -> str:
+        if e.op == "const":
+            number = display_number(e.params[0])
+            return sp.latex(number) if tex else str(number)
+        return _tex_name(self.label(e)) if tex else self.label(e)
+
+    def symbol(self, e: Expr) -> sp.Symbol:
+        return sp.Symbol(self.label(e), real=True)
+
+    def J(self, source: Expr, target: Expr, tex: bool = False) -> str:
+        if tex:
+            return rf"J_{{{self.sub(source, True)} \to {self.sub(target, True)}}}"
+        return f"J_{{{self.sub(source)}→{self.sub(target)}}}"
+
+    def P(self, e: Expr, tex: bool = False) -> str:
+        sub = self.sub(e, tex)
+        if tex:
+            return f"P_{{{sub}}}"
+        return f"P{sub}" if sub.isdigit() else f"P_{sub}"
+
+
+def _tex_name(name: str) -> str:
+    return sp.latex(sp.Symbol(name.replace("′", "'")))
+
+
+@dataclass
+class Node:
+    """One forward node ``u_i = f_i(…)``, as the legend lists it."""
+    node: Expr
+    text: str                        # its definition: "u1 + u2", "W @ x", "input"
+    value: object = None
 
 
 @dataclass
@@ -29,72 +88,133 @@ class Edge:
     target: Expr
     jacobian: object                 # sympy expression (diagonal entry) or LinearMap
     structure: str                   # "scalar" | "diagonal" | "broadcast" | "linear"
+    paths: list = field(default_factory=list)   # the graph's nodes from source to
+                                     # target: one node, or a 1-D matmul with its reshapes
+    operands: tuple = ()             # a structured J's operands, as the user wrote them
     value: object = None             # numbers of the symbolic entry, when values are given
     dense: object = None             # the full matrix ∂target/∂source, for small shapes
 
     def symbolic(self) -> str:
+        if isinstance(self.jacobian, LinearMap):
+            return str(self.jacobian)
         if self.structure == "diagonal":
-            return f"diag({self.jacobian})"
+            return f"diag({show(self.jacobian)})"
         if self.structure == "broadcast":
-            return f"diag({self.jacobian}) ∘ broadcast"
-        return str(self.jacobian)
+            return f"diag({show(self.jacobian)}) ∘ broadcast"
+        return show(self.jacobian)
+
+
+@dataclass
+class Row:
+    """One adjoint equation ``P_i = Σ_j P_j·J_{i→j}``."""
+    node: Expr
+    name: str                        # "P3", "P_h"
+    edges: list = field(default_factory=list)    # the edges leaving node i
+    value: object = None
 
 
 @dataclass
 class Report:
+    nodes: list = field(default_factory=list)
     edges: list = field(default_factory=list)
     adjoints: list = field(default_factory=list)
-    names: dict = field(default_factory=dict)
+    notation: Notation = None
+    full: bool = False               # print every entry, every term, every dense matrix
+    shown: dict = field(default_factory=dict)    # 1-D matmuls shown as written (W @ x)
 
     def name(self, e: Expr) -> str:
-        return self.names.get(e.id, e.name)
+        return self.notation.label(e)
 
-    # ---- formats ------------------------------------------------------------------
+    # ---- text -------------------------------------------------------------------------
     def text(self) -> str:
-        lines = ["Local Jacobians J_{j→i} = ∂u_i/∂u_j:"]
+        n = self.notation
+        lines = ["Nodes u_i = f_i(…):"]
+        for row in self.nodes:
+            line = f"  {n.label(row.node)} = {row.text}"
+            if row.node.shape != ():
+                line += f"   [shape {row.node.shape}]"
+            if row.value is not None:
+                line += f" = {_fmt(row.value, self.full)}"
+            lines.append(line)
+        lines.append("Local Jacobians J_{j→i} = ∂u_i/∂u_j:")
         for e in self.edges:
-            line = f"  J_{{{self.name(e.source)}→{self.name(e.target)}}} = {e.symbolic()}"
-            if e.value is not None:
-                line += f" = {_fmt(e.value)}"
+            line = f"  {n.J(e.source, e.target)} = {e.symbolic()}"
+            if e.value is not None and not e.jacobian.is_number:   # "1 = 1" says nothing
+                line += f" = {_fmt(e.value, self.full)}"
             lines.append(line)
             if e.dense is not None:
-                rows = np.array2string(np.asarray(e.dense), precision=4).splitlines()
+                rows = np.array2string(np.asarray(e.dense), precision=4,
+                                       threshold=sys.maxsize, max_line_width=200).splitlines()
                 lines += ["      " + r for r in rows]
         lines.append("Adjoints P_i = Σ_j P_j·J_{i→j}, in reverse topological order:")
-        lines += [f"  {row}" for row in self.adjoints]
+        for row in self.adjoints:
+            text = f"  {row.name} = "
+            if not row.edges:
+                text += "seed"
+            else:
+                terms = self._terms(row)
+                text += " + ".join(f"{n.P(e.target)}·{n.J(e.source, e.target)}"
+                                   if e is not None else "…" for e in terms)
+                text += " = " + " + ".join(_term_text(n, e) if e is not None else
+                                           f"… ({len(row.edges) - len(terms) + 1} more)"
+                                           for e in terms)
+            if row.value is not None:
+                text += f" = {_fmt(row.value, self.full)}"
+            lines.append(text)
         return "\n".join(lines)
 
     __str__ = text
 
+    def _terms(self, row) -> list:
+        """The row's edges, or its first and last ones with None for the rest between."""
+        if self.full or len(row.edges) <= TERMS_LIMIT:
+            return row.edges
+        return row.edges[:TERMS_LIMIT - 2] + [None, row.edges[-1]]
+
+    # ---- LaTeX --------------------------------------------------------------------------
     def latex(self) -> str:
-        """One ``align``-ready line per J and per P, in sympy's LaTeX."""
-        lines = []
+        """One ``align``-ready line per node definition, J and P, in LaTeX."""
+        n = self.notation
+        lines = [f"{n.node(row.node, True)} = {_definition(n, row.node, self.shown, True)}"
+                 for row in self.nodes if row.node.op != "input"]
         for e in self.edges:
-            lhs = rf"J_{{{_tex_name(self.name(e.source))} \to {_tex_name(self.name(e.target))}}}"
             if isinstance(e.jacobian, LinearMap):
-                rhs = r"\text{" + e.jacobian.text.replace("·", r"\cdot ") + "}"
+                names = [n.node(a, True) for a in e.operands]
+                rhs = rf"\left(P \mapsto {e.jacobian.apply('P', names, tex=True)}\right)"
             else:
                 rhs = sp.latex(e.jacobian, mul_symbol="dot")
                 if e.structure in ("diagonal", "broadcast"):
                     rhs = rf"\operatorname{{diag}}\left({rhs}\right)"
-            lines.append(f"{lhs} = {rhs}")
+            lines.append(f"{n.J(e.source, e.target, True)} = {rhs}")
         for row in self.adjoints:
-            rhs = sp.latex(_adjoint_expr(row), mul_symbol="dot")
-            lines.append(f"{_tex_adjoint(row.name)} = {rhs}")
+            if not row.edges:
+                rhs = r"\text{seed}"
+            else:
+                terms = self._terms(row)
+                rhs = " + ".join(_term_tex(n, e) if e is not None else r"\dots" for e in terms)
+            lines.append(f"{n.P(row.node, True)} = {rhs}")
         return " \\\\\n".join(lines)
 
     def _repr_latex_(self):
-        return "$$\\begin{aligned}" + self.latex().replace(" = ", " &= ") + "\\end{aligned}$$"
+        return "$$\\begin{aligned}" + self.latex().replace(" = ", " &= ", ) + \
+            "\\end{aligned}$$"
 
+    # ---- JSON ---------------------------------------------------------------------------
     def as_dict(self) -> dict:
+        n = self.notation
         return {
-            "edges": [{"edge": [self.name(e.source), self.name(e.target)],
+            "nodes": [{"node": n.label(r.node), "definition": r.text,
+                       "shape": list(r.node.shape),
+                       **({"value": np.asarray(r.value).tolist()} if r.value is not None
+                          else {})} for r in self.nodes],
+            "edges": [{"edge": [n.label(e.source), n.label(e.target)],
                        "J": e.symbolic(), "structure": e.structure,
                        "srepr": None if isinstance(e.jacobian, LinearMap) else sp.srepr(e.jacobian),
                        **({"value": np.asarray(e.value).tolist()} if e.value is not None else {}),
                        **({"dense": np.asarray(e.dense).tolist()} if e.dense is not None else {})}
                       for e in self.edges],
-            "adjoints": [{"node": self.name(r.node), "P": r.symbolic(), "expanded": r.expanded(),
+            "adjoints": [{"node": n.label(r.node), "P": r.name,
+                          "expanded": " + ".join(_term_text(n, e) for e in r.edges) or "seed",
                           **({"value": np.asarray(r.value).tolist()} if r.value is not None
                              else {})} for r in self.adjoints],
         }
@@ -103,31 +223,34 @@ class Report:
         return json.dumps(self.as_dict(), indent=2, ensure_ascii=False)
 
 
-def _fmt(v):
+def _term_text(n: Notation, e: Edge) -> str:
+    if isinstance(e.jacobian, LinearMap):
+        return e.jacobian.apply(n.P(e.target))
+    j = e.jacobian
+    return n.P(e.target) if j == 1 else f"{n.P(e.target)}·({show(j)})"
+
+
+def _term_tex(n: Notation, e: Edge) -> str:
+    if isinstance(e.jacobian, LinearMap):
+        return e.jacobian.apply(n.P(e.target, True), [n.node(a, True) for a in e.operands],
+                                tex=True)
+    return sp.latex(sp.Symbol(n.P(e.target, True)) * e.jacobian, mul_symbol="dot")
+
+
+def _fmt(v, full: bool = False) -> str:
+    """A value on one line: whole when small (or ``full``), else shape, first entries,
+    range and norm."""
     a = np.asarray(v)
-    return f"{a.item():g}" if a.ndim == 0 else np.array2string(a, precision=4)
-
-
-def _tex_name(name: str) -> str:
-    if name.startswith("u") and name[1:].isdigit():
-        return f"u_{{{name[1:]}}}"
-    return sp.latex(sp.Symbol(name))
-
-
-def _tex_adjoint(name: str) -> str:
-    return f"P_{{{name[1:]}}}" if name[1:].isdigit() else sp.latex(sp.Symbol(name))
-
-
-def _adjoint_expr(row):
-    """The adjoint equation's right side as sympy (P symbols times J)."""
-    if not row.terms:
-        return sp.Symbol("v")
-    total = sp.S.Zero
-    for consumer, j in row.terms:
-        p = sp.Symbol(f"P_{{{consumer.name[1:]}}}" if consumer.name[1:].isdigit()
-                      else f"P_{consumer.name}")
-        total += p * (sp.Symbol(r"\mathcal{L}") if isinstance(j, LinearMap) else j)
-    return total
+    if a.ndim == 0:
+        return f"{a.item():g}"
+    if full or a.size <= SUMMARY_LIMIT:
+        return " ".join(np.array2string(a, precision=4, separator=", ",
+                                        threshold=sys.maxsize).split())
+    flat = a.ravel()
+    head = ", ".join(f"{x:.4g}" for x in flat[:3])
+    with np.errstate(all="ignore"):
+        return (f"[{'×'.join(map(str, a.shape))}: {head}, … ; min {np.min(a):.4g}, "
+                f"max {np.max(a):.4g}, ‖·‖ {np.linalg.norm(flat):.4g}]")
 
 
 def _structure(source: Expr, target: Expr) -> str:
@@ -138,56 +261,172 @@ def _structure(source: Expr, target: Expr) -> str:
     return "diagonal" if source.shape == target.shape else "broadcast"
 
 
-def _dense(g: Graph, source: Expr, target: Expr, entry, values) -> np.ndarray | None:
+# ---- 1-D matmul: the reshapes it made are not the user's -------------------------------
+def _implicit(g: Graph, e: Expr) -> bool:
+    return bool(g.nx.nodes[e.id].get("implicit"))
+
+
+def _collapsed_matmuls(g: Graph, live: set) -> tuple[dict, set]:
+    """Each 1-D matmul written ``W @ x``: {its result node: (matmul, the user's operands)},
+    and the nodes the report leaves out (the matmul and the reshapes around it)."""
+    shown, hidden = {}, set()
+    for i in live:
+        e = Expr(g, i)
+        if e.op == "reshape" and _implicit(g, e) and e.args[0].op == "matmul":
+            m = e.args[0]
+            operands = [a.args[0] if a.op == "reshape" and _implicit(g, a) and
+                        a.args[0].ndim == 1 else a for a in m.args]
+            a, b = operands
+            if a.shape[:-1] + b.shape[1:] != e.shape:
+                continue           # a reshape folded into another: show the graph as it is
+            shown[i] = (m, operands)
+            hidden.add(m.id)
+    for r in list(shown.values()):
+        for a in r[0].args:
+            consumers = [c for c in g.nx.succ[a.id] if c in live]
+            if a.op == "reshape" and _implicit(g, a) and all(c in hidden for c in consumers):
+                hidden.add(a.id)
+    return shown, hidden
+
+
+def _edges_from(g: Graph, n: Notation, node: Expr, live: set, shown: dict,
+                hidden: set) -> list:
+    """The edges leaving ``node`` as the report shows them (through hidden nodes)."""
+    edges, seen = [], {}
+    for c in sorted({j for _, j in g.nx.out_edges(node.id) if j in live}, reverse=True):
+        consumer = Expr(g, c)
+        paths = [(consumer,)]
+        if c in hidden:       # a reshape before, or the matmul itself: on to the result
+            matmuls = [Expr(g, m) for m in g.nx.succ[c] if m in hidden] \
+                if consumer.op == "reshape" else [consumer]
+            paths = [((consumer,) if consumer.op == "reshape" else ()) + (m, Expr(g, r))
+                     for m in matmuls for r in g.nx.succ[m.id] if r in shown]
+        for path in paths:
+            target = path[-1]
+            if target.id in seen:                  # x @ x: both slots are one edge
+                seen[target.id].paths.append(path)
+                continue
+            if target.id in shown:
+                m, operands = shown[target.id]
+                slots = tuple(s for s, a in enumerate(operands) if a.id == node.id) or \
+                    tuple(s for s, a in enumerate(m.args) if a.id == path[0].id)
+                j = LinearMap("matmul", slots, tuple(n.node(a) for a in operands), (),
+                              tuple(a.shape for a in operands))
+                edge = Edge(node, target, j, "linear", [path], tuple(operands))
+            else:
+                j = local_jacobian(g, node, target, n.symbol)
+                edge = Edge(node, target, j, _structure(node, target), [path],
+                            target.args if isinstance(j, LinearMap) else ())
+            seen[target.id] = edge
+            edges.append(edge)
+    return edges
+
+
+_ARITHMETIC = {"add", "sub", "mul", "div", "pow", "neg"}   # written as formulas: u1 + u2
+
+
+def _definition(n: Notation, e: Expr, shown: dict, tex: bool) -> str:
+    """What node ``e`` is, in terms of its operands: ``u1 + u2``, ``W @ x``."""
+    if e.op == "input":
+        return "input"
+    if e.id in shown:
+        m, operands = shown[e.id]
+        return ops.STRUCTURED["matmul"].show([n.node(a, tex) for a in operands], (),
+                                              [a.shape for a in operands], tex)
+    if e.op in ops.STRUCTURED:
+        return ops.STRUCTURED[e.op].show([n.node(a, tex) for a in e.args], e.params,
+                                         [a.shape for a in e.args], tex)
+    if e.op == "broadcast":
+        return (ops._call("broadcast", [n.node(e.args[0], tex), str(e.shape)], tex))
+    if e.op == "copy":
+        return n.node(e.args[0], tex)
+    entry = ops.ELEMENTWISE[e.op]
+    if e.op not in _ARITHMETIC and entry.public and not (tex and entry.sympy):
+        return ops._call(e.op, [n.node(a, tex) for a in e.args], tex)     # relu(u5), abs(x)
+    env = {s: (display_number(a.params[0]) if a.op == "const" else n.symbol(a))
+           for s, a in zip((ops.A, ops.B), e.args)}
+    expr = ops.readable(entry.formula.xreplace(env))
+    return sp.latex(expr, mul_symbol="dot") if tex else show(expr)
+
+
+def _dense(paths: list, source: Expr, entry, values, limit: int) -> np.ndarray | None:
     """∂target/∂source as a (target.size × source.size) matrix, for small shapes."""
+    target = paths[0][-1]
     n_out, n_in = target.size, source.size
-    if n_out > DENSE_LIMIT or n_in > DENSE_LIMIT or n_out * n_in == 1:
+    if n_out > limit or n_in > limit or n_out * n_in == 1:
         return None
-    if target.op in ops.ELEMENTWISE:
+    if len(paths[0]) == 1 and target.op in ops.ELEMENTWISE:
         index = np.broadcast_to(np.arange(n_in).reshape(source.shape), target.shape).ravel()
         dense = np.zeros((n_out, n_in))
         np.add.at(dense, (np.arange(n_out), index),
                   np.broadcast_to(np.asarray(entry, float), target.shape).ravel())
         return dense
-    # a structured operator is linear in each operand: its columns are op(e_k)
-    args = [np.asarray(values[a.id], float) for a in target.args]
-    slot = [a.id for a in target.args].index(source.id)
+    # structured operators are linear (or bilinear) in each operand: the columns are the
+    # paths applied to the basis vectors e_k, the other operands held at their values
     columns = []
     for k in range(n_in):
         basis = np.zeros(n_in)
         basis[k] = 1
-        trial = list(args)
-        trial[slot] = basis.reshape(source.shape)
-        columns.append(np.ravel(ops.evaluate(target.op, trial, target.params, target.shape,
-                                             np.float64)))
+        columns.append(sum(np.ravel(_along(path, source, basis.reshape(source.shape), values))
+                           for path in paths))
     return np.array(columns).T
 
 
-def jacobian_report(g: Graph, of, at=None, seed=None, names=None) -> Report:
-    """Every ``J`` on the edges feeding ``of`` and every adjoint ``P``, optionally at values."""
+def _along(path, source, v, values):
+    before = source
+    for step in path:      # linear, or bilinear (x @ x: one term per slot x fills)
+        at = [np.asarray(values[a.id], float) for a in step.args]
+        v, before = sum(ops.evaluate(step.op, at[:s] + [v] + at[s + 1:], step.params,
+                                     step.shape, np.float64)
+                        for s, a in enumerate(step.args) if a.id == before.id), step
+    return v
+
+
+def jacobian_report(g: Graph, of, at=None, seed=None, names=None, full=False) -> Report:
+    """The nodes, every ``J`` on the edges feeding ``of`` and every adjoint ``P``,
+    optionally at values (``at``).  Large tensors print summarised unless ``full``."""
     if seed is None and of.shape != ():
         seed = 1.0   # a tensor output is seeded with ones, as document 000's v = [1, 1, 1]
-    rows = adjoint_table(g, of, None, at, seed)
-    report = Report(adjoints=rows, names=dict(names or {}))
-    for row in rows:
-        for consumer, j in row.terms:
-            report.edges.append(Edge(row.node, consumer, j, _structure(row.node, consumer)))
+    n = Notation(g, names)
+    live = relevant_nodes(g, [of], g.inputs) | {of.id}
+    live = {i for i in live if Expr(g, i).op != "const"}
+    shown, hidden = _collapsed_matmuls(g, live)
+    report = Report(notation=n, full=full, shown=shown)
+    for i in sorted(live - hidden):
+        e = Expr(g, i)
+        report.nodes.append(Node(e, _definition(n, e, shown, False)))
+    for i in sorted(live - hidden, reverse=True):
+        e = Expr(g, i)
+        row = Row(e, n.P(e), _edges_from(g, n, e, live, shown, hidden))
+        report.adjoints.append(row)
+        report.edges += row.edges
     if at is not None:
-        # the nodes' values and every elementwise J (made a node of a copy: the user's graph
-        # stays as it was) in one evaluation pass; a pass per edge was quadratic
-        work = g.copy()
-        ids = sorted(r.node.id for r in rows)
-        elementwise = [e for e in report.edges if not isinstance(e.jacobian, LinearMap)]
-        jexprs = [work.local_jacobian_expr(Expr(work, e.source.id), Expr(work, e.target.id))
-                  for e in elementwise]
-        computed = work.evaluate([Expr(work, i) for i in ids] + jexprs, at)
-        values = dict(zip(ids, computed))
-        for edge, value in zip(elementwise, computed[len(ids):]):
-            edge.value = value
-        for edge in report.edges:
-            edge.dense = _dense(g, edge.source, edge.target, edge.value, values) \
-                if edge.target.shape != () or edge.source.shape != () else None
+        _add_values(g, report, of, at, seed, live)
     return report
+
+
+def _add_values(g: Graph, report: Report, of: Expr, at, seed, live: set) -> None:
+    """Every node's value, every elementwise J and every adjoint, in one evaluation pass on
+    a copy of the graph (the user's graph stays as it was; a pass per edge was quadratic)."""
+    work = g.copy()
+    ids = sorted(live)
+    elementwise = [e for e in report.edges if not isinstance(e.jacobian, LinearMap)]
+    jexprs = [work.local_jacobian_expr(Expr(work, e.source.id), Expr(work, e.target.id))
+              for e in elementwise]
+    rows = [Expr(work, r.node.id) for r in report.adjoints]
+    adjoints = work.grad([Expr(work, of.id)], rows, seed)
+    computed = work.evaluate([Expr(work, i) for i in ids] + jexprs + adjoints, at)
+    values = dict(zip(ids, computed))
+    for edge, value in zip(elementwise, computed[len(ids):]):
+        edge.value = value
+    for row, value in zip(report.adjoints, computed[len(ids) + len(jexprs):]):
+        row.value = value
+    for row in report.nodes:
+        row.value = values[row.node.id]
+    limit = FULL_DENSE_LIMIT if report.full else DENSE_LIMIT
+    for edge in report.edges:
+        if edge.target.shape != () or edge.source.shape != ():
+            edge.dense = _dense(edge.paths, edge.source, edge.value, values, limit)
 
 
 # ---- pictures -----------------------------------------------------------------------------
@@ -204,6 +443,7 @@ def to_dot(g: Graph, outputs, at=None, reverse=False, names=None) -> str:
     """Graphviz DOT of the forward graph (u_i, operator, value) or of the reverse graph
     (adjoints P_i, with J_{i→j} on the edges, arrows from consumer back to operand)."""
     names = dict(names or {})
+    notation = Notation(g, names)
     outputs = outputs if isinstance(outputs, (list, tuple)) else [outputs]
     need = ancestors(g, [o.id for o in outputs])
     values = {}
@@ -220,8 +460,7 @@ def to_dot(g: Graph, outputs, at=None, reverse=False, names=None) -> str:
         e = Expr(g, i)
         if reverse and e.op == "const":
             continue
-        label = _label(e, names) if not reverse else \
-            "P" + (e.name[1:] if e.name[1:].isdigit() else "_" + names.get(i, e.name))
+        label = _label(e, names) if not reverse else notation.P(e)
         if reverse and i in adjoint_values:
             label += f"\\n= {_fmt(adjoint_values[i])}"
         elif not reverse and i in values:
@@ -234,9 +473,10 @@ def to_dot(g: Graph, outputs, at=None, reverse=False, names=None) -> str:
             if reverse:
                 if a.op == "const":
                     continue
-                from .autodiff import local_jacobian
-                j = local_jacobian(g, a, e)
-                lines.append(f'  n{i} -> n{a.id} [label="{_escape("J = " + str(j))}"];')
+                j = local_jacobian(g, a, e, notation.symbol)
+                text = str(j) if isinstance(j, LinearMap) else show(j)
+                label = f"{notation.J(a, e)} = {text}"
+                lines.append(f'  n{i} -> n{a.id} [label="{_escape(label)}"];')
             else:
                 lines.append(f"  n{a.id} -> n{i};")
     lines.append("}")

@@ -383,14 +383,22 @@ class Graph:
         a, b = self._operand(a, self.dtype), self._operand(b, self.dtype)
         if a.ndim not in (1, 2) or b.ndim not in (1, 2):
             raise ShapeError(f"matmul takes 1-D or 2-D operands, got {a.shape} @ {b.shape}")
-        a2 = a.reshape(1, a.shape[0]) if a.ndim == 1 else a
-        b2 = b.reshape(b.shape[0], 1) if b.ndim == 1 else b
-        if a2.shape[1] != b2.shape[0]:
+        if a.shape[-1] != b.shape[0]:
             raise ShapeError(f"matmul of {a.name} {a.shape} and {b.name} {b.shape}: inner "
-                             f"dimensions {a2.shape[1]} and {b2.shape[0]} differ")
+                             f"dimensions {a.shape[-1]} and {b.shape[0]} differ")
+        a2 = self._implicit_reshape(a, (1, a.shape[0])) if a.ndim == 1 else a
+        b2 = self._implicit_reshape(b, (b.shape[0], 1)) if b.ndim == 1 else b
         out = self._structured("matmul", [a2, b2], ())
         shape = a.shape[:-1] + b.shape[1:]
-        return out.reshape(shape) if shape != out.shape else out
+        return self._implicit_reshape(out, shape) if shape != out.shape else out
+
+    def _implicit_reshape(self, x: Expr, shape) -> Expr:
+        """A reshape the user did not write (1-D matmul's): marked, so reports hide it."""
+        made = len(self)
+        out = self.reshape(x, shape)
+        if out.id > made:
+            self.nx.nodes[out.id]["implicit"] = True
+        return out
 
     # ---- importing sympy ------------------------------------------------------------------
     @classmethod

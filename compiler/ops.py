@@ -199,8 +199,8 @@ READABLE = {step: lambda a: sp.Heaviside(a, 0), tie: lambda a, b: sp.Heaviside(a
 
 def readable(expr):
     """``expr`` with the masks above written as the formulas they refine (for display)."""
-    for cls, formula in READABLE.items():
-        expr = expr.replace(cls, formula)
+    for cls in {type(f) for f in expr.atoms(sp.Function)} & READABLE.keys():
+        expr = expr.replace(cls, READABLE[cls])
     return expr
 
 
@@ -328,22 +328,28 @@ class Structured:
     * "reduction" — accumulates its operand over ``params = (axes, keepdims)``, fused
       into the loop that produces the operand;
     * "view" — new strides over the operand's buffer: ``view(strides, shape, params)``;
-    * "contraction" — a product of two operands (a loop nest, or BLAS)."""
+    * "contraction" — a product of two operands (a loop nest, or BLAS).
+
+    How it reads, beside what it does: ``show(x, params, shapes, tex)`` writes the forward
+    application on operands named ``x``; ``rule(slot, P, x, params, shapes, tex)`` writes
+    the adjoint ``P·J_{x[slot]→out}`` that operand receives from the output's adjoint ``P``
+    (plain text, or LaTeX with ``tex=True``)."""
     name: str
     kind: str
     shape: Callable      # (operand shapes, params) -> output shape
     numpy: Callable      # (operand arrays, params) -> array
     vjp: Callable        # (adjoint, operands, out, params) -> one adjoint per operand
-    text: tuple          # the VJP for each operand, as the documents write it
+    show: Callable
+    rule: Callable
     view: Callable | None = None
 
 
-def structured(name, kind, shape, numpy, vjp, text, view=None):
+def structured(name, kind, shape, numpy, vjp, show, rule, view=None):
     if kind not in ("reduction", "view", "contraction"):
         raise GraphError(f"structured operator {name!r}: unknown kind {kind!r}")
     if kind == "view" and view is None:
         raise GraphError(f"view operator {name!r} needs its stride rule (view=)")
-    STRUCTURED[name] = Structured(name, kind, shape, numpy, vjp, text, view)
+    STRUCTURED[name] = Structured(name, kind, shape, numpy, vjp, show, rule, view)
 
 
 def _sum_shape(shapes, params):
@@ -387,24 +393,70 @@ def _inverse(perm):
     return tuple(int(i) for i in np.argsort(perm))
 
 
+# ---- how structured operators read (text, or LaTeX) ----------------------------------------
+def _call(name, args, tex, sub=""):
+    if tex:
+        return rf"\operatorname{{{name}}}{sub}\left({', '.join(args)}\right)"
+    return f"{name}({', '.join(args)})"
+
+
+def _t(x, tex):
+    return rf"{x}^{{\mathsf{{T}}}}" if tex else f"{x}ᵀ"
+
+
+def _sum_show(x, params, shapes, tex):
+    axes, keepdims = params
+    if len(axes) == len(shapes[0]) and not keepdims:
+        return _call("sum", x, tex)
+    axis = axes[0] if len(axes) == 1 else axes
+    if tex:
+        return _call("sum", x, tex, rf"_{{\text{{axis}}={axis}}}")
+    return _call("sum", [*x, f"axis={axis}"] + (["keepdims=True"] if keepdims else []), tex)
+
+
+def _matmul_rule(slot, P, x, params, shapes, tex):
+    """P·J for ``a @ b`` at the operands' own ranks (1-D ones as numpy treats them)."""
+    a, b = x
+    at, bt = (len(s) for s in shapes)
+    at_ = _t(a, tex) if at == 2 else a
+    times = r" \, " if tex else " @ "
+    if at == 1 and bt == 1:                  # a·b, a scalar
+        return (rf"{P} \cdot {b}" if tex else f"{P}·{b}") if slot == 0 else \
+            (rf"{P} \cdot {a}" if tex else f"{P}·{a}")
+    if slot == 0:
+        if bt == 1:                          # A @ b: P_A = outer(P, b)
+            return _call("outer", [P, b], tex)
+        return f"{b}{times}{P}" if at == 1 else f"{P}{times}{_t(b, tex)}"
+    if at == 1:                              # a @ B: P_B = outer(a, P)
+        return _call("outer", [a, P], tex)
+    return f"{at_}{times}{P}"
+
+
 structured("sum", "reduction", _sum_shape,
            lambda args, p: np.sum(args[0], axis=p[0], keepdims=p[1]),
-           _sum_vjp, ("P_a = broadcast(P_out)",))
+           _sum_vjp, _sum_show,
+           lambda slot, P, x, p, shapes, tex: _call("broadcast", [P, str(shapes[0])], tex))
 structured("reshape", "view", lambda shapes, p: p[0],
            lambda args, p: np.reshape(args[0], p[0]),
-           lambda adj, args, out, p: [adj.reshape(args[0].shape)], ("P_a = reshape(P_out)",),
+           lambda adj, args, out, p: [adj.reshape(args[0].shape)],
+           lambda x, p, shapes, tex: _call("reshape", [*x, str(p[0])], tex),
+           lambda slot, P, x, p, shapes, tex: _call("reshape", [P, str(shapes[0])], tex),
            view=lambda strides, shape, p: contiguous_strides(shape))
 structured("transpose", "view", _transpose_shape,
            lambda args, p: np.transpose(args[0], p[0]),
            lambda adj, args, out, p: [adj.transpose(_inverse(p[0]))],
-           ("P_a = transpose(P_out)",),
+           lambda x, p, shapes, tex: _t(x[0], tex) if p[0] == (1, 0) else
+           _call("transpose", [x[0], str(p[0])], tex),
+           lambda slot, P, x, p, shapes, tex: _t(P, tex) if p[0] == (1, 0) else
+           _call("transpose", [P, str(_inverse(p[0]))], tex),
            view=lambda strides, shape, p: tuple(strides[i] for i in p[0]))
 # Bilinear: P_a = P_c·bᵀ, P_b = aᵀ·P_c.
 structured("matmul", "contraction", _matmul_shape,
            lambda args, p: np.matmul(args[0], args[1]),
            lambda adj, args, out, p: [adj @ args[1].transpose((1, 0)),
                                       args[0].transpose((1, 0)) @ adj],
-           ("P_a = P_c·bᵀ", "P_b = aᵀ·P_c"))
+           lambda x, p, shapes, tex: (r" \, " if tex else " @ ").join(x),
+           _matmul_rule)
 
 
 def evaluate(op: str, args: list, params: tuple, shape: tuple, dtype) -> np.ndarray:

@@ -124,7 +124,7 @@ def _graph_and_values(args):
 def _jacobian(args) -> int:
     from symgrad.compiler.explain import jacobian_report
     g, names, out, at, labels = _graph_and_values(args)
-    report = jacobian_report(g, out, at=at, names=labels)
+    report = jacobian_report(g, out, at=at, names=labels, full=args.full)
     print({"json": report.json, "latex": report.latex, "text": report.text}[args.format]())
     return 0
 
@@ -217,6 +217,8 @@ def build_parser() -> argparse.ArgumentParser:
                       ['"u3 = u1 + u2; u4 = u2*u3" --at u1=2,u2=3',
                        '"z = x*y" --shape x=3 --shape y=3 --at "x=[0,2,8],y=[5,1,7]"'])
     jac.add_argument("--format", choices=["text", "latex", "json"], default="text")
+    jac.add_argument("--full", action="store_true",
+                     help="print large tensors, long adjoint rows and dense Jacobians whole")
     gr = _subcommand(sub, "graph", _graph,
                      "draw the forward or reverse graph (DOT, or SVG/PNG with Graphviz)",
                      ['"u3 = u1 + u2; u4 = u2*u3" --at u1=2,u2=3 --out graph.svg',

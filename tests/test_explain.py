@@ -38,12 +38,32 @@ def test_latex_parses_back_to_the_same_expressions():
     parsed = {}
     for line in lines:
         lhs, rhs = line.split(" = ")
-        parsed[lhs] = parse_latex_lark(rhs)
-    u = {k: sp.Symbol(f"u_{{{k}}}") for k in (2, 3)}
-    assert parsed[r"J_{u_{2} \to u_{4}}"] == u[3]
-    assert parsed[r"J_{u_{3} \to u_{4}}"] == u[2]
+        if rhs != r"\text{seed}":
+            parsed[lhs] = parse_latex_lark(rhs)
+    assert lines[-4:] == [r"P_{4} = \text{seed}", r"P_{3} = P_{4} \cdot u_{2}",
+                          r"P_{2} = P_{4} \cdot u_{3} + P_{3}", r"P_{1} = P_{3}"]
+    u = {k: sp.Symbol(f"u_{{{k}}}") for k in (1, 2, 3)}
+    assert parsed["u_{3}"] == u[1] + u[2] and parsed["u_{4}"] == u[2] * u[3]
+    assert parsed[r"J_{2 \to 4}"] == u[3]
+    assert parsed[r"J_{3 \to 4}"] == u[2]
     p = {k: sp.Symbol(f"P_{{{k}}}") for k in (3, 4)}
     assert sp.simplify(parsed["P_{2}"] - (p[4] * u[3] + p[3])) == 0
+
+
+def test_one_notation_and_a_legend_with_forward_values():
+    # document 002's table: u3 = 5, u4 = 15, edges J_{3→4} as the adjoint rows write them
+    g, u4 = doc002()
+    text = jacobian_report(g, u4, at={"u1": 2.0, "u2": 3.0}).text()
+    assert "  u3 = u1 + u2 = 5\n" in text and "  u4 = u2·u3 = 15\n" in text
+    assert "  J_{3→4} = u2 = 3\n" in text and "J_{u3" not in text
+    assert "  P2 = P4·J_{2→4} + P3·J_{2→3} = P4·(u3) + P3 = 8" in text
+    # numbers as written: x**2 is "x^2" and "2·x", never 2.0*x**1.0 or 4.00000000000000
+    h = Graph()
+    x = h.input("x")
+    report = jacobian_report(h, (x**2 * 4.0 + 0.1 * x).named("y"), at={"x": 1.5})
+    text = report.text()
+    assert "x^2" in text and "2·x" in text and "0.1" in text
+    assert "**" not in text and "2.0" not in text and "0000" not in text
 
 
 def test_tensor_edges_are_diagonal_with_dense_matrices():
@@ -57,28 +77,158 @@ def test_tensor_edges_are_diagonal_with_dense_matrices():
     assert "diag(y)" in report.text() and "[[5. 0. 0.]" in report.text()
 
 
-def test_structured_edges_dense_match_numeric_jacobian():
+def test_structured_edges_name_their_operands_and_match_the_numeric_jacobian():
     g = Graph()
     a, b = g.input("a", (2, 3)), g.input("b", (3, 2))
-    c = a @ b
+    c = (a @ b).named("c")
     A, B = np.arange(6.0).reshape(2, 3), np.arange(6.0).reshape(3, 2) - 2
     report = jacobian_report(g, c, at={"a": A, "b": B})
-    edge = next(e for e in report.edges if e.source.name == "a")
-    assert str(edge.jacobian) == "P_a = P_c·bᵀ"
+    edges = {e.source.name: e for e in report.edges}
+    assert str(edges["a"].jacobian) == "P ↦ P @ bᵀ"
+    assert str(edges["b"].jacobian) == "P ↦ aᵀ @ P"
+    text = report.text()
+    assert "c = a @ b" in text and "P_a = P_c·J_{a→c} = P_c @ bᵀ" in text
     f = g.compile([c], [a, b])
-    np.testing.assert_allclose(edge.dense, f.jacobian(A, B)[0].reshape(4, 6))
+    np.testing.assert_allclose(edges["a"].dense, f.jacobian(A, B)[0].reshape(4, 6))
+
+
+def test_matrix_vector_product_reads_as_written_without_internal_reshapes():
+    g = Graph()
+    W, x = g.input("W", (3, 2)), g.input("x", (2,))
+    y = (W @ x).named("y")
+    Wv, xv = np.arange(6.0).reshape(3, 2), np.array([0.5, -1.0])
+    report = jacobian_report(g, y, at={"W": Wv, "x": xv})
+    assert [r.node.name for r in report.nodes] == ["W", "x", "y"]
+    assert "reshape" not in report.text() + report.latex()
+    edges = {e.source.name: e for e in report.edges}
+    assert [str(edges["x"].jacobian), str(edges["W"].jacobian)] == \
+        ["P ↦ Wᵀ @ P", "P ↦ outer(P, x)"]
+    f = g.compile([y], [W, x])
+    jw, jx = f.jacobian(Wv, xv)
+    np.testing.assert_allclose(edges["x"].dense, jx.reshape(3, 2))
+    np.testing.assert_allclose(edges["W"].dense, jw.reshape(3, 6))
+    rows = {r.name: r.value for r in report.adjoints}
+    np.testing.assert_allclose(rows["P_x"], Wv.T @ np.ones(3))
+    np.testing.assert_allclose(rows["P_W"], np.outer(np.ones(3), xv))
+
+
+def test_large_tensors_are_summarised_unless_full():
+    g = Graph()
+    x = g.input("x", (64, 64))
+    y = (x * x).sum().named("y")
+    X = np.linspace(-1, 1, 64 * 64).reshape(64, 64)
+    short = jacobian_report(g, y, at={"x": X}).text()
+    assert "[64×64: -1, -0.9995, -0.999, … ; min -1, max 1, ‖·‖ " in short
+    assert max(map(len, short.splitlines())) < 200 and len(short) < 3000
+    full = jacobian_report(g, y, at={"x": X}, full=True).text()
+    assert len(full) > 64 * 64 * 4 and "-9.9951e-01" in full
+
+
+def test_long_adjoint_rows_are_shortened_unless_full():
+    g = Graph()
+    x = g.input("x")
+    y = sum((x * float(k + 2) for k in range(40)), g.const(0.0)).named("y")
+    short = jacobian_report(g, y).text()
+    row = next(line for line in short.splitlines() if line.startswith("  P_x ="))
+    assert "… (" in row and "more)" in row and len(row) < 300
+    full = jacobian_report(g, y, full=True).text()
+    assert full.count("P_x =") == 1 and "…" not in full.split("P_x =")[1]
+
+
+def _katex():
+    """A KaTeX to check LaTeX with (installed from npm once per machine), or None."""
+    import os
+    import pathlib
+    node, npm = shutil.which("node"), shutil.which("npm")
+    if not node or not npm:
+        return None
+    home = pathlib.Path(os.environ.get("XDG_CACHE_HOME", pathlib.Path.home() / ".cache"))
+    prefix = home / "symgrad-tests" / "katex"
+    if not (prefix / "node_modules" / "katex").exists():
+        done = subprocess.run([npm, "install", "--silent", "--no-audit", "--no-fund",
+                               "--prefix", str(prefix), "katex@0.16"], capture_output=True,
+                              timeout=300)
+        if done.returncode != 0:
+            return None
+    return node, prefix / "node_modules" / "katex"
+
+
+KATEX_CHECK = r"""
+const katex = require(process.argv[1]);
+const formulas = JSON.parse(require("fs").readFileSync(0, "utf8"));
+const errors = [];
+for (const f of formulas) {
+  try { katex.renderToString(f, {throwOnError: true, strict: "error", displayMode: true}); }
+  catch (e) { errors.push(f + "\n    " + e.message); }
+}
+console.log(JSON.stringify(errors));
+"""
+
+
+def _operator_table_reports():
+    """One report per operator of the table (elementwise and structured), all formats."""
+    from symgrad.compiler import ops
+    reports = []
+    for name, entry in ops.ELEMENTWISE.items():
+        g = Graph()
+        x, y = g.input("x", (3,)), g.input("y_1", (3,))
+        params = ((2, 3),) if name == "broadcast" else ()
+        out = g.apply(name, *[x, y][:entry.arity], params=params)
+        reports.append(jacobian_report(g, out.sum().named("L")))
+    g = Graph()
+    W, v, M = g.input("W", (3, 2)), g.input("v", (2,)), g.input("M", (2, 3, 4))
+    z = (W @ v).sum() + (v @ W.T).sum() + (v @ v) + M.transpose((2, 0, 1)).sum(axes=(0, 1)) \
+        .sum() + M.reshape(6, 4).sum(axes=0, keepdims=True).sum() + (W.T @ W).mean()
+    reports.append(jacobian_report(g, z.named("z")))
+    return reports
+
+
+def test_latex_of_every_operator_renders_with_katex():
+    found = _katex()
+    if found is None:
+        pytest.skip("KaTeX needs node and npm (both on this project's CI machines)")
+    node, katex = found
+    formulas = []
+    for report in _operator_table_reports():
+        formulas += report.latex().split(" \\\\\n")
+        formulas.append(report._repr_latex_().strip("$"))
+    assert len(formulas) > 200
+    done = subprocess.run([node, "-e", KATEX_CHECK, str(katex)], input=json.dumps(formulas),
+                          capture_output=True, text=True, timeout=120, check=True)
+    assert json.loads(done.stdout) == []
+
+
+def test_katex_check_catches_invalid_latex():
+    found = _katex()
+    if found is None:
+        pytest.skip("KaTeX needs node and npm")
+    node, katex = found
+    bad = [r"\text{P_a = broadcast(P_out)}", r"\left(x"]
+    done = subprocess.run([node, "-e", KATEX_CHECK, str(katex)], input=json.dumps(bad),
+                          capture_output=True, text=True, timeout=120, check=True)
+    assert len(json.loads(done.stdout)) == 2
 
 
 def test_cli_formats(capsys):
     assert main(["jacobian", DOC002, "--at", "u1=2,u2=3", "--format", "json"]) == 0
     data = json.loads(capsys.readouterr().out)
     assert [a["value"] for a in data["adjoints"]] == [1, 3, 8, 3]
+    assert [(n["node"], n["definition"], n["value"]) for n in data["nodes"]] == \
+        [("u1", "input", 2), ("u2", "input", 3), ("u3", "u1 + u2", 5), ("u4", "u2·u3", 15)]
     assert sp.sympify(eval(next(e for e in data["edges"] if e["edge"] == ["u2", "u4"])["srepr"],
                            vars(sp))) == sp.Symbol("u3", real=True)
     assert main(["jacobian", "z = x*y", "--shape", "x=3", "--shape", "y=3",
                  "--at", "x=[0,2,8],y=[5,1,7]"]) == 0
     out = capsys.readouterr().out
-    assert "J_{x→z} = diag(y) = [5. 1. 7.]" in out and "[0. 0. 7.]]" in out
+    assert "J_{x→z} = diag(y) = [5., 1., 7.]" in out and "[0. 0. 7.]]" in out
+    assert "z = x·y   [shape (3,)] = [ 0., 2., 56.]" in out
+    big = ",".join("0.5" for _ in range(100))
+    assert main(["jacobian", "z = sin(x).sum()", "--shape", "x=100", "--at", f"x=[{big}]"]) == 0
+    short = capsys.readouterr().out
+    assert "[100: 0.4794, 0.4794, 0.4794, …" in short
+    assert main(["jacobian", "z = sin(x).sum()", "--shape", "x=100", "--at", f"x=[{big}]",
+                 "--full"]) == 0
+    assert len(capsys.readouterr().out) > len(short) + 1000
 
 
 def test_dot_of_002_forward_and_reverse():
@@ -86,7 +236,7 @@ def test_dot_of_002_forward_and_reverse():
     forward = to_dot(g, [u4], at={"u1": 2.0, "u2": 3.0})
     assert forward.count("->") == 4 and "u4 = mul\\n= 15" in forward
     reverse = to_dot(g, [u4], at={"u1": 2.0, "u2": 3.0}, reverse=True)
-    assert 'label="J = u3"' in reverse and "P2\\n= 8" in reverse
+    assert 'label="J_{2→4} = u3"' in reverse and "P2\\n= 8" in reverse
 
 
 @pytest.mark.skipif(shutil.which("dot") is None, reason="Graphviz is installed by .ci/run")
