@@ -509,3 +509,31 @@ def render(dot_source: str, fmt: str) -> bytes:
     if done.returncode != 0:
         raise RuntimeError(f"dot failed: {done.stderr.decode(errors='replace').strip()}")
     return done.stdout
+
+
+# ---- the operator table, for people ---------------------------------------------------------
+def operator_table() -> str:
+    """Every operator with its forward rule and derivative rule(s), from the table itself."""
+    lines = ["elementwise (a, b: operands; out: the result; J is the diagonal entry)"]
+    for e in ops.ELEMENTWISE.values():
+        if not e.public:
+            continue
+        partials = ", ".join(f"∂/∂{s} = {show(ops.readable(p))}"
+                             for s, p in zip("ab", e.partials))
+        where = ", ".join(x for x in (f"torch.{e.torch}" if e.torch else "",
+                                      f"C {e.libm}" if e.libm else "") if x)
+        lines.append(f"  {e.name:<11} {show(e.formula):<22} {partials}"
+                     + (f"   [{where}]" if where else ""))
+    lines.append("structured (P: the result's adjoint; the rule gives each operand's)")
+    samples = {"sum": ((3, 2),), "reshape": ((3, 2),), "transpose": ((3, 2),),
+               "matmul": ((3, 2), (2, 4))}
+    params = {"sum": ((0, 1), False), "reshape": ((6,),), "transpose": ((1, 0),), "matmul": ()}
+    for name, s in ops.STRUCTURED.items():
+        if name not in samples:
+            continue
+        names = list("ab")[:len(samples[name])]
+        rules = ", ".join(f"P_{x} = {s.rule(k, 'P', names, params[name], samples[name], False)}"
+                          for k, x in enumerate(names))
+        lines.append(f"  {name:<11} {s.show(names, params[name], samples[name], False):<22} "
+                     f"{rules}")
+    return "\n".join(lines)

@@ -483,6 +483,11 @@ class ExprLowering:
         product = self.b.fmul(a, y, flags=self.arith)
         return self._select("==", a, self.const(0.0), self.const(0.0), product)
 
+    def _softplus(self, e):
+        x = self(e.args[0])
+        smooth = self._libm("log1p", sp.exp(e.args[0]))
+        return self._select(">", x, self.const(20.0), x, smooth)
+
     def _pow_log(self, e):
         a, p = self(e.args[0]), self(e.args[1])
         log = self._libm("log", e.args[0])

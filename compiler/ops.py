@@ -26,6 +26,7 @@ from typing import Callable
 
 import numpy as np
 import sympy as sp
+from sympy.codegen.cfunctions import expm1, hypot, log1p, log2, log10
 
 from .errors import GraphError, ShapeError
 
@@ -244,6 +245,51 @@ elementwise("tanh", sp.tanh(A), np.tanh, partials=(1 - OUT**2,))
 elementwise("sigmoid", 1 / (1 + sp.exp(-A)), _sigmoid, partials=(OUT * (1 - OUT),))
 elementwise("sinh", sp.sinh(A), np.sinh)
 elementwise("cosh", sp.cosh(A), np.cosh)
+elementwise("asin", sp.asin(A), np.arcsin, partials=(1 / sp.sqrt(1 - A**2),), domain="unit")
+elementwise("acos", sp.acos(A), np.arccos, partials=(-1 / sp.sqrt(1 - A**2),), domain="unit")
+elementwise("atan", sp.atan(A), np.arctan)
+# atan2(a, b): the angle of the point (b, a), as numpy and PyTorch order the operands
+# Its slopes b/(a² + b²) and −a/(a² + b²) are 0 at the origin in PyTorch (not 0·inf = nan)
+elementwise("atan2", sp.atan2(A, B), np.arctan2,
+            partials=(xmul(B, 1 / (A**2 + B**2)), xmul(-A, 1 / (A**2 + B**2))))
+elementwise("asinh", sp.asinh(A), np.arcsinh, partials=(1 / sp.sqrt(A**2 + 1),))
+elementwise("acosh", sp.acosh(A), np.arccosh, partials=(1 / sp.sqrt(A**2 - 1),),
+            domain="above1")
+elementwise("atanh", sp.atanh(A), np.arctanh, partials=(1 / (1 - A**2),), domain="unit")
+elementwise("erf", sp.erf(A), np.vectorize(math.erf, otypes=[float]))
+elementwise("erfc", sp.erfc(A), np.vectorize(math.erfc, otypes=[float]))
+# accurate near 0 (log1p(1e-20) is 1e-20, log(1 + 1e-20) is 0): the C library's own
+elementwise("log1p", log1p(A), np.log1p, partials=(1 / (A + 1),), domain="positive")
+elementwise("expm1", expm1(A), np.expm1, partials=(OUT + 1,))
+elementwise("log2", log2(A), np.log2, partials=(1 / (A * math.log(2)),), domain="positive")
+elementwise("log10", log10(A), np.log10, partials=(1 / (A * math.log(10)),),
+            domain="positive")
+# hypot(a, b) = √(a² + b²) without overflow or underflow in the squares
+elementwise("hypot", hypot(A, B), np.hypot, partials=(A / OUT, B / OUT))
+elementwise("square", A**2, np.square)
+elementwise("reciprocal", 1 / A, np.reciprocal, partials=(-(OUT * OUT),), domain="positive")
+
+
+class softplus(sp.Function):
+    """log(1 + eᵃ), and a itself above 20 (PyTorch's threshold): no overflow in eᵃ."""
+    nargs = 1
+
+
+# derivative σ(a); PyTorch's is exactly 1 above the threshold, σ(a) is 1 − e⁻ᵃ there
+elementwise("softplus", softplus(A), lambda a: np.where(
+    np.asarray(a) > 20, a, np.log1p(np.exp(np.minimum(a, 20)))),
+    partials=(1 / (1 + sp.exp(-A)),), torch=None, libm=None)
+# ---- rounding: flat almost everywhere, so their derivatives are 0 (as in PyTorch) ---------
+
+
+class rint(sp.Function):
+    """Round half to even, as numpy's round and PyTorch's round do."""
+    nargs = 1
+
+
+elementwise("floor", sp.floor(A), np.floor, partials=(sp.S.Zero,))
+elementwise("ceil", sp.ceiling(A), np.ceil, partials=(sp.S.Zero,), libm="ceil")
+elementwise("round", rint(A), np.round, partials=(sp.S.Zero,), libm="rint")
 # ---- piecewise ----------------------------------------------------------------
 # Derivatives at ties and NaN follow PyTorch: relu'(0) = 0 and relu'(nan) = 1,
 # |x|'(0) = |x|'(nan) = 0, maximum/minimum split a tie in half and pass a NaN to both.

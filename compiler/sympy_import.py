@@ -49,6 +49,9 @@ def template(partial: sp.Expr):
     from .ops import A, B, OUT
     if partial.is_Number:
         return float(partial)
+    # constant subexpressions (2/√π in erf's, log 2 in log2's) are numbers, rounded once
+    partial = partial.replace(lambda e: e.is_number and not e.is_Atom,
+                              lambda e: sp.Float(float(e), 17))
     tracer = _Tracer()
     leaves = {A: ("leaf", 0), B: ("leaf", 1), OUT: ("leaf", 2)}
     result = build([partial], leaves, tracer)[0]
