@@ -26,7 +26,7 @@ def instantiate(op: str, slot: int, args, out, owner):
     if isinstance(template, float):
         return template
     program, result = template
-    leaves = (args[0], args[1] if len(args) > 1 else None, out)
+    leaves = (*args, *[None] * (3 - len(args)), out)      # a, b, c, out
     values = []
 
     def get(ref):
@@ -189,7 +189,7 @@ def local_jacobian(g: Graph, source: Expr, target: Expr, symbol=None):
                                                       for a in target.args),
                          target.params, tuple(a.shape for a in target.args))
     env = {ops.OUT: _display_symbol(target, symbol)}
-    for sym, arg in zip((ops.A, ops.B), target.args):
+    for sym, arg in zip(ops.OPERANDS, target.args):
         env[sym] = _display_symbol(arg, symbol)
     total = sum((ELEMENTWISE[target.op].local_jacobian(s) for s in slots), sp.S.Zero)
     return ops.readable(total.xreplace(env))      # one simultaneous pass: fast

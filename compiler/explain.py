@@ -344,7 +344,7 @@ def _definition(n: Notation, e: Expr, shown: dict, tex: bool) -> str:
     if e.op not in _ARITHMETIC and entry.public and not (tex and entry.sympy):
         return ops._call(e.op, [n.node(a, tex) for a in e.args], tex)     # relu(u5), abs(x)
     env = {s: (display_number(a.params[0]) if a.op == "const" else n.symbol(a))
-           for s, a in zip((ops.A, ops.B), e.args)}
+           for s, a in zip(ops.OPERANDS, e.args)}
     expr = ops.readable(entry.formula.xreplace(env))
     return sp.latex(expr, mul_symbol="dot") if tex else show(expr)
 
@@ -514,12 +514,12 @@ def render(dot_source: str, fmt: str) -> bytes:
 # ---- the operator table, for people ---------------------------------------------------------
 def operator_table() -> str:
     """Every operator with its forward rule and derivative rule(s), from the table itself."""
-    lines = ["elementwise (a, b: operands; out: the result; J is the diagonal entry)"]
+    lines = ["elementwise (a, b, c: operands; out: the result; J is the diagonal entry)"]
     for e in ops.ELEMENTWISE.values():
         if not e.public:
             continue
         partials = ", ".join(f"∂/∂{s} = {show(ops.readable(p))}"
-                             for s, p in zip("ab", e.partials))
+                             for s, p in zip("abc", e.partials))
         where = ", ".join(x for x in (f"torch.{e.torch}" if e.torch else "",
                                       f"C {e.libm}" if e.libm else "") if x)
         lines.append(f"  {e.name:<11} {show(e.formula):<22} {partials}"

@@ -57,4 +57,9 @@ def transpose(x: Expr, perm=None) -> Expr:
     return x.transpose(perm)
 
 
-STRUCTURED_FUNCTIONS = ["sum", "mean", "reshape", "transpose"]
+def clamp(x: Expr, min=None, max=None) -> Expr:
+    return x.clamp(min, max)
+
+
+clip = clamp
+STRUCTURED_FUNCTIONS = ["sum", "mean", "reshape", "transpose", "clamp", "clip"]

@@ -158,6 +158,20 @@ class Expr:
     def __rpow__(self, o): return self.graph.apply("pow", o, self)
     def __neg__(self): return self.graph.apply("neg", self)
     def __pos__(self): return self
+    def __abs__(self): return self.graph.apply("abs", self)
+    # comparisons are 0/1 masks (numpy's bool arrays as numbers; see ops.py); == stays
+    # identity, since nodes are dictionary keys: write eq(a, b) for the elementwise test
+    def __lt__(self, o): return self.graph.apply("lt", self, o)
+    def __le__(self, o): return self.graph.apply("le", self, o)
+    def __gt__(self, o): return self.graph.apply("gt", self, o)
+    def __ge__(self, o): return self.graph.apply("ge", self, o)
+
+    def clamp(self, min=None, max=None):
+        """PyTorch's clamp (numpy's clip): slopes 1 inside [min, max], bounds included."""
+        out = self if min is None else self.graph.apply("clamp_min", self, min)
+        return out if max is None else self.graph.apply("clamp_max", out, max)
+
+    clip = clamp
     def __matmul__(self, o): return self.graph.matmul(self, o)
     def __rmatmul__(self, o): return self.graph.matmul(o, self)
 

@@ -483,6 +483,70 @@ class ExprLowering:
         product = self.b.fmul(a, y, flags=self.arith)
         return self._select("==", a, self.const(0.0), self.const(0.0), product)
 
+    # ---- selection: a Piecewise is a chain of selects on its conditions -------------------
+    def _Piecewise(self, e):
+        acc = None
+        for value, condition in reversed(e.args):
+            if acc is None or condition == sp.true:
+                acc = self(value)
+            else:
+                acc = self.b.select(self.condition(condition), self(value), acc)
+        return acc
+
+    # ordered comparisons (false when an operand is NaN), but ≠ (true then), as numpy's
+    COMPARE = {sp.StrictLessThan: "<", sp.LessThan: "<=", sp.StrictGreaterThan: ">",
+               sp.GreaterThan: ">=", sp.Equality: "=="}
+
+    def condition(self, c):
+        """A SymPy condition (or one of the table's masks) as an LLVM i1."""
+        if c == sp.true or c == sp.false:
+            return ir.Constant(ir.IntType(1), int(c == sp.true))
+        if type(c) in self.COMPARE:
+            return self.b.fcmp_ordered(self.COMPARE[type(c)], self(c.lhs), self(c.rhs))
+        if isinstance(c, sp.Unequality):
+            return self.b.fcmp_unordered("!=", self(c.lhs), self(c.rhs))
+        if isinstance(c, (sp.And, sp.Or)):
+            join = self.b.and_ if isinstance(c, sp.And) else self.b.or_
+            acc = None
+            for arg in c.args:
+                v = self.condition(arg)
+                acc = v if acc is None else join(acc, v)
+            return acc
+        if isinstance(c, sp.Not):
+            return self.b.not_(self.condition(c.args[0]))
+        raise NotImplementedError(f"no LLVM lowering for the condition {c}")
+
+    def _nonzero(self, e):          # NaN is nonzero, as bool(nan) in numpy
+        return self.b.fcmp_unordered("!=", self(e), self.const(0.0))
+
+    def _mask(self, bit):
+        return self.b.select(bit, self.const(1.0), self.const(0.0))
+
+    def _compare(self, e, op):
+        a, b = (self(x) for x in e.args)
+        bit = self.b.fcmp_unordered(op, a, b) if op == "!=" else \
+            self.b.fcmp_ordered(op, a, b)
+        return self._mask(bit)
+
+    def _lt(self, e): return self._compare(e, "<")
+    def _le(self, e): return self._compare(e, "<=")
+    def _gt(self, e): return self._compare(e, ">")
+    def _ge(self, e): return self._compare(e, ">=")
+    def _eq(self, e): return self._compare(e, "==")
+    def _ne(self, e): return self._compare(e, "!=")
+
+    def _logical_and(self, e):
+        return self._mask(self.b.and_(self._nonzero(e.args[0]), self._nonzero(e.args[1])))
+
+    def _logical_or(self, e):
+        return self._mask(self.b.or_(self._nonzero(e.args[0]), self._nonzero(e.args[1])))
+
+    def _logical_not(self, e):
+        return self._mask(self.b.not_(self._nonzero(e.args[0])))
+
+    def _where(self, e):
+        return self.b.select(self._nonzero(e.args[0]), self(e.args[1]), self(e.args[2]))
+
     def _softplus(self, e):
         x = self(e.args[0])
         smooth = self._libm("log1p", sp.exp(e.args[0]))

@@ -30,8 +30,9 @@ from sympy.codegen.cfunctions import expm1, hypot, log1p, log2, log10
 
 from .errors import GraphError, ShapeError
 
-# Symbols the formulas are written in: operands a, b and the operator's own output.
-A, B, OUT = sp.symbols("a b out", real=True)
+# Symbols the formulas are written in: operands a, b, c and the operator's own output.
+A, B, C, OUT = sp.symbols("a b c out", real=True)
+OPERANDS = (A, B, C)
 
 
 @dataclass(frozen=True)
@@ -39,7 +40,7 @@ class Elementwise:
     """One elementwise operator, everything about it in one place."""
     name: str
     arity: int
-    formula: sp.Expr            # in A (and B)
+    formula: sp.Expr            # in A (and B, C)
     numpy: Callable
     partials: tuple             # one sympy expression per operand, in A, B and OUT
     torch: str | None           # PyTorch's function/method name (None: not offered there)
@@ -78,7 +79,7 @@ def _libm_has(name: str) -> bool:
 
 def _own_function(formula, arity):
     """The SymPy function class ``formula`` applies to the operands (sinh for sinh(a))."""
-    if isinstance(formula, sp.Function) and formula.args == (A, B)[:arity]:
+    if isinstance(formula, sp.Function) and formula.args == OPERANDS[:arity]:
         return type(formula)
     return None
 
@@ -94,8 +95,8 @@ def elementwise(name, formula, numpy, partials=None, torch="", grad_fn=None, pub
     table does not know fails now, not at the first gradient."""
     if name in ELEMENTWISE or name in STRUCTURED:
         raise GraphError(f"operator {name!r} is declared twice")
-    arity = 2 if formula.has(B) else 1
-    operands = (A, B)[:arity]
+    arity = 3 if formula.has(C) else 2 if formula.has(B) else 1
+    operands = OPERANDS[:arity]
     if partials is None:
         partials = tuple(sp.diff(formula, a) for a in operands)
     partials = tuple(sp.sympify(p) for p in partials)
@@ -305,6 +306,42 @@ elementwise("sign", sp.sign(A), lambda x: np.where(np.isnan(x), 0, np.sign(x)).a
 # (PyTorch has torch.heaviside but no derivative for it: not offered as a Tensor method)
 elementwise("heaviside", sp.Heaviside(A, B), _heaviside, partials=(sp.S.Zero, sp.S.Zero),
             torch=None)
+
+# ---- comparisons and selection ----------------------------------------------------------
+# A comparison is a 0/1 mask in the operands' dtype (numpy's bool arrays, as numbers): it
+# multiplies, sums and selects like one.  Ordered, as numpy's: NaN compares false, except
+# in ne.  Flat, so no gradient flows through a comparison (none does in PyTorch either).
+# Each is a SymPy function of its own (a Piecewise would be re-analysed by SymPy at every
+# construction), lowered by lower.py's rule of the same name.
+def _mask_class(name, doc, nargs=2):
+    return type(name, (sp.Function,), {"nargs": nargs, "__doc__": doc})
+
+
+lt = _mask_class("lt", "1 where a < b, else 0 (0 where either is NaN)")
+le = _mask_class("le", "1 where a ≤ b, else 0")
+gt = _mask_class("gt", "1 where a > b, else 0")
+ge = _mask_class("ge", "1 where a ≥ b, else 0")
+eq = _mask_class("eq", "1 where a = b, else 0")
+ne = _mask_class("ne", "1 where a ≠ b (NaN included), else 0")
+logical_and = _mask_class("logical_and", "1 where a and b are nonzero (NaN is true)")
+logical_or = _mask_class("logical_or", "1 where a or b is nonzero")
+logical_not = _mask_class("logical_not", "1 where a is zero", 1)
+where = _mask_class("where", "b where a is nonzero (NaN included), else c", 3)
+
+for _cls, _numpy in ((lt, np.less), (le, np.less_equal), (gt, np.greater),
+                     (ge, np.greater_equal), (eq, np.equal), (ne, np.not_equal),
+                     (logical_and, np.logical_and), (logical_or, np.logical_or)):
+    elementwise(_cls.__name__, _cls(A, B), _numpy, partials=(sp.S.Zero, sp.S.Zero),
+                torch=None, libm=None)
+elementwise("logical_not", logical_not(A), np.logical_not, partials=(sp.S.Zero,), torch=None,
+            libm=None)
+# where(c, a, b): a where c is nonzero, else b; the adjoint goes to the branch chosen
+elementwise("where", where(A, B, C), lambda c, a, b: np.where(np.asarray(c) != 0, a, b),
+            partials=(sp.S.Zero, ne(A, 0), eq(A, 0)), torch=None, libm=None)
+# clamp_min(a, lo) = max(a, lo) with PyTorch's slopes: 1 for a where a ≥ lo (the bound
+# included: no tie split as in maximum), 1 for lo below it; clamp_max likewise
+elementwise("clamp_min", sp.Max(A, B), np.maximum, partials=(ge(A, B), lt(A, B)))
+elementwise("clamp_max", sp.Min(A, B), np.minimum, partials=(le(A, B), gt(A, B)))
 
 # ---- data movement that fuses like arithmetic -----------------------------------
 # broadcast: the operand read with stride 0 on new or size-1 axes (shape is a parameter).

@@ -34,6 +34,8 @@ MAX_NODES = 200_000           # syntax-tree nodes in one statement
 CONSTANTS = {"pi": math.pi}
 STRUCTURED = ("sum", "mean", "reshape", "transpose", "matmul")
 METHODS = ("sum", "mean", "reshape", "transpose")
+COMPARE = {ast.Lt: "lt", ast.LtE: "le", ast.Gt: "gt", ast.GtE: "ge", ast.Eq: "eq",
+           ast.NotEq: "ne"}
 BINARY = {ast.Add: "+", ast.Sub: "-", ast.Mult: "*", ast.Div: "/", ast.Pow: "**",
           ast.MatMult: "@"}
 
@@ -60,11 +62,11 @@ class Program:
 
 def functions_available() -> list:
     """The names a program may call: the operator table's functions and the structured ones."""
-    return sorted(set(functions.PUBLIC) | set(STRUCTURED))
+    return sorted(set(functions.PUBLIC) | set(STRUCTURED) | {"clamp", "clip"})
 
 
 def _callable(name: str) -> bool:
-    return name in STRUCTURED or name in functions.PUBLIC
+    return name in STRUCTURED or name in functions.PUBLIC or name in ("clamp", "clip")
 
 
 def parse(text: str, shapes: dict | None = None, dtype=np.float64,
@@ -215,6 +217,8 @@ class _Statement:
             return node.args[:1] if node.func.id in METHODS else node.args
         if isinstance(node, ast.Attribute):
             return [node.value]
+        if isinstance(node, ast.Compare):
+            return [node.left, *node.comparators]
         return []
 
     def callee(self, call) -> str:
@@ -264,8 +268,11 @@ class _Statement:
             return self.tensor(node.value, values[0]).T
         if isinstance(node, ast.Subscript):
             raise self.error(node, "indexing (x[...]) is not supported by the graph yet")
-        if isinstance(node, (ast.Compare, ast.BoolOp)):
-            raise self.error(node, "comparisons and and/or are not supported by the graph yet")
+        if isinstance(node, ast.Compare):
+            return self.compare(node, values)
+        if isinstance(node, ast.BoolOp):
+            raise self.error(node, "and/or are not elementwise: write logical_and(a, b), "
+                                   "logical_or(a, b)")
         raise self.error(node, f"{type(node).__name__} is not part of the expression "
                                "language (numbers, names, + - * / ** @, function calls)")
 
@@ -295,6 +302,23 @@ class _Statement:
             raise self.error(node, str(err)) from None
         self.program.names[name] = x
         return x
+
+    def compare(self, node, values):
+        """``a < b`` is the 0/1 mask lt(a, b); ``a < b <= c`` both masks, and-ed."""
+        masks = []
+        for k, op in enumerate(node.ops):
+            name = COMPARE.get(type(op))
+            if name is None:
+                raise self.error(node, f"comparison {type(op).__name__} is not supported; "
+                                       "use < <= > >= == !=")
+            a, b = values[k], values[k + 1]
+            if not any(isinstance(x, Expr) for x in (a, b)):
+                raise self.error(node, "a comparison needs an input or expression on one side")
+            masks.append(self.program.graph.apply(name, a, b))
+        out = masks[0]
+        for m in masks[1:]:
+            out = self.program.graph.apply("logical_and", out, m)
+        return out
 
     def binary(self, node, a, b):
         op = BINARY.get(type(node.op))

@@ -94,7 +94,7 @@ def _assign(kernel, attrs, uses, value, size):
     for m in kernel.members:
         a = attrs[m]
         args = a["args"]
-        env = dict(zip((ops.A, ops.B), (value[x] for x in args)))
+        env = dict(zip(ops.OPERANDS, (value[x] for x in args)))
         expr = ELEMENTWISE[a["op"]].formula.xreplace(env)
         n = 1 + sum(size[x] for x in args)
         keep = m in kernel.stores or uses[m] != 1 or n > INLINE_SIZE

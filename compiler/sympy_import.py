@@ -46,14 +46,14 @@ class _Tracer:
 def template(partial: sp.Expr):
     """A partial (over the table's symbols a, b, out) as a number, or as a (program,
     result) pair of operator applications over leaves a, b, out."""
-    from .ops import A, B, OUT
+    from .ops import A, B, C, OUT
     if partial.is_Number:
         return float(partial)
     # constant subexpressions (2/√π in erf's, log 2 in log2's) are numbers, rounded once
     partial = partial.replace(lambda e: e.is_number and not e.is_Atom,
                               lambda e: sp.Float(float(e), 17))
     tracer = _Tracer()
-    leaves = {A: ("leaf", 0), B: ("leaf", 1), OUT: ("leaf", 2)}
+    leaves = {A: ("leaf", 0), B: ("leaf", 1), C: ("leaf", 2), OUT: ("leaf", 3)}
     result = build([partial], leaves, tracer)[0]
     return tuple(tracer.program), result
 
@@ -98,7 +98,32 @@ def _operands(e):
         return e.args[:1]
     if isinstance(e, sp.Pow) and e.exp == sp.S.Half:
         return (e.base,)
+    if isinstance(e, sp.Piecewise):
+        return tuple(x for value, cond in e.args
+                     for x in (value, cond) if x is not sp.true)
     return e.args
+
+
+# conditions become the table's 0/1 masks (and Piecewise a chain of where)
+_RELATIONS = {sp.StrictLessThan: "lt", sp.LessThan: "le", sp.StrictGreaterThan: "gt",
+              sp.GreaterThan: "ge", sp.Equality: "eq", sp.Unequality: "ne",
+              sp.And: "logical_and", sp.Or: "logical_or"}
+
+
+def _piecewise(e, memo, apply, const):
+    """Piecewise((v1, c1), (v2, c2), …, (vn, True)) as where(c1, v1, where(c2, v2, …)).
+    A piece with no True at the end is NaN where no condition holds, as lambdify has it."""
+    pieces = list(e.args)
+    if pieces[-1][1] is sp.true:
+        acc = memo[pieces.pop()[0]]
+    else:
+        acc = const(float("nan"))
+    for value, cond in reversed(pieces):
+        if value == 1 and isinstance(acc, float) and acc == 0.0:
+            acc = memo[cond]       # Piecewise((1, c), (0, True)) in a partial: the mask
+        else:
+            acc = apply("where", memo[cond], memo[value], acc)
+    return acc
 
 
 def _convert(e, memo, env, apply, const):
@@ -129,6 +154,12 @@ def _convert(e, memo, env, apply, const):
     if isinstance(e, sp.Heaviside):
         h0 = e.args[1] if len(e.args) > 1 else sp.S.Half
         return apply("heaviside", args[0], const(float(h0)))
+    if isinstance(e, sp.Piecewise):
+        return _piecewise(e, memo, apply, const)
+    if type(e) in _RELATIONS:
+        return _chain(apply, _RELATIONS[type(e)], args)
+    if isinstance(e, sp.Not):
+        return apply("logical_not", args[0])
     from .ops import SYMPY_OPS
     if type(e) in SYMPY_OPS:
         return apply(SYMPY_OPS[type(e)], *args)

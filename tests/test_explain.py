@@ -171,9 +171,9 @@ def _operator_table_reports():
     reports = []
     for name, entry in ops.ELEMENTWISE.items():
         g = Graph()
-        x, y = g.input("x", (3,)), g.input("y_1", (3,))
+        x, y, c = g.input("x", (3,)), g.input("y_1", (3,)), g.input("gamma", (3,))
         params = ((2, 3),) if name == "broadcast" else ()
-        out = g.apply(name, *[x, y][:entry.arity], params=params)
+        out = g.apply(name, *[x, y, c][:entry.arity], params=params)
         reports.append(jacobian_report(g, out.sum().named("L")))
     g = Graph()
     W, v, M = g.input("W", (3, 2)), g.input("v", (2,)), g.input("M", (2, 3, 4))

@@ -57,6 +57,28 @@ STRUCTURED_ROWS = [
         lambda a: a.T.reshape(12) * a.T.reshape(12), [(3, 4)]),
     Row("softplus", "softplus", lambda a: C.softplus(a * 8),
         lambda a: torch().nn.functional.softplus(a * 8), [(4, 5)]),
+    # comparisons are 0/1 masks: here they gate a smooth function, so values and slopes show
+    *[Row(name, name, lambda a, b, name=name: getattr(C, name)(a, b) * a,
+          lambda a, b, op=op: op(a, b).double() * a, BINARY_SHAPES, second_order=False)
+      for name, op in (("lt", operator.lt), ("le", operator.le), ("gt", operator.gt),
+                       ("ge", operator.ge), ("eq", operator.eq), ("ne", operator.ne))],
+    Row("eq_ties", "eq", lambda a, b: C.eq(C.round(a), C.round(b)) * (a + b),
+        lambda a, b: (a.round() == b.round()).double() * (a + b), BINARY_SHAPES),
+    Row("logical_and", "logical_and", lambda a, b: C.logical_and(a > 0, b < 0) * a * b,
+        lambda a, b: torch().logical_and(a > 0, b < 0).double() * a * b, BINARY_SHAPES),
+    Row("logical_or", "logical_or", lambda a, b: C.logical_or(a > 0, b < 0) * a * b,
+        lambda a, b: torch().logical_or(a > 0, b < 0).double() * a * b, BINARY_SHAPES),
+    Row("logical_not", "logical_not", lambda a: C.logical_not(a > 0) * C.sin(a),
+        lambda a: torch().logical_not(a > 0).double() * a.sin(), [(3, 4)]),
+    Row("where", "where", lambda c, a, b: C.where(c > 0, C.sin(a) * a, b * b) + c * c,
+        lambda c, a, b: torch().where(c > 0, a.sin() * a, b * b) + c * c,
+        [(3, 1), (4,), (3, 4)]),
+    Row("clamp_min", "clamp_min", lambda a, b: C.clamp_min(a, b) * a,
+        lambda a, b: torch().clamp_min(a, b) * a, BINARY_SHAPES, second_order=False),
+    Row("clamp_max", "clamp_max", lambda a, b: C.clamp_max(a, b) * a,
+        lambda a, b: torch().clamp_max(a, b) * a, BINARY_SHAPES, second_order=False),
+    Row("clamp", "clamp_min", lambda a: a.clamp(-0.5, 0.5) ** 3,
+        lambda a: a.clamp(-0.5, 0.5) ** 3, [(4, 5)]),
     Row("heaviside", "heaviside", lambda a: C.heaviside(a, 0.5) * a,
         lambda a: (a > 0).double() * a, [(7,)]),
     # the masks derivatives are made of: their values away from ties, zeros and NaN
@@ -265,6 +287,50 @@ def test_values_and_slopes_at_special_points_are_pytorchs(name, points):
         # the same infinities, NaNs and zeros; finite values to the last bit or two (PyTorch
         # divides the seed by x·ln 10 where symgrad multiplies it by (1/ln 10)/x)
         np.testing.assert_allclose(got, want, rtol=3e-16, atol=0, err_msg=f"{name}{point}")
+
+
+def test_clamp_and_where_at_bounds_ties_and_nan_are_pytorchs():
+    from tests.oracle import torch
+    T = torch()
+    g = Graph()
+    x, lo, c = g.input("x"), g.input("lo"), g.input("c")
+    f = g.compile([C.clamp_min(x, lo) + C.where(c, x * 3.0, lo) + x.clamp(max=1.0)], [x, lo, c])
+    for point in [(1.0, 1.0, 0.0), (0.5, 1.0, 1.0), (NAN, 1.0, 1.0), (1.0, NAN, NAN),
+                  (2.0, 1.0, -0.0), (-math.inf, 0.0, math.inf)]:
+        value, grads = f.vjp(*point)
+        tx, tlo, tc = (T.tensor(v, dtype=T.float64, requires_grad=True) for v in point)
+        out = T.clamp_min(tx, tlo) + T.where(tc != 0, tx * 3.0, tlo) + tx.clamp(max=1.0)
+        out.backward()
+        want = [out.item(), tx.grad.item(), tlo.grad.item(), 0.0]
+        np.testing.assert_array_equal([value, *grads], want, err_msg=str(point))
+
+
+def test_from_sympy_imports_piecewise_relations_and_logic():
+    x, y = sp.symbols("x y", real=True)
+    expr = sp.Piecewise((x**2, (x < 1) & (y >= 0)), (sp.sin(x), sp.Ne(x, 2)), (y, True)) \
+        + sp.Piecewise((1, x > y), (0, True))
+    g, out = Graph.from_sympy(expr, [x, y])
+    f = g.compile([out], g.inputs)
+    fn = sp.lambdify((x, y), expr)
+    dfn = [sp.lambdify((x, y), sp.diff(expr, s)) for s in (x, y)]
+    for point in [(0.5, 1.0), (0.5, -1.0), (2.0, 0.0), (3.0, 1.0), (1.5, 3.0)]:
+        value, grads = f.vjp(*point)
+        assert value == pytest.approx(float(fn(*point)), rel=1e-15)
+        assert list(grads) == pytest.approx([float(d(*point)) for d in dfn], rel=1e-15)
+    # without a True piece it is NaN where no condition holds, as lambdify has it
+    g, out = Graph.from_sympy(sp.Piecewise((x, x > 0)), [x])
+    assert math.isnan(g.compile([out], g.inputs)(-1.0))
+
+
+def test_comparisons_build_masks_in_the_graph_and_the_cli_language():
+    g = Graph()
+    x = g.input("x", (4,))
+    f = g.compile([((x > 0) * x + (x <= -1) * 2.0 + abs(x)).sum()], [x])
+    value, (grad,) = f.vjp([-2.0, -0.5, 0.0, 3.0])
+    assert value == 3 + 2 + (2 + 0.5 + 0 + 3) and list(grad) == [-1, -1, 0, 2]
+    prog = C.parse("z = where(x < y, x, y) + (0 < x <= 2) + clamp(x, 0, 1)")
+    h = prog.graph.compile([prog["z"]], prog.inputs)
+    assert h(1.5, 2.0) == 1.5 + 1 + 1 and h(3.0, 2.0) == 2 + 0 + 1
 
 
 def test_softplus_is_pytorchs_on_both_sides_of_its_threshold():
