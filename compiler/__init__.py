@@ -15,7 +15,8 @@ from . import functions, ops
 from .autodiff import Adjoint, LinearMap
 from .errors import GraphError, ShapeError
 from .function import CompiledFunction
-from .functions import clamp, clip, mean, reshape, sum, transpose
+from .functions import (amax, amin, clamp, clip, log_softmax, logsumexp, mean, reshape, softmax,
+                        std, sum, transpose, var)
 from .graph import Expr, Graph, as_dtype
 from .ops import ELEMENTWISE, STRUCTURED
 from .parsing import ParseError, Program, parse

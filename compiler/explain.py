@@ -196,8 +196,9 @@ class Report:
         return " \\\\\n".join(lines)
 
     def _repr_latex_(self):
-        return "$$\\begin{aligned}" + self.latex().replace(" = ", " &= ", ) + \
-            "\\end{aligned}$$"
+        lines = self.latex().split("\n")
+        return "$$\\begin{aligned}" + "\n".join(line.replace(" = ", " &= ", 1)
+                                                 for line in lines) + "\\end{aligned}$$"
 
     # ---- JSON ---------------------------------------------------------------------------
     def as_dict(self) -> dict:
@@ -526,8 +527,9 @@ def operator_table() -> str:
                      + (f"   [{where}]" if where else ""))
     lines.append("structured (P: the result's adjoint; the rule gives each operand's)")
     samples = {"sum": ((3, 2),), "reshape": ((3, 2),), "transpose": ((3, 2),),
-               "matmul": ((3, 2), (2, 4))}
-    params = {"sum": ((0, 1), False), "reshape": ((6,),), "transpose": ((1, 0),), "matmul": ()}
+               "matmul": ((3, 2), (2, 4)), "amax": ((3, 2),), "amin": ((3, 2),)}
+    params = {"sum": ((0, 1), False), "reshape": ((6,),), "transpose": ((1, 0),), "matmul": (),
+              "amax": ((0, 1), False), "amin": ((0, 1), False)}
     for name, s in ops.STRUCTURED.items():
         if name not in samples:
             continue

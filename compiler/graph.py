@@ -184,6 +184,12 @@ class Expr:
         # the mean of no elements is nan, as in numpy and PyTorch
         return self.graph.sum(self, axes, keepdims) * (1.0 / count if count else math.nan)
 
+    def max(self, axes=None, keepdims=False, *, axis=None):
+        return self.graph.amax(self, axes if axis is None else axis, keepdims)
+
+    def min(self, axes=None, keepdims=False, *, axis=None):
+        return self.graph.amin(self, axes if axis is None else axis, keepdims)
+
     def reshape(self, *shape):
         return self.graph.reshape(self, shape[0] if len(shape) == 1 else shape)
 
@@ -363,6 +369,20 @@ class Graph:
             return self.broadcast_to(self.const(base.params[0] * count, x.dtype), out_shape) \
                 if out_shape else self.const(base.params[0] * count, x.dtype)
         return self._structured("sum", [x], (axes, bool(keepdims)))
+
+    def amax(self, x: Expr, axes=None, keepdims=False, op="amax") -> Expr:
+        """The largest entry over ``axes`` (NaN if any is); ties share the gradient."""
+        x = self._operand(x, self.dtype)
+        axes = ops.normalize_axes(axes, x.ndim)
+        if any(x.shape[a] == 0 for a in axes):
+            raise ShapeError(f"{op} of {x.name} over an empty axis: a zero-size reduction "
+                             "has no identity (numpy and PyTorch refuse it too)")
+        if not axes:
+            return x
+        return self._structured(op, [x], (axes, bool(keepdims)))
+
+    def amin(self, x: Expr, axes=None, keepdims=False) -> Expr:
+        return self.amax(x, axes, keepdims, op="amin")
 
     def reshape(self, x: Expr, shape) -> Expr:
         x = self._operand(x, self.dtype)

@@ -31,6 +31,7 @@ FLOAT = {np.dtype(np.float64): ir.DoubleType(), np.dtype(np.float32): ir.FloatTy
 FAST_ARITH = ("contract",)
 REDUCE = ("reassoc", "contract")    # lets sum loops vectorise; not "fast": keeps NaN checks
 ALIGN = 64
+REDUCTION_START = {"sum": 0.0, "amax": -math.inf, "amin": math.inf}
 
 
 def new_module(name: str) -> ir.Module:
@@ -178,15 +179,16 @@ class Lowerer:
         ty = FLOAT[k.dtype]
 
         red_strides = {i: _reduction_strides(k.domain, r) for i, r in k.reductions.items()}
-        for r in k.reductions.values():   # accumulators start at zero
+        for r in k.reductions.values():   # accumulators start at 0 (sum), −inf (amax), inf
             v = r.out
             size = math.prod(v.shape)
             rty = FLOAT[v.dtype]
+            start = ir.Constant(rty, REDUCTION_START[r.op])
             if size == 1:
-                b.store(ir.Constant(rty, 0.0), ptr[v.buffer])
+                b.store(start, ptr[v.buffer])
             elif size > 1:
                 with loop(b, size, "z") as i:
-                    b.store(ir.Constant(rty, 0.0), b.gep(ptr[v.buffer], [i], source_etype=rty))
+                    b.store(start, b.gep(ptr[v.buffer], [i], source_etype=rty))
         if math.prod(k.domain) == 0:       # zero-size tensors: no element to compute
             b.ret_void()
             return fn, buffers
@@ -230,7 +232,13 @@ class Lowerer:
                 rty = FLOAT[v.dtype]
                 where = address(v.buffer, v.dtype, st)
                 val = _convert(b, lowering(sk.results[i]), rty)
-                b.store(b.fadd(b.load(where, typ=rty), val, flags=REDUCE), where)
+                acc = b.load(where, typ=rty)
+                if k.reductions[i].op == "sum":
+                    acc = b.fadd(acc, val, flags=REDUCE)
+                else:           # NaN-propagating, as numpy's amax and torch.amax
+                    name = "llvm.maximum" if k.reductions[i].op == "amax" else "llvm.minimum"
+                    acc = b.call(self._intrinsic(name, rty, 2), [acc, val])
+                b.store(acc, where)
         for cm in reversed(cms):
             cm.__exit__(None, None, None)
         b.ret_void()
@@ -546,6 +554,9 @@ class ExprLowering:
 
     def _where(self, e):
         return self.b.select(self._nonzero(e.args[0]), self(e.args[1]), self(e.args[2]))
+
+    def _stop_gradient(self, e):
+        return self(e.args[0])
 
     def _softplus(self, e):
         x = self(e.args[0])

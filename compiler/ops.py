@@ -283,6 +283,11 @@ elementwise("softplus", softplus(A), lambda a: np.where(
 # ---- rounding: flat almost everywhere, so their derivatives are 0 (as in PyTorch) ---------
 
 
+class stop_gradient(sp.Function):
+    """a itself; its derivative is 0."""
+    nargs = 1
+
+
 class rint(sp.Function):
     """Round half to even, as numpy's round and PyTorch's round do."""
     nargs = 1
@@ -347,6 +352,9 @@ elementwise("clamp_max", sp.Min(A, B), np.minimum, partials=(le(A, B), gt(A, B))
 # broadcast: the operand read with stride 0 on new or size-1 axes (shape is a parameter).
 elementwise("broadcast", A, lambda a: a, partials=(sp.S.One,), torch=None, public=False)
 elementwise("copy", A, np.copy, partials=(sp.S.One,), torch=None, public=False)
+# the value, with no derivative (JAX's stop_gradient, PyTorch's detach)
+elementwise("stop_gradient", stop_gradient(A), lambda a: a, partials=(sp.S.Zero,), torch=None,
+            libm=None)
 
 
 # ---- shapes ---------------------------------------------------------------------
@@ -533,6 +541,31 @@ structured("transpose", "view", _transpose_shape,
            lambda slot, P, x, p, shapes, tex: _t(P, tex) if p[0] == (1, 0) else
            _call("transpose", [P, str(_inverse(p[0]))], tex),
            view=lambda strides, shape, p: tuple(strides[i] for i in p[0]))
+
+
+def _extreme_vjp(adjoint, args, out, params):
+    """amax/amin: the adjoint goes to the entries equal to the result, split evenly among
+    ties (PyTorch's amax/amin)."""
+    axes, keepdims = params
+    x = args[0]
+    kept = tuple(1 if i in axes else n for i, n in enumerate(x.shape))
+    mask = x.apply("eq", out.reshape(kept).broadcast_to(x.shape))
+    share = adjoint.reshape(kept) / mask.sum(axes, keepdims=True)
+    return [share.broadcast_to(x.shape) * mask]
+
+
+def _extreme(name, numpy):
+    structured(name, "reduction", _sum_shape,
+               lambda args, p: numpy(args[0], axis=p[0], keepdims=p[1]), _extreme_vjp,
+               lambda x, p, shapes, tex: _sum_show(x, p, shapes, tex).replace("sum", name),
+               lambda slot, P, x, p, shapes, tex: (
+                   rf"\frac{{{P}}}{{\#\text{{ties}}}} \cdot \left[{x[0]}="
+                   rf"\operatorname{{{name}}}\right]" if tex else
+                   f"broadcast({P}/ties, {shapes[0]})·[{x[0]} = {name}]"))
+
+
+_extreme("amax", np.amax)
+_extreme("amin", np.amin)
 # Bilinear: P_a = P_c·bᵀ, P_b = aᵀ·P_c.
 structured("matmul", "contraction", _matmul_shape,
            lambda args, p: np.matmul(args[0], args[1]),

@@ -62,11 +62,15 @@ class Program:
 
 def functions_available() -> list:
     """The names a program may call: the operator table's functions and the structured ones."""
-    return sorted(set(functions.PUBLIC) | set(STRUCTURED) | {"clamp", "clip"})
+    return sorted(set(functions.PUBLIC) | set(STRUCTURED) | set(COMPOSITES))
+
+
+# composite functions of the graph API a program may call too
+COMPOSITES = ("clamp", "clip", "logsumexp", "softmax", "log_softmax", "var", "std")
 
 
 def _callable(name: str) -> bool:
-    return name in STRUCTURED or name in functions.PUBLIC or name in ("clamp", "clip")
+    return name in STRUCTURED or name in functions.PUBLIC or name in COMPOSITES
 
 
 def parse(text: str, shapes: dict | None = None, dtype=np.float64,

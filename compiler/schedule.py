@@ -64,6 +64,7 @@ class Reduction:
     out: View
     axes: tuple
     keepdims: bool
+    op: str = "sum"            # "sum", "amax" or "amin"
 
 
 @dataclass
@@ -155,7 +156,7 @@ def schedule(g: Graph, inputs: list[int], outputs: list[int]) -> Program:
         if kind == "reduction":
             operand = a["args"][0]
             _read(kernel, operand, attrs, view, group, key)
-            kernel.reductions[i] = Reduction(operand, view[i], *a["params"])
+            kernel.reductions[i] = Reduction(operand, view[i], *a["params"], op=op)
         else:
             kernel.members.append(i)
             for arg in a["args"]:

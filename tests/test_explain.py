@@ -178,7 +178,8 @@ def _operator_table_reports():
     g = Graph()
     W, v, M = g.input("W", (3, 2)), g.input("v", (2,)), g.input("M", (2, 3, 4))
     z = (W @ v).sum() + (v @ W.T).sum() + (v @ v) + M.transpose((2, 0, 1)).sum(axes=(0, 1)) \
-        .sum() + M.reshape(6, 4).sum(axes=0, keepdims=True).sum() + (W.T @ W).mean()
+        .sum() + M.reshape(6, 4).sum(axes=0, keepdims=True).sum() + (W.T @ W).mean() \
+        + M.max(axis=1).sum() + W.min()
     reports.append(jacobian_report(g, z.named("z")))
     return reports
 
