@@ -66,7 +66,7 @@ def functions_available() -> list:
 
 
 # composite functions of the graph API a program may call too
-COMPOSITES = ("clamp", "clip", "logsumexp", "softmax", "log_softmax", "var", "std")
+COMPOSITES = ("clamp", "clip", "logsumexp", "softmax", "log_softmax", "var", "std", "amax", "amin")
 
 
 def _callable(name: str) -> bool:
