@@ -9,6 +9,7 @@ owner), so the runtime replays it on tensors for ``create_graph=True``.
 from __future__ import annotations
 
 import math
+import sys
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -199,6 +200,52 @@ def _display_symbol(e: Expr, symbol):
     return display_number(e.params[0]) if e.op == "const" else symbol(e)
 
 
+class Notation:
+    """How nodes are written: ``u7`` (or the user's name), ``J_{7→h}``, ``P7`` / ``P_h``;
+    the same in LaTeX (``u_{7}``, ``J_{7 \\to h}``, ``P_{7}``)."""
+
+    def __init__(self, names=None):
+        self.names = dict(names or {})     # node id -> the name the user gave it
+
+    def label(self, e: Expr) -> str:
+        return self.names.get(e.id, e.name)
+
+    def sub(self, e: Expr, tex: bool = False) -> str:
+        """The subscript: the number for the node's own automatic name (document 002's
+        J_{2→4}, P4), else its name."""
+        label = self.label(e)
+        if label == f"u{e.id}":
+            return str(e.id)
+        return _tex_name(label) if tex else label
+
+    def node(self, e: Expr, tex: bool = False) -> str:
+        if e.op == "const":
+            number = display_number(e.params[0])
+            return sp.latex(number) if tex else str(number)
+        return _tex_name(self.label(e)) if tex else self.label(e)
+
+    def symbol(self, e: Expr) -> sp.Symbol:
+        return sp.Symbol(self.label(e), real=True)
+
+    def J(self, source: Expr, target: Expr, tex: bool = False) -> str:
+        if tex:
+            return rf"J_{{{self.sub(source, True)} \to {self.sub(target, True)}}}"
+        return f"J_{{{self.sub(source)}→{self.sub(target)}}}"
+
+    def P(self, e: Expr, tex: bool = False) -> str:
+        sub = self.sub(e, tex)
+        if tex:
+            return f"P_{{{sub}}}"
+        return f"P{sub}" if sub.isdigit() else f"P_{sub}"
+
+
+def _tex_name(name: str) -> str:
+    return sp.latex(sp.Symbol(name.replace("′", "'")))
+
+
+PLAIN = Notation()         # nodes under their own names
+
+
 @dataclass
 class Adjoint:
     """One row of the reverse sweep: ``P_i = Σ_j P_j·J_{i→j}``."""
@@ -208,44 +255,36 @@ class Adjoint:
 
     @property
     def name(self):
-        n = _n(self.node)
-        return "P" + n if n.isdigit() else f"P_{n}"
+        return PLAIN.P(self.node)
 
     def symbolic(self) -> str:
         if not self.terms:
             return "seed"
-        return " + ".join(f"{_p(c)}·J_{{{_n(self.node)}→{_n(c)}}}" for c, _ in self.terms)
+        return " + ".join(f"{PLAIN.P(c)}·{PLAIN.J(self.node, c)}" for c, _ in self.terms)
 
     def expanded(self) -> str:
         if not self.terms:
             return "seed"
-        return " + ".join(f"{_p(c)}·({show(j)})" if not isinstance(j, LinearMap) else
-                          j.apply(_p(c)) for c, j in self.terms)
+        return " + ".join(f"{PLAIN.P(c)}·({show(j)})" if not isinstance(j, LinearMap) else
+                          j.apply(PLAIN.P(c)) for c, j in self.terms)
 
     def __str__(self):
         text = f"{self.name} = {self.symbolic()}"
         if self.terms:
             text += f" = {self.expanded()}"
         if self.value is not None:
-            text += f" = {_fmt(self.value)}"
+            text += f" = {format_value(self.value)}"
         return text
 
 
-def _n(e: Expr) -> str:
-    """How a node is written in J and P subscripts: its number when its name is the
-    automatic ``u<number>`` of this very node (the documents' P4, J_{2→4}), else its name."""
-    return str(e.id) if e.name == f"u{e.id}" else e.name
-
-
-def _p(e: Expr) -> str:
-    return f"P{_n(e)}" if _n(e).isdigit() else f"P_{e.name}"
-
-
-def _fmt(v):
+def format_value(v, whole: bool = False) -> str:
+    """A value on one line (numpy's own elision past 1,000 entries unless ``whole``)."""
     v = np.asarray(v)
     if v.ndim == 0:
         return f"{v.item():g}"
-    return " ".join(np.array2string(v, precision=4, separator=", ").split())
+    threshold = sys.maxsize if whole else None
+    return " ".join(np.array2string(v, precision=4, separator=", ",
+                                    threshold=threshold).split())
 
 
 def adjoint_table(g: Graph, of, wrt=None, at=None, seed=None) -> list[Adjoint]:

@@ -21,57 +21,14 @@ import numpy as np
 import sympy as sp
 
 from . import ops
-from .autodiff import LinearMap, adjoint_table, display_number, local_jacobian, relevant_nodes, \
-    show
+from .autodiff import (LinearMap, Notation, adjoint_table, display_number, format_value,
+                       local_jacobian, relevant_nodes, show)
 from .graph import Expr, Graph, ancestors
 
 SUMMARY_LIMIT = 12    # a tensor with more entries prints as a summary (shape, entries, norm)
 DENSE_LIMIT = 8       # dense Jacobians are printed up to this many rows and columns…
 FULL_DENSE_LIMIT = 64  # …and up to this many with full=True
 TERMS_LIMIT = 6       # an adjoint with more terms prints its first and last ones
-
-
-class Notation:
-    """How nodes are written: ``u7`` (or the user's name), ``J_{7→h}``, ``P7`` / ``P_h``;
-    the same in LaTeX (``u_{7}``, ``J_{7 \\to h}``, ``P_{7}``)."""
-
-    def __init__(self, g: Graph, names=None):
-        self.g, self.names = g, dict(names or {})
-
-    def label(self, e: Expr) -> str:
-        return self.names.get(e.id, e.name)
-
-    def sub(self, e: Expr, tex: bool = False) -> str:
-        """The subscript: the number for the node's own automatic name (document 002's
-        J_{2→4}, P4), else its name."""
-        label = self.label(e)
-        if label == f"u{e.id}":
-            return str(e.id)
-        return _tex_name(label) if tex else label
-
-    def node(self, e: Expr, tex: bool = False) -> str:
-        if e.op == "const":
-            number = display_number(e.params[0])
-            return sp.latex(number) if tex else str(number)
-        return _tex_name(self.label(e)) if tex else self.label(e)
-
-    def symbol(self, e: Expr) -> sp.Symbol:
-        return sp.Symbol(self.label(e), real=True)
-
-    def J(self, source: Expr, target: Expr, tex: bool = False) -> str:
-        if tex:
-            return rf"J_{{{self.sub(source, True)} \to {self.sub(target, True)}}}"
-        return f"J_{{{self.sub(source)}→{self.sub(target)}}}"
-
-    def P(self, e: Expr, tex: bool = False) -> str:
-        sub = self.sub(e, tex)
-        if tex:
-            return f"P_{{{sub}}}"
-        return f"P{sub}" if sub.isdigit() else f"P_{sub}"
-
-
-def _tex_name(name: str) -> str:
-    return sp.latex(sp.Symbol(name.replace("′", "'")))
 
 
 @dataclass
@@ -242,11 +199,8 @@ def _fmt(v, full: bool = False) -> str:
     """A value on one line: whole when small (or ``full``), else shape, first entries,
     range and norm."""
     a = np.asarray(v)
-    if a.ndim == 0:
-        return f"{a.item():g}"
     if full or a.size <= SUMMARY_LIMIT:
-        return " ".join(np.array2string(a, precision=4, separator=", ",
-                                        threshold=sys.maxsize).split())
+        return format_value(a, whole=True)
     flat = a.ravel()
     head = ", ".join(f"{x:.4g}" for x in flat[:3])
     with np.errstate(all="ignore"):
@@ -338,12 +292,12 @@ def _definition(n: Notation, e: Expr, shown: dict, tex: bool) -> str:
         return ops.STRUCTURED[e.op].show([n.node(a, tex) for a in e.args], e.params,
                                          [a.shape for a in e.args], tex)
     if e.op == "broadcast":
-        return (ops._call("broadcast", [n.node(e.args[0], tex), str(e.shape)], tex))
+        return ops.written_call("broadcast", [n.node(e.args[0], tex), str(e.shape)], tex)
     if e.op == "copy":
         return n.node(e.args[0], tex)
     entry = ops.ELEMENTWISE[e.op]
     if e.op not in _ARITHMETIC and entry.public and not (tex and entry.sympy):
-        return ops._call(e.op, [n.node(a, tex) for a in e.args], tex)     # relu(u5), abs(x)
+        return ops.written_call(e.op, [n.node(a, tex) for a in e.args], tex)     # relu(u5), abs(x)
     env = {s: (display_number(a.params[0]) if a.op == "const" else n.symbol(a))
            for s, a in zip(ops.OPERANDS, e.args)}
     expr = ops.readable(entry.formula.xreplace(env))
@@ -388,7 +342,7 @@ def jacobian_report(g: Graph, of, at=None, seed=None, names=None, full=False) ->
     optionally at values (``at``).  Large tensors print summarised unless ``full``."""
     if seed is None and of.shape != ():
         seed = 1.0   # a tensor output is seeded with ones, as document 000's v = [1, 1, 1]
-    n = Notation(g, names)
+    n = Notation(names)
     live = relevant_nodes(g, [of], g.inputs) | {of.id}
     live = {i for i in live if Expr(g, i).op != "const"}
     shown, hidden = _collapsed_matmuls(g, live)
@@ -444,7 +398,7 @@ def to_dot(g: Graph, outputs, at=None, reverse=False, names=None) -> str:
     """Graphviz DOT of the forward graph (u_i, operator, value) or of the reverse graph
     (adjoints P_i, with J_{i→j} on the edges, arrows from consumer back to operand)."""
     names = dict(names or {})
-    notation = Notation(g, names)
+    notation = Notation(names)
     outputs = outputs if isinstance(outputs, (list, tuple)) else [outputs]
     need = ancestors(g, [o.id for o in outputs])
     values = {}
@@ -526,16 +480,13 @@ def operator_table() -> str:
         lines.append(f"  {e.name:<11} {show(e.formula):<22} {partials}"
                      + (f"   [{where}]" if where else ""))
     lines.append("structured (P: the result's adjoint; the rule gives each operand's)")
-    samples = {"sum": ((3, 2),), "reshape": ((3, 2),), "transpose": ((3, 2),),
-               "matmul": ((3, 2), (2, 4)), "amax": ((3, 2),), "amin": ((3, 2),)}
-    params = {"sum": ((0, 1), False), "reshape": ((6,),), "transpose": ((1, 0),), "matmul": (),
-              "amax": ((0, 1), False), "amin": ((0, 1), False)}
+    # an application to show each by: one per kind, but views, whose parameters differ
+    examples = {"reduction": (((3, 2),), ((0, 1), False)), "contraction": (((3, 2), (2, 4)), ()),
+                "reshape": (((3, 2),), ((6,),)), "transpose": (((3, 2),), ((1, 0),))}
     for name, s in ops.STRUCTURED.items():
-        if name not in samples:
-            continue
-        names = list("ab")[:len(samples[name])]
-        rules = ", ".join(f"P_{x} = {s.rule(k, 'P', names, params[name], samples[name], False)}"
+        shapes, params = examples[name if s.kind == "view" else s.kind]
+        names = list("ab")[:len(shapes)]
+        rules = ", ".join(f"P_{x} = {s.rule(k, 'P', names, params, shapes, False)}"
                           for k, x in enumerate(names))
-        lines.append(f"  {name:<11} {s.show(names, params[name], samples[name], False):<22} "
-                     f"{rules}")
+        lines.append(f"  {name:<11} {s.show(names, params, shapes, False):<22} {rules}")
     return "\n".join(lines)

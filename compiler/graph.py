@@ -370,8 +370,14 @@ class Graph:
                 if out_shape else self.const(base.params[0] * count, x.dtype)
         return self._structured("sum", [x], (axes, bool(keepdims)))
 
-    def amax(self, x: Expr, axes=None, keepdims=False, op="amax") -> Expr:
+    def amax(self, x: Expr, axes=None, keepdims=False) -> Expr:
         """The largest entry over ``axes`` (NaN if any is); ties share the gradient."""
+        return self._extreme("amax", x, axes, keepdims)
+
+    def amin(self, x: Expr, axes=None, keepdims=False) -> Expr:
+        return self._extreme("amin", x, axes, keepdims)
+
+    def _extreme(self, op, x, axes, keepdims) -> Expr:
         x = self._operand(x, self.dtype)
         axes = ops.normalize_axes(axes, x.ndim)
         if any(x.shape[a] == 0 for a in axes):
@@ -380,9 +386,6 @@ class Graph:
         if not axes:
             return x
         return self._structured(op, [x], (axes, bool(keepdims)))
-
-    def amin(self, x: Expr, axes=None, keepdims=False) -> Expr:
-        return self.amax(x, axes, keepdims, op="amin")
 
     def reshape(self, x: Expr, shape) -> Expr:
         x = self._operand(x, self.dtype)

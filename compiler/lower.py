@@ -491,39 +491,7 @@ class ExprLowering:
         product = self.b.fmul(a, y, flags=self.arith)
         return self._select("==", a, self.const(0.0), self.const(0.0), product)
 
-    # ---- selection: a Piecewise is a chain of selects on its conditions -------------------
-    def _Piecewise(self, e):
-        acc = None
-        for value, condition in reversed(e.args):
-            if acc is None or condition == sp.true:
-                acc = self(value)
-            else:
-                acc = self.b.select(self.condition(condition), self(value), acc)
-        return acc
-
-    # ordered comparisons (false when an operand is NaN), but ≠ (true then), as numpy's
-    COMPARE = {sp.StrictLessThan: "<", sp.LessThan: "<=", sp.StrictGreaterThan: ">",
-               sp.GreaterThan: ">=", sp.Equality: "=="}
-
-    def condition(self, c):
-        """A SymPy condition (or one of the table's masks) as an LLVM i1."""
-        if c == sp.true or c == sp.false:
-            return ir.Constant(ir.IntType(1), int(c == sp.true))
-        if type(c) in self.COMPARE:
-            return self.b.fcmp_ordered(self.COMPARE[type(c)], self(c.lhs), self(c.rhs))
-        if isinstance(c, sp.Unequality):
-            return self.b.fcmp_unordered("!=", self(c.lhs), self(c.rhs))
-        if isinstance(c, (sp.And, sp.Or)):
-            join = self.b.and_ if isinstance(c, sp.And) else self.b.or_
-            acc = None
-            for arg in c.args:
-                v = self.condition(arg)
-                acc = v if acc is None else join(acc, v)
-            return acc
-        if isinstance(c, sp.Not):
-            return self.b.not_(self.condition(c.args[0]))
-        raise NotImplementedError(f"no LLVM lowering for the condition {c}")
-
+    # ---- comparisons and selection (ops.py's masks) --------------------------------------
     def _nonzero(self, e):          # NaN is nonzero, as bool(nan) in numpy
         return self.b.fcmp_unordered("!=", self(e), self.const(0.0))
 

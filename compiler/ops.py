@@ -485,7 +485,7 @@ def _inverse(perm):
 
 
 # ---- how structured operators read (text, or LaTeX) ----------------------------------------
-def _call(name, args, tex, sub=""):
+def written_call(name, args, tex, sub=""):
     if tex:
         return rf"\operatorname{{{name}}}{sub}\left({', '.join(args)}\right)"
     return f"{name}({', '.join(args)})"
@@ -498,11 +498,11 @@ def _t(x, tex):
 def _sum_show(x, params, shapes, tex):
     axes, keepdims = params
     if len(axes) == len(shapes[0]) and not keepdims:
-        return _call("sum", x, tex)
+        return written_call("sum", x, tex)
     axis = axes[0] if len(axes) == 1 else axes
     if tex:
-        return _call("sum", x, tex, rf"_{{\text{{axis}}={axis}}}")
-    return _call("sum", [*x, f"axis={axis}"] + (["keepdims=True"] if keepdims else []), tex)
+        return written_call("sum", x, tex, rf"_{{\text{{axis}}={axis}}}")
+    return written_call("sum", [*x, f"axis={axis}"] + (["keepdims=True"] if keepdims else []), tex)
 
 
 def _matmul_rule(slot, P, x, params, shapes, tex):
@@ -516,30 +516,30 @@ def _matmul_rule(slot, P, x, params, shapes, tex):
             (rf"{P} \cdot {a}" if tex else f"{P}·{a}")
     if slot == 0:
         if bt == 1:                          # A @ b: P_A = outer(P, b)
-            return _call("outer", [P, b], tex)
+            return written_call("outer", [P, b], tex)
         return f"{b}{times}{P}" if at == 1 else f"{P}{times}{_t(b, tex)}"
     if at == 1:                              # a @ B: P_B = outer(a, P)
-        return _call("outer", [a, P], tex)
+        return written_call("outer", [a, P], tex)
     return f"{at_}{times}{P}"
 
 
 structured("sum", "reduction", _sum_shape,
            lambda args, p: np.sum(args[0], axis=p[0], keepdims=p[1]),
            _sum_vjp, _sum_show,
-           lambda slot, P, x, p, shapes, tex: _call("broadcast", [P, str(shapes[0])], tex))
+           lambda slot, P, x, p, shapes, tex: written_call("broadcast", [P, str(shapes[0])], tex))
 structured("reshape", "view", lambda shapes, p: p[0],
            lambda args, p: np.reshape(args[0], p[0]),
            lambda adj, args, out, p: [adj.reshape(args[0].shape)],
-           lambda x, p, shapes, tex: _call("reshape", [*x, str(p[0])], tex),
-           lambda slot, P, x, p, shapes, tex: _call("reshape", [P, str(shapes[0])], tex),
+           lambda x, p, shapes, tex: written_call("reshape", [*x, str(p[0])], tex),
+           lambda slot, P, x, p, shapes, tex: written_call("reshape", [P, str(shapes[0])], tex),
            view=lambda strides, shape, p: contiguous_strides(shape))
 structured("transpose", "view", _transpose_shape,
            lambda args, p: np.transpose(args[0], p[0]),
            lambda adj, args, out, p: [adj.transpose(_inverse(p[0]))],
            lambda x, p, shapes, tex: _t(x[0], tex) if p[0] == (1, 0) else
-           _call("transpose", [x[0], str(p[0])], tex),
+           written_call("transpose", [x[0], str(p[0])], tex),
            lambda slot, P, x, p, shapes, tex: _t(P, tex) if p[0] == (1, 0) else
-           _call("transpose", [P, str(_inverse(p[0]))], tex),
+           written_call("transpose", [P, str(_inverse(p[0]))], tex),
            view=lambda strides, shape, p: tuple(strides[i] for i in p[0]))
 
 

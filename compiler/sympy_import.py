@@ -119,10 +119,7 @@ def _piecewise(e, memo, apply, const):
     else:
         acc = const(float("nan"))
     for value, cond in reversed(pieces):
-        if value == 1 and isinstance(acc, float) and acc == 0.0:
-            acc = memo[cond]       # Piecewise((1, c), (0, True)) in a partial: the mask
-        else:
-            acc = apply("where", memo[cond], memo[value], acc)
+        acc = apply("where", memo[cond], memo[value], acc)
     return acc
 
 
