@@ -102,7 +102,10 @@ def _compile_time(n):
 
 def test_compile_time_does_not_depend_on_tensor_size():
     _compile_time(10)  # warm the JIT
-    small, large = _compile_time(10**3), _compile_time(10**6)
+    # the best of three distinct shapes (no cache hits): one stall of a shared machine
+    # is not the compiler's
+    small = min(_compile_time(10**3 + k) for k in range(3))
+    large = min(_compile_time(10**6 + k) for k in range(3))
     assert large < 5 * small + 0.5   # loose: the measurement itself is in benchmarks/
 
 
