@@ -15,8 +15,10 @@ from . import functions, ops
 from .autodiff import Adjoint, LinearMap
 from .errors import GraphError, ShapeError
 from .function import CompiledFunction
-from .functions import (amax, amin, clamp, clip, log_softmax, logsumexp, mean, reshape, softmax,
-                        std, sum, transpose, var)
+from .functions import (amax, amin, broadcast_to, clamp, clip, concatenate, cumsum, dot, einsum,
+                        expand_dims, flip, log_softmax, logsumexp, matmul, mean, norm, pad, prod,
+                        reshape, softmax, squeeze, stack, std, sum, take, take_along_axis,
+                        transpose, unsqueeze, var)
 from .graph import Expr, Graph, as_dtype
 from .ops import ELEMENTWISE, STRUCTURED
 from .parsing import ParseError, Program, parse

@@ -97,7 +97,7 @@ def grad(g: Graph, outputs, wrt, seeds=None) -> list[Expr]:
         if i not in adjoint:
             continue
         node = Expr(g, i)
-        if node.op in ("input", "const"):
+        if node.op in ("input", "const", "array"):
             continue
         args = node.args
         for arg, contribution in zip(args, vjp(node.op, node.params, adjoint[i], args, node, g)):

@@ -480,13 +480,20 @@ def operator_table() -> str:
         lines.append(f"  {e.name:<11} {show(e.formula):<22} {partials}"
                      + (f"   [{where}]" if where else ""))
     lines.append("structured (P: the result's adjoint; the rule gives each operand's)")
-    # an application to show each by: one per kind, but views, whose parameters differ
+    # an application to show each by: one per kind, but views and the newer kinds, whose
+    # parameters differ by operator
+    spec = ops.basic_index((3, 2), (slice(1, None),))
     examples = {"reduction": (((3, 2),), ((0, 1), False)), "contraction": (((3, 2), (2, 4)), ()),
-                "reshape": (((3, 2),), ((6,),)), "transpose": (((3, 2),), ((1, 0),))}
+                "reshape": (((3, 2),), ((6,),)), "transpose": (((3, 2),), ((1, 0),)),
+                "index": (((3, 2),), (spec,)), "embed": (((2, 2),), ((3, 2), spec)),
+                "concatenate": (((3, 2), (1, 2)), (0,)), "pad": (((3, 2),), (((1, 0), (0, 2)),
+                                                                              0.0)),
+                "gather": (((3, 2), (4,)), ()), "scatter_add": (((4, 2), (4,)), ((3, 2),)),
+                "cumsum": (((3, 2),), (1,))}
     for name, s in ops.STRUCTURED.items():
-        shapes, params = examples[name if s.kind == "view" else s.kind]
-        names = list("ab")[:len(shapes)]
+        shapes, params = examples.get(name) or examples[s.kind]
+        names = list("ai" if s.kind == "gather" else "ab")[:len(shapes)]
         rules = ", ".join(f"P_{x} = {s.rule(k, 'P', names, params, shapes, False)}"
-                          for k, x in enumerate(names))
+                          for k, x in enumerate(names) if not (s.kind == "gather" and k))
         lines.append(f"  {name:<11} {s.show(names, params, shapes, False):<22} {rules}")
     return "\n".join(lines)

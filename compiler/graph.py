@@ -8,6 +8,7 @@ operands) are folded as nodes are made, so the reverse graph starts lean.
 """
 from __future__ import annotations
 
+import hashlib
 import math
 import numbers
 
@@ -22,6 +23,31 @@ from .ops import ELEMENTWISE, STRUCTURED
 __all__ = ["Graph", "Expr", "GraphError", "ShapeError", "ancestors", "as_dtype", "DTYPES"]
 
 DTYPES = {np.dtype(np.float32): "float32", np.dtype(np.float64): "float64"}
+INDEX = np.dtype(np.int64)      # integer index arrays (inputs and constants) only index
+NAMES = {**DTYPES, INDEX: "int64"}
+
+
+class ConstArray:
+    """An array constant's value, read-only: compared by content (equal constants are one
+    node) and written by shape alone — compiled code reads it from a buffer passed at each
+    call, so the code does not depend on the values."""
+    __slots__ = ("value", "digest")
+
+    def __init__(self, value: np.ndarray):
+        value = np.array(value, order="C", copy=True)
+        value.setflags(write=False)
+        self.value = value
+        self.digest = hashlib.sha256(repr((value.shape, value.dtype.str)).encode()
+                                     + value.tobytes()).hexdigest()
+
+    def __hash__(self):
+        return hash(self.digest)
+
+    def __eq__(self, other):
+        return isinstance(other, ConstArray) and other.digest == self.digest
+
+    def __repr__(self):
+        return f"array{self.value.shape}"
 
 
 def ancestors(g: "Graph", ids) -> set:
@@ -84,6 +110,19 @@ class Expr:
     __slots__ = ("graph", "id")
     __array_priority__ = 1000  # so ndarray + Expr defers to Expr
 
+    def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
+        """numpy ufuncs on expressions build graph nodes: ``np.sin(x)``, ``array * x``."""
+        op = UFUNCS.get(ufunc.__name__)
+        if method != "__call__" or op is None or kwargs:
+            what = f"np.{ufunc.__name__}" + (f".{method}" if method != "__call__" else "")
+            extra = f" with {', '.join(kwargs)}=" if kwargs and op else ""
+            raise TypeError(f"{what}{extra} is not supported on graph expressions; the "
+                            "supported ufuncs are " + ", ".join(sorted(UFUNCS)))
+        graph = next(x.graph for x in inputs if isinstance(x, Expr))
+        if op == "matmul":
+            return graph.matmul(*inputs)
+        return graph.apply(op, *inputs)
+
     def __init__(self, graph: "Graph", id: int):
         self.graph, self.id = graph, id
 
@@ -119,9 +158,11 @@ class Expr:
             rhs = "input"
         elif self.op == "const":
             rhs = f"const({self.params[0]!r})"
+        elif self.op == "array":
+            rhs = f"array({_preview(self.params[0].value)})"
         else:
             rhs = f"{self.op}({', '.join(a.name for a in self.args)})"
-        return f"{self.name} = {rhs}  shape={self.shape} {DTYPES[self.dtype]}"
+        return f"{self.name} = {rhs}  shape={self.shape} {NAMES[self.dtype]}"
 
     def __hash__(self):
         return hash((id(self.graph), self.id))
@@ -175,20 +216,33 @@ class Expr:
     def __matmul__(self, o): return self.graph.matmul(self, o)
     def __rmatmul__(self, o): return self.graph.matmul(o, self)
 
-    def sum(self, axes=None, keepdims=False):
-        return self.graph.sum(self, axes, keepdims)
+    def sum(self, axes=None, keepdims=False, *, axis=None, dtype=None, out=None):
+        """numpy's sum over ``axis`` (or ``axes``; all by default)."""
+        _no_dtype_out("sum", dtype, out)
+        return self.graph.sum(self, _axes(axes, axis), keepdims)
 
-    def mean(self, axes=None, keepdims=False):
-        axes = ops.normalize_axes(axes, self.ndim)
+    def mean(self, axes=None, keepdims=False, *, axis=None, dtype=None, out=None):
+        _no_dtype_out("mean", dtype, out)
+        axes = ops.normalize_axes(_axes(axes, axis), self.ndim)
         count = math.prod(self.shape[a] for a in axes)
         # the mean of no elements is nan, as in numpy and PyTorch
         return self.graph.sum(self, axes, keepdims) * (1.0 / count if count else math.nan)
 
-    def max(self, axes=None, keepdims=False, *, axis=None):
-        return self.graph.amax(self, axes if axis is None else axis, keepdims)
+    def prod(self, axes=None, keepdims=False, *, axis=None, dtype=None, out=None):
+        _no_dtype_out("prod", dtype, out)
+        return self.graph.prod(self, _axes(axes, axis), keepdims)
 
-    def min(self, axes=None, keepdims=False, *, axis=None):
-        return self.graph.amin(self, axes if axis is None else axis, keepdims)
+    def cumsum(self, axis=None, *, dtype=None, out=None):
+        _no_dtype_out("cumsum", dtype, out)
+        return self.graph.cumsum(self, axis)
+
+    def max(self, axes=None, keepdims=False, *, axis=None, out=None):
+        _no_dtype_out("max", None, out)
+        return self.graph.amax(self, _axes(axes, axis), keepdims)
+
+    def min(self, axes=None, keepdims=False, *, axis=None, out=None):
+        _no_dtype_out("min", None, out)
+        return self.graph.amin(self, _axes(axes, axis), keepdims)
 
     def reshape(self, *shape):
         return self.graph.reshape(self, shape[0] if len(shape) == 1 else shape)
@@ -204,6 +258,44 @@ class Expr:
 
     def broadcast_to(self, shape):
         return self.graph.broadcast_to(self, shape)
+
+    def __getitem__(self, index):
+        """numpy's indexing: basic indices are views; integer arrays gather."""
+        return self.graph.getitem(self, index)
+
+    def __iter__(self):
+        raise TypeError("an Expr is not iterable: index it (x[0], x[1:]) instead")
+
+    def __len__(self):
+        if not self.shape:
+            raise TypeError("len() of a 0-d expression")
+        return self.shape[0]
+
+    def squeeze(self, axis=None):
+        """numpy's squeeze: drop size-1 axes (all, or those in ``axis``); a view."""
+        axes = [d for d, n in enumerate(self.shape) if n == 1] if axis is None else \
+            ops.normalize_axes(axis, self.ndim)
+        for d in axes:
+            if self.shape[d] != 1:
+                raise ShapeError(f"cannot squeeze axis {d} of {self.name}: it has size "
+                                 f"{self.shape[d]}, not 1")
+        return self.graph.index(self, tuple(("int", 0) if d in axes else ops._full(n)
+                                            for d, n in enumerate(self.shape)))
+
+    def expand_dims(self, axis):
+        """numpy's expand_dims (PyTorch's unsqueeze): new size-1 axes at ``axis``; a view."""
+        axes = (axis,) if ops._is_int(axis) else tuple(axis)
+        new = ops.normalize_axes(axes, self.ndim + len(axes))
+        dims = iter(self.shape)
+        return self.graph.index(self, tuple(("new",) if d in new else ops._full(next(dims))
+                                            for d in range(self.ndim + len(new))))
+
+    def flip(self, axis=None):
+        """numpy's flip: reversed along ``axis`` (all axes by default); a view."""
+        axes = ops.normalize_axes(axis, self.ndim)
+        return self.graph.index(self, tuple(("slice", n - 1, -1, n) if d in axes and n > 1
+                                            else ops._full(n)
+                                            for d, n in enumerate(self.shape)))
 
 
 class Graph:
@@ -265,12 +357,15 @@ class Graph:
 
     # ---- leaves ------------------------------------------------------------------
     def input(self, name: str, shape=(), dtype=None) -> Expr:
-        """A run-time input: a scalar by default, any static ``shape``."""
+        """A run-time input: a scalar by default, any static ``shape``.  ``dtype`` is
+        float32 or float64, or an integer type for an index array (``x[idx]``), which is
+        checked against the sizes it indexes at every call."""
         if not isinstance(name, str) or not name.isidentifier():
             raise GraphError(f"input name must be a Python identifier, got {name!r}")
         if name in self._inputs:
             raise GraphError(f"input {name!r} already exists in this graph")
-        dtype = as_dtype(dtype if dtype is not None else self.dtype)
+        dtype = INDEX if _is_integer_dtype(dtype) else \
+            as_dtype(dtype if dtype is not None else self.dtype)
         node = self._new("input", (), (), _check_shape(shape), dtype, name=name)
         self._inputs[name] = node
         self._user_names.add(name)
@@ -278,9 +373,11 @@ class Graph:
         return Expr(self, node)
 
     def const(self, value, dtype=None) -> Expr:
-        """A scalar constant (broadcast where it meets a tensor)."""
+        """A scalar constant (broadcast where it meets a tensor), or an array constant."""
         if isinstance(value, Expr):
             return value
+        if isinstance(value, (list, tuple)) or (isinstance(value, np.ndarray) and value.ndim):
+            return self.array(value, dtype)
         if isinstance(value, bool) or not isinstance(value, numbers.Real):
             if isinstance(value, np.ndarray) and value.ndim == 0:
                 value = value.item()
@@ -292,6 +389,32 @@ class Graph:
         # compare equal, so the interning key carries the sign
         return Expr(self, self._intern("const", (), (value,), (), as_dtype(dtype or self.dtype),
                                        sign=math.copysign(1.0, value)))
+
+    def array(self, value, dtype=None) -> Expr:
+        """An array constant (numpy's ``np.array`` semantics for lists).  Float arrays
+        keep their dtype unless ``dtype`` is given; integer arrays are index arrays (or,
+        with a float ``dtype``, numbers); bool arrays are 0/1 masks in the graph's dtype."""
+        try:
+            value = np.asarray(value)
+        except (TypeError, ValueError) as err:
+            raise TypeError(f"cannot read {value!r} as an array constant ({err})") from None
+        if value.dtype.kind == "b":
+            value = value.astype(dtype or self.dtype)
+        elif value.dtype.kind in "iu" and dtype is None:
+            if value.size and (value.max() > np.iinfo(np.int64).max):
+                raise TypeError("index array values must fit in int64")
+            value = value.astype(INDEX)
+        elif value.dtype.kind in "iuf":
+            value = value.astype(as_dtype(dtype) if dtype is not None else
+                                 (value.dtype if value.dtype.kind == "f" else self.dtype))
+        else:
+            raise TypeError(f"an array constant must hold real numbers, got dtype {value.dtype}")
+        if value.dtype.kind == "f" and value.dtype not in DTYPES:
+            value = value.astype(np.float64)
+        shape = _check_shape(value.shape)
+        if value.ndim == 0 and value.dtype != INDEX:
+            return self.const(value.item(), value.dtype)
+        return Expr(self, self._intern("array", (), (ConstArray(value),), shape, value.dtype))
 
     # ---- node making -----------------------------------------------------------------
     def _new(self, op, args, params, shape, dtype, name=None) -> int:
@@ -319,10 +442,37 @@ class Graph:
             return x
         return self.const(x, dtype)
 
+    def _index_operand(self, x, n: int, axis: int) -> Expr:
+        """An integer index array (node or constant) for an axis of size ``n``: a constant
+        is checked and wrapped now, an input at every call (its ``bound``)."""
+        if isinstance(x, Expr):
+            x = self._operand(x, self.dtype)
+            if x.dtype != INDEX:
+                raise IndexError(f"{x.name} ({NAMES[x.dtype]}) cannot index: index arrays "
+                                 "are integer inputs or constants")
+            if x.op == "array":
+                x = x.params[0].value
+            else:
+                attrs = self.nx.nodes[x.id]
+                attrs["bound"] = min(attrs.get("bound", n), n)
+                return x
+        value = np.asarray(x)
+        if value.dtype.kind not in "iu":
+            raise IndexError(f"arrays used as indices must be of integer (or boolean) type, "
+                             f"got {value.dtype}")
+        if value.size and (value.min() < -n or value.max() >= n):
+            bad = value[(value < -n) | (value >= n)].flat[0]
+            raise IndexError(f"index {bad} is out of bounds for axis {axis} with size {n}")
+        return self.array(np.where(value < 0, value + n, value).astype(INDEX))
+
     def apply(self, op: str, *args, params=()) -> Expr:
         """Apply operator ``op`` (a name from the operator table) to ``args``."""
         if op in STRUCTURED:
-            return getattr(self, op)(*args, *params) if op != "matmul" else self.matmul(*args)
+            if op == "matmul":
+                return self.matmul(*args)
+            if op == "concatenate":
+                return self.concatenate(args, *params)
+            return getattr(self, op)(*args, *params)
         if op not in ELEMENTWISE:
             raise GraphError(f"unknown operator {op!r}; known: {sorted(ELEMENTWISE)}"
                              f" and {sorted(STRUCTURED)}")
@@ -332,7 +482,19 @@ class Graph:
         exprs = [a for a in args if isinstance(a, Expr)]
         if not exprs:
             raise GraphError(f"{op} needs at least one graph expression operand")
-        dtype = np.result_type(*[e.dtype for e in exprs])
+        for e in exprs:
+            if e.dtype == INDEX:
+                raise TypeError(f"{e.name} is an integer index array: it indexes (x[{e.name}], "
+                                f"take) but takes no part in arithmetic ({op})")
+        # numpy arrays among the operands: constants, promoted as numpy promotes
+        arrays = {k: _read_array(a) for k, a in enumerate(args)
+                  if isinstance(a, (np.ndarray, list, tuple))}
+        dtype = np.result_type(*[e.dtype for e in exprs],
+                               *[a.dtype for a in arrays.values() if a.dtype.kind != "b"])
+        if dtype.kind != "f":
+            dtype = np.result_type(dtype, np.float64)
+        args = [a if k not in arrays else self.array(arrays[k]) if arrays[k].dtype.kind == "f"
+                else self.array(arrays[k], dtype) for k, a in enumerate(args)]
         args = [self._operand(a, dtype) for a in args]
         shape = ops.broadcast_shapes(*[a.shape for a in args])
         if op == "broadcast":
@@ -354,7 +516,7 @@ class Graph:
         args = [self._operand(a, self.dtype) for a in args]
         spec = STRUCTURED[op]
         shape = spec.shape([a.shape for a in args], params)
-        dtype = np.result_type(*[a.dtype for a in args])
+        dtype = np.result_type(*[a.dtype for a in args if a.dtype != INDEX])
         return Expr(self, self._intern(op, [a.id for a in args], params, shape, dtype))
 
     def sum(self, x: Expr, axes=None, keepdims=False) -> Expr:
@@ -369,6 +531,22 @@ class Graph:
             return self.broadcast_to(self.const(base.params[0] * count, x.dtype), out_shape) \
                 if out_shape else self.const(base.params[0] * count, x.dtype)
         return self._structured("sum", [x], (axes, bool(keepdims)))
+
+    def prod(self, x: Expr, axes=None, keepdims=False) -> Expr:
+        """The product over ``axes`` (1 over an empty axis); exact slopes at zeros."""
+        x = self._operand(x, self.dtype)
+        axes = ops.normalize_axes(axes, x.ndim)
+        if not axes:
+            return x
+        return self._structured("prod", [x], (axes, bool(keepdims)))
+
+    def cumsum(self, x: Expr, axis=None) -> Expr:
+        """numpy's cumsum: running sums along ``axis`` (of x flattened if None)."""
+        x = self._operand(x, self.dtype)
+        if axis is None:
+            x, axis = x.reshape(-1), 0
+        (axis,) = ops.normalize_axes(axis, x.ndim)
+        return self._structured("cumsum", [x], (axis,))
 
     def amax(self, x: Expr, axes=None, keepdims=False) -> Expr:
         """The largest entry over ``axes`` (NaN if any is); ties share the gradient."""
@@ -398,7 +576,7 @@ class Graph:
                 return x
         if x.op == "const":
             return self.broadcast_to(x, shape)
-        if x.op == "transpose":  # a reshape reads a contiguous buffer: copy the strided view
+        if not _contiguous(x):  # a reshape reads a contiguous buffer: copy the strided view
             x = self.apply("copy", x)
         return self._structured("reshape", [x], (shape,))
 
@@ -415,11 +593,157 @@ class Graph:
             return self.transpose(x.args[0], tuple(inner[p] for p in perm))
         return self._structured("transpose", [x], (perm,))
 
+    # ---- indexing and assembling -----------------------------------------------------------
+    def getitem(self, x: Expr, index) -> Expr:
+        """``x[index]``: basic indices (a view) and integer-array indices (a gather)."""
+        items = index if isinstance(index, tuple) else (index,)
+        if any(_is_array_index(it) for it in items):
+            return self._advanced(x, items)
+        return self.index(x, index)
+
+    def index(self, x: Expr, index) -> Expr:
+        """``x[index]`` for numpy's basic indices (ints, slices with any step, None, ...):
+        a view, no copy.  ``index`` may also be a spec made by ``ops.basic_index``."""
+        x = self._operand(x, self.dtype)
+        spec = index if _is_spec(index) else ops.basic_index(x.shape, index)
+        if ops.is_identity(spec, x.shape):
+            return x
+        return self._structured("index", [x], (spec,))
+
+    def gather(self, x: Expr, *indices) -> Expr:
+        """``x[i₀, …, i_{k−1}]`` with integer index arrays on the leading k axes (numpy's
+        advanced indexing): result shape ``broadcast(i…) + x.shape[k:]``."""
+        x = self._operand(x, self.dtype)
+        if not indices or len(indices) > x.ndim:
+            raise IndexError(f"gather takes 1 to {x.ndim} index arrays, got {len(indices)}")
+        idx = [self._index_operand(i, x.shape[d], d) for d, i in enumerate(indices)]
+        return self._structured("gather", [x, *idx], ())
+
+    def scatter_add(self, p: Expr, *rest) -> Expr:
+        """Zeros of ``shape`` with ``p`` added at ``[i₀, …]`` (repeats add): the adjoint of
+        gather.  Called as ``scatter_add(p, i₀, …, shape)``."""
+        *indices, shape = rest
+        p = self._operand(p, self.dtype)
+        shape = _check_shape(shape)
+        idx = [self._index_operand(i, shape[d], d) for d, i in enumerate(indices)]
+        return self._structured("scatter_add", [p, *idx], (shape,))
+
+    def take(self, x: Expr, indices, axis=None) -> Expr:
+        """numpy's take: ``x[..., indices, ...]`` along ``axis`` (of x flattened if None)."""
+        x = self._operand(x, self.dtype)
+        if axis is None:
+            return self.gather(x.reshape(-1), indices)
+        (axis,) = ops.normalize_axes(axis, x.ndim)
+        return self.getitem(x, (slice(None),) * axis + (indices,))
+
+    def take_along_axis(self, x: Expr, indices, axis) -> Expr:
+        """numpy's take_along_axis: ``out[…, j, …] = x[…, indices[…, j, …], …]``."""
+        x = self._operand(x, self.dtype)
+        (axis,) = ops.normalize_axes(axis, x.ndim)
+        shape = indices.shape if isinstance(indices, Expr) else np.shape(indices)
+        if len(shape) != x.ndim:
+            raise IndexError(f"take_along_axis: indices need {x.ndim} dims like x, got {shape}")
+        ranges = [np.arange(n).reshape([-1 if k == d else 1 for k in range(x.ndim)])
+                  for d, n in enumerate(x.shape)]
+        return self.gather(x, *[indices if d == axis else ranges[d] for d in range(x.ndim)])
+
+    def _advanced(self, x: Expr, items: tuple) -> Expr:
+        """numpy's advanced indexing (integer or constant boolean arrays among the items),
+        as a view for the basic items, a transpose and a gather."""
+        x = self._operand(x, self.dtype)
+        if any(it is None for it in items):
+            raise IndexError("None (newaxis) together with index arrays is not supported: "
+                             "index first, then add the axis with expand_dims")
+        if sum(1 for it in items if it is Ellipsis) > 1:
+            raise IndexError("an index can only have a single ellipsis ('...')")
+        flat = []         # items with boolean arrays turned into their integer arrays
+        for it in items:
+            if isinstance(it, Expr) and it.dtype != INDEX:
+                raise IndexError(f"{it.name} is a {NAMES[it.dtype]} tensor: boolean masks "
+                                 "from the graph select a shape known only at run time; use "
+                                 "where(mask, x, 0) (or index with a constant mask)")
+            arr = None if isinstance(it, Expr) or not isinstance(it, (list, np.ndarray)) \
+                else np.asarray(it)
+            if arr is not None and arr.dtype.kind == "b":
+                flat.extend(np.nonzero(arr))
+            elif arr is not None and arr.dtype.kind not in "iu" and arr.size:
+                raise IndexError(f"arrays used as indices must be of integer (or boolean) "
+                                 f"type, got {arr.dtype}")
+            else:
+                flat.append(arr.astype(np.int64) if arr is not None else it)
+        taken = sum(1 for it in flat if it is not Ellipsis)
+        if taken > x.ndim:
+            raise IndexError(f"too many indices: {taken} for a tensor with {x.ndim} dims")
+        if Ellipsis in [it for it in flat if not isinstance(it, (np.ndarray, Expr))]:
+            k = next(k for k, it in enumerate(flat) if it is Ellipsis)
+            flat[k:k + 1] = [slice(None)] * (x.ndim - taken)
+        flat += [slice(None)] * (x.ndim - len(flat))
+        arrays = [d for d, it in enumerate(flat) if not isinstance(it, slice)]
+        if any(np.ndim(flat[d]) if not isinstance(flat[d], Expr) else flat[d].ndim
+               for d in arrays):      # a scalar index among arrays: the same, as one entry
+            flat = [np.array([it]) if ops._is_int(it) else it for it in flat]
+        # the slices first, as a view (every axis kept; ints are index arrays here)
+        basic = self.index(x, tuple(slice(None) if d in arrays else it
+                                    for d, it in enumerate(flat)))
+        rest = [d for d in range(x.ndim) if d not in arrays]
+        moved = self.transpose(basic, arrays + rest)
+        out = self.gather(moved, *[flat[d] for d in arrays])
+        # numpy: adjacent index arrays put their dims where they stood, else in front
+        if arrays == list(range(arrays[0], arrays[0] + len(arrays))) and arrays[0] > 0:
+            nb = out.ndim - len(rest)
+            lead = list(range(nb, nb + arrays[0]))
+            out = self.transpose(out, lead + list(range(nb)) +
+                                 list(range(nb + arrays[0], out.ndim)))
+        return out
+
+    def embed(self, x: Expr, shape, spec) -> Expr:
+        """Zeros of ``shape`` with ``x`` at ``[spec]`` (the adjoint of indexing)."""
+        x = self._operand(x, self.dtype)
+        shape = _check_shape(shape)
+        spec = spec if _is_spec(spec) else ops.basic_index(shape, spec)
+        if ops.is_identity(spec, shape):
+            return x
+        if ops._index_shape([shape], (spec,)) != x.shape:
+            raise ShapeError(f"embed: {x.name} has shape {x.shape}, the region "
+                             f"[{ops.index_text(spec)}] of {shape} does not")
+        return self._structured("embed", [x], (shape, spec))
+
+    def concatenate(self, xs, axis=0) -> Expr:
+        """numpy's concatenate: the operands joined along an existing ``axis``."""
+        xs = [self._operand(x, self.dtype) for x in xs]
+        if not xs:
+            raise ShapeError("concatenate needs at least one operand")
+        if any(x.ndim == 0 for x in xs):
+            raise ShapeError("zero-dimensional operands cannot be concatenated; use stack")
+        (axis,) = ops.normalize_axes(axis, xs[0].ndim)
+        if len(xs) == 1:
+            return xs[0]
+        return self._structured("concatenate", xs, (axis,))
+
+    def pad(self, x: Expr, widths, value=0.0) -> Expr:
+        """numpy's pad in "constant" mode: ``widths`` is one (before, after) per axis, one
+        pair for all, or one int for all."""
+        x = self._operand(x, self.dtype)
+        pairs = np.broadcast_to(np.asarray(widths, dtype=object), (x.ndim, 2)) \
+            if x.ndim else np.zeros((0, 2), dtype=object)
+        if not all(ops._is_int(w) and w >= 0 for w in pairs.flat):
+            raise ShapeError(f"pad widths must be non-negative ints, got {widths!r}")
+        pairs = tuple((int(lo), int(hi)) for lo, hi in pairs)
+        if isinstance(value, (bool, Expr)) or not isinstance(value, numbers.Real):
+            raise TypeError(f"pad value must be a real number, got {value!r}")
+        if all(p == (0, 0) for p in pairs):
+            return x
+        return self._structured("pad", [x], (pairs, float(value)))
+
     def matmul(self, a, b) -> Expr:
-        """``a @ b`` for 1-D and 2-D operands (1-D ones as in numpy)."""
+        """``a @ b`` as numpy's matmul: 1-D operands as vectors, leading dimensions as
+        batches (broadcast)."""
         a, b = self._operand(a, self.dtype), self._operand(b, self.dtype)
-        if a.ndim not in (1, 2) or b.ndim not in (1, 2):
-            raise ShapeError(f"matmul takes 1-D or 2-D operands, got {a.shape} @ {b.shape}")
+        if a.ndim == 0 or b.ndim == 0:
+            raise ShapeError(f"matmul takes operands with at least one dim, got {a.shape} @ "
+                             f"{b.shape} (use * for scalars)")
+        if a.ndim > 2 or b.ndim > 2:
+            return self._batched_matmul(a, b)
         if a.shape[-1] != b.shape[0]:
             raise ShapeError(f"matmul of {a.name} {a.shape} and {b.name} {b.shape}: inner "
                              f"dimensions {a.shape[-1]} and {b.shape[0]} differ")
@@ -428,6 +752,21 @@ class Graph:
         out = self._structured("matmul", [a2, b2], ())
         shape = a.shape[:-1] + b.shape[1:]
         return self._implicit_reshape(out, shape) if shape != out.shape else out
+
+    def _batched_matmul(self, a: Expr, b: Expr) -> Expr:
+        """Σ_k a[…, i, k]·b[…, k, j] as one fused loop: a broadcast product summed over k."""
+        a2 = a.expand_dims(0) if a.ndim == 1 else a
+        b2 = b.expand_dims(1) if b.ndim == 1 else b
+        if a2.shape[-1] != b2.shape[-2]:
+            raise ShapeError(f"matmul of {a.name} {a.shape} and {b.name} {b.shape}: inner "
+                             f"dimensions {a2.shape[-1]} and {b2.shape[-2]} differ")
+        ops.broadcast_shapes(a2.shape[:-2], b2.shape[:-2])
+        out = (a2.expand_dims(-1) * b2.expand_dims(-3)).sum(-2)
+        if a.ndim == 1:
+            out = out.squeeze(-2)
+        if b.ndim == 1:
+            out = out.squeeze(-1)
+        return out
 
     def _implicit_reshape(self, x: Expr, shape) -> Expr:
         """A reshape the user did not write (1-D matmul's): marked, so reports hide it."""
@@ -531,6 +870,90 @@ class Graph:
         outputs use, in the order they were created."""
         from .pipeline import compile_graph
         return compile_graph(self, outputs, wrt, inputs, **options)
+
+
+# numpy ufunc -> operator (``Expr.__array_ufunc__``)
+UFUNCS = {"add": "add", "subtract": "sub", "multiply": "mul", "divide": "div",
+          "true_divide": "div", "negative": "neg", "power": "pow", "exp": "exp", "log": "log",
+          "sqrt": "sqrt", "sin": "sin", "cos": "cos", "tan": "tan", "tanh": "tanh",
+          "sinh": "sinh", "cosh": "cosh", "arcsin": "asin", "arccos": "acos",
+          "arctan": "atan", "arctan2": "atan2", "arcsinh": "asinh", "arccosh": "acosh",
+          "arctanh": "atanh", "log1p": "log1p", "expm1": "expm1", "log2": "log2",
+          "log10": "log10", "hypot": "hypot", "square": "square", "reciprocal": "reciprocal",
+          "floor": "floor", "ceil": "ceil", "rint": "round", "absolute": "abs", "fabs": "abs",
+          "maximum": "maximum", "minimum": "minimum", "sign": "sign",
+          "heaviside": "heaviside", "less": "lt", "less_equal": "le", "greater": "gt",
+          "greater_equal": "ge", "equal": "eq", "not_equal": "ne",
+          "logical_and": "logical_and", "logical_or": "logical_or",
+          "logical_not": "logical_not", "matmul": "matmul"}
+
+
+def _axes(axes, axis):
+    if axes is not None and axis is not None:
+        raise TypeError("give axis= or axes=, not both")
+    return axes if axis is None else axis
+
+
+def _no_dtype_out(name, dtype, out):
+    if dtype is not None or out is not None:
+        raise TypeError(f"{name}: dtype= and out= are not supported on graph expressions "
+                        "(the result's dtype follows its operands; results are new nodes)")
+
+
+def _read_array(value) -> np.ndarray:
+    try:
+        value = np.asarray(value)
+    except (TypeError, ValueError) as err:
+        raise TypeError(f"cannot read {value!r} as an array constant ({err})") from None
+    if value.dtype.kind not in "biuf":
+        raise TypeError(f"an array constant must hold real numbers, got dtype {value.dtype}")
+    return value
+
+
+def _is_integer_dtype(dtype) -> bool:
+    try:
+        return dtype is not None and np.dtype(dtype).kind in "iu"
+    except TypeError:
+        return False
+
+
+def _preview(value: np.ndarray) -> str:
+    flat = value.ravel()
+    text = ", ".join(f"{v:g}" for v in flat[:4])
+    return f"[{text}{', …' if flat.size > 4 else ''}]"
+
+
+def _is_array_index(item) -> bool:
+    return isinstance(item, (Expr, list, np.ndarray)) and not (
+        isinstance(item, np.ndarray) and item.ndim == 0 and item.dtype.kind in "iu")
+
+
+def _is_spec(index) -> bool:
+    return isinstance(index, tuple) and all(isinstance(it, tuple) and it and it[0] in
+                                            ("slice", "int", "new") for it in index)
+
+
+def _contiguous(x: Expr) -> bool:
+    """Does ``x`` read its elements in row-major order from one buffer (views included)?"""
+    while x.op in ("index", "reshape"):
+        if x.op == "index":
+            arg = x.args[0]
+            # a contiguous block: leading ints, at most one partial slice with step 1
+            # (or of one element), then whole axes only
+            narrowed = False      # an axis after which every axis must be whole
+            for it, n in zip((it for it in x.params[0] if it[0] != "new"), arg.shape):
+                if n == 1:
+                    continue
+                if it == ops._full(n):
+                    narrowed = True
+                    continue
+                if narrowed or (it[0] == "slice" and it[2] != 1 and it[3] > 1):
+                    return False
+                narrowed = it[0] == "slice"
+            x = arg
+        else:
+            x = x.args[0]
+    return x.op != "transpose"
 
 
 def _fold(g: Graph, op, args, shape, dtype):

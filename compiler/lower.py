@@ -19,7 +19,7 @@ import sympy as sp
 from llvmlite import ir
 
 from .ops import ELEMENTWISE, SYMPY_OPS
-from .schedule import Kernel, MatMul, Program
+from .schedule import Assemble, Gather, Kernel, MatMul, Program, Scan
 
 I32, I64, PTR = ir.IntType(32), ir.IntType(64), ir.PointerType()
 FLOAT = {np.dtype(np.float64): ir.DoubleType(), np.dtype(np.float32): ir.FloatType()}
@@ -31,7 +31,7 @@ FLOAT = {np.dtype(np.float64): ir.DoubleType(), np.dtype(np.float32): ir.FloatTy
 FAST_ARITH = ("contract",)
 REDUCE = ("reassoc", "contract")    # lets sum loops vectorise; not "fast": keeps NaN checks
 ALIGN = 64
-REDUCTION_START = {"sum": 0.0, "amax": -math.inf, "amin": math.inf}
+REDUCTION_START = {"sum": 0.0, "prod": 1.0, "amax": -math.inf, "amin": math.inf}
 
 
 def new_module(name: str) -> ir.Module:
@@ -147,6 +147,12 @@ class Lowerer:
             fname = f"{name}.step{n}"
             if isinstance(step, MatMul):
                 used = self.matmul(fname, step)
+            elif isinstance(step, Assemble):
+                used = self.assemble(fname, step)
+            elif isinstance(step, Gather):
+                used = self.gather(fname, step)
+            elif isinstance(step, Scan):
+                used = self.scan(fname, step)
             else:
                 used = self.kernel(fname, step)
             fn, buffers = used
@@ -203,8 +209,8 @@ class Lowerer:
         for cm in cms:
             indices.append(cm.__enter__())
 
-        def address(buffer, dtype, st):
-            off = None
+        def address(buffer, dtype, st, offset=0):
+            off = ir.Constant(I64, offset) if offset else None
             for i, s in zip(indices, st):
                 if s == 0:
                     continue
@@ -217,7 +223,7 @@ class Lowerer:
         for (kind, i, st) in accesses:
             if kind == "load":
                 v = k.loads[i]
-                val = b.load(address(v.buffer, v.dtype, st), typ=FLOAT[v.dtype])
+                val = b.load(address(v.buffer, v.dtype, st, v.offset), typ=FLOAT[v.dtype])
                 env[sp.Symbol(f"x{i}", real=True)] = _convert(b, val, ty)
         lowering = ExprLowering(self, b, ty, env)
         for sym, expr in sk.assignments:
@@ -226,15 +232,17 @@ class Lowerer:
             if kind == "store":
                 v = k.stores[i]
                 val = _convert(b, lowering(sk.results[i]), FLOAT[v.dtype])
-                b.store(val, address(v.buffer, v.dtype, st))
+                b.store(val, address(v.buffer, v.dtype, st, v.offset))
             elif kind == "reduce":
                 v = k.reductions[i].out
                 rty = FLOAT[v.dtype]
-                where = address(v.buffer, v.dtype, st)
+                where = address(v.buffer, v.dtype, st, v.offset)
                 val = _convert(b, lowering(sk.results[i]), rty)
                 acc = b.load(where, typ=rty)
                 if k.reductions[i].op == "sum":
                     acc = b.fadd(acc, val, flags=REDUCE)
+                elif k.reductions[i].op == "prod":
+                    acc = b.fmul(acc, val, flags=REDUCE)
                 else:           # NaN-propagating, as numpy's amax and torch.amax
                     name = "llvm.maximum" if k.reductions[i].op == "amax" else "llvm.minimum"
                     acc = b.call(self._intrinsic(name, rty, 2), [acc, val])
@@ -269,9 +277,13 @@ class Lowerer:
             name=gemm_name)
         (ta, lda), (tb, ldb) = layouts
         i32, i64 = (lambda v: ir.Constant(I32, v)), (lambda v: ir.Constant(I64, v))
+        def start(view):
+            base = ptr[view.buffer]
+            return b.gep(base, [i64(view.offset)], source_etype=FLOAT[view.dtype]) \
+                if view.offset else base
         b.call(gemm, [i32(CBLAS_ROW_MAJOR), i32(ta), i32(tb), i64(m), i64(n), i64(kk),
-                      ir.Constant(ty, 1.0), ptr[a.buffer], i64(lda), ptr[bv.buffer], i64(ldb),
-                      ir.Constant(ty, 0.0), ptr[c.buffer], i64(n)])
+                      ir.Constant(ty, 1.0), start(a), i64(lda), start(bv), i64(ldb),
+                      ir.Constant(ty, 0.0), start(c), i64(n)])
         b.ret_void()
         return fn, buffers
 
@@ -287,6 +299,8 @@ class Lowerer:
         def at(view, i, j):
             off = b.add(b.mul(i, ir.Constant(I64, view.strides[0])),
                         b.mul(j, ir.Constant(I64, view.strides[1])))
+            if view.offset:
+                off = b.add(off, ir.Constant(I64, view.offset))
             return b.gep(ptr[view.buffer], [off], source_etype=FLOAT[view.dtype])
 
         if m * n == 0:                      # zero-size operands: an empty product
@@ -305,6 +319,136 @@ class Lowerer:
                     where = at(c, i, j)
                     prod = b.fmul(aval, bval, flags=REDUCE)
                     b.store(b.fadd(b.load(where, typ=ty), prod, flags=REDUCE), where)
+        b.ret_void()
+        return fn, buffers
+
+
+    # ---- assemble: fill a buffer, copy each piece into its region ---------------------------
+    def assemble(self, name, step: Assemble):
+        out = step.out
+        buffers = sorted({out.buffer, *(src.buffer for src, _ in step.pieces)})
+        fn = self._step_fn(name, buffers)
+        ptr = dict(zip(buffers, fn.args))
+        b = ir.IRBuilder(fn.append_basic_block("entry"))
+        ty = FLOAT[out.dtype]
+        size = math.prod(out.shape)
+        if step.fill is not None and size:
+            with loop(b, size, "z") as i:
+                b.store(ir.Constant(ty, step.fill), b.gep(ptr[out.buffer], [i], source_etype=ty))
+        for src, dst in step.pieces:
+            if math.prod(src.shape) == 0:
+                continue
+            shape, (s_st, d_st) = collapse(src.shape, [src.strides, dst.strides])
+            indices = []
+            cms = [loop(b, n, f"i{d}") for d, n in enumerate(shape)]
+            for cm in cms:
+                indices.append(cm.__enter__())
+
+            def at(view, st):
+                off = ir.Constant(I64, view.offset)
+                for i, s in zip(indices, st):
+                    if s:
+                        off = b.add(off, b.mul(i, ir.Constant(I64, s)))
+                return b.gep(ptr[view.buffer], [off], source_etype=FLOAT[view.dtype])
+            value = b.load(at(src, s_st), typ=FLOAT[src.dtype])
+            b.store(_convert(b, value, ty), at(dst, d_st))
+            for cm in reversed(cms):
+                cm.__exit__(None, None, None)
+        b.ret_void()
+        return fn, buffers
+
+
+    # ---- gather and scatter-add through index arrays ------------------------------------
+    def gather(self, name, step: Gather):
+        dense, indexed = (step.src, step.out) if step.scatter else (step.out, step.src)
+        k = len(step.indices)
+        buffers = sorted({step.src.buffer, step.out.buffer,
+                          *(v.buffer for v in step.indices)})
+        fn = self._step_fn(name, buffers)
+        ptr = dict(zip(buffers, fn.args))
+        b = ir.IRBuilder(fn.append_basic_block("entry"))
+        ty = FLOAT[step.out.dtype]
+        if step.scatter and math.prod(step.out.shape):
+            with loop(b, math.prod(step.out.shape), "z") as i:
+                b.store(ir.Constant(ty, 0.0), b.gep(ptr[step.out.buffer], [i], source_etype=ty))
+        domain = dense.shape
+        if math.prod(domain) == 0:
+            b.ret_void()
+            return fn, buffers
+        nb = len(domain) - (len(indexed.shape) - k)       # the index arrays' dims
+        rest = (0,) * nb + tuple(indexed.strides[k:])
+        index_strides = [v.broadcast_to(domain[:nb]) + (0,) * (len(domain) - nb)
+                         for v in step.indices]
+        shape, (dense_st, rest_st, *idx_st) = collapse(
+            domain, [dense.strides, rest, *index_strides])
+        cms = [loop(b, n, f"i{d}") for d, n in enumerate(shape)]
+        indices = [cm.__enter__() for cm in cms]
+
+        def offset(base, st):
+            off = ir.Constant(I64, base)
+            for i, s in zip(indices, st):
+                if s:
+                    off = b.add(off, b.mul(i, ir.Constant(I64, s)))
+            return off
+
+        at = offset(indexed.offset, rest_st)
+        for v, st, n, stride in zip(step.indices, idx_st, step.bounds, indexed.strides):
+            j = b.load(b.gep(ptr[v.buffer], [offset(v.offset, st)], source_etype=I64), typ=I64)
+            # checked to lie in [-n, n) before the call: a negative one counts from the end
+            j = b.select(b.icmp_signed("<", j, ir.Constant(I64, 0)),
+                         b.add(j, ir.Constant(I64, n)), j)
+            at = b.add(at, b.mul(j, ir.Constant(I64, stride)))
+        here = b.gep(ptr[dense.buffer], [offset(dense.offset, dense_st)],
+                     source_etype=FLOAT[dense.dtype])
+        there = b.gep(ptr[indexed.buffer], [at], source_etype=FLOAT[indexed.dtype])
+        if step.scatter:
+            value = _convert(b, b.load(here, typ=FLOAT[dense.dtype]), ty)
+            b.store(b.fadd(b.load(there, typ=ty), value), there)
+        else:
+            value = b.load(there, typ=FLOAT[indexed.dtype])
+            b.store(_convert(b, value, ty), here)
+        for cm in reversed(cms):
+            cm.__exit__(None, None, None)
+        b.ret_void()
+        return fn, buffers
+
+
+    # ---- cumsum: a running sum along one axis, the other axes outside ----------------------
+    def scan(self, name, step: Scan):
+        src, out, axis = step.src, step.out, step.axis
+        buffers = sorted({src.buffer, out.buffer})
+        fn = self._step_fn(name, buffers)
+        ptr = dict(zip(buffers, fn.args))
+        b = ir.IRBuilder(fn.append_basic_block("entry"))
+        ty = FLOAT[out.dtype]
+        if math.prod(src.shape) == 0:
+            b.ret_void()
+            return fn, buffers
+        outer = tuple(n for d, n in enumerate(src.shape) if d != axis)
+        drop = [st for d, st in enumerate(src.strides) if d != axis]
+        shape, (src_st, out_st) = collapse(outer, [drop, [st for d, st in enumerate(
+            out.strides) if d != axis]])
+        cms = [loop(b, n, f"o{d}") for d, n in enumerate(shape)]
+        indices = [cm.__enter__() for cm in cms]
+
+        def at(view, st, i, along):
+            off = ir.Constant(I64, view.offset)
+            for j, s in zip(indices, st):
+                if s:
+                    off = b.add(off, b.mul(j, ir.Constant(I64, s)))
+            off = b.add(off, b.mul(i, ir.Constant(I64, along)))
+            return b.gep(ptr[view.buffer], [off], source_etype=FLOAT[view.dtype])
+        pre = b.block
+        with loop(b, src.shape[axis], "k") as i:
+            acc = b.phi(ty, name="acc")
+            acc.add_incoming(ir.Constant(ty, 0.0), pre)
+            value = _convert(b, b.load(at(src, src_st, i, src.strides[axis]),
+                                       typ=FLOAT[src.dtype]), ty)
+            total = b.fadd(acc, value)
+            b.store(total, at(out, out_st, i, out.strides[axis]))
+            acc.add_incoming(total, b.block)
+        for cm in reversed(cms):
+            cm.__exit__(None, None, None)
         b.ret_void()
         return fn, buffers
 

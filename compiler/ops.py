@@ -156,7 +156,7 @@ def kind_of(op: str) -> str:
         return "elementwise"
     if op in STRUCTURED:
         return STRUCTURED[op].kind
-    if op in ("input", "const"):
+    if op in ("input", "const", "array"):
         return "leaf"
     raise GraphError(f"unknown operator {op!r}")
 
@@ -347,6 +347,9 @@ elementwise("where", where(A, B, C), lambda c, a, b: np.where(np.asarray(c) != 0
 # included: no tie split as in maximum), 1 for lo below it; clamp_max likewise
 elementwise("clamp_min", sp.Max(A, B), np.maximum, partials=(ge(A, B), lt(A, B)))
 elementwise("clamp_max", sp.Min(A, B), np.minimum, partials=(le(A, B), gt(A, B)))
+# √a for a 2-norm: its slope at 0 is 0, not inf (PyTorch's vector_norm at the origin)
+elementwise("norm_root", sp.sqrt(A), np.sqrt, partials=(where(eq(OUT, 0), 0, 1 / (2 * OUT)),),
+            torch=None, public=False, domain="positive", libm=None)
 
 # ---- data movement that fuses like arithmetic -----------------------------------
 # broadcast: the operand read with stride 0 on new or size-1 axes (shape is a parameter).
@@ -419,7 +422,13 @@ class Structured:
     * "reduction" — accumulates its operand over ``params = (axes, keepdims)``, fused
       into the loop that produces the operand;
     * "view" — new strides over the operand's buffer: ``view(strides, shape, params)``;
-    * "contraction" — a product of two operands (a loop nest, or BLAS).
+    * "contraction" — a product of two operands (a loop nest, or BLAS);
+    * "assemble" — a new buffer made of its operands' values placed in regions of it
+      (``regions(shapes, params)``: one index spec per operand, see ``basic_index``),
+      the rest filled with ``fill(params)`` (None: the regions cover it);
+    * "gather" — reads (``gather``) or accumulates into (``scatter_add``) positions given
+      by integer index operands;
+    * "scan" — a running sum along ``params[0]``, the axis.
 
     How it reads, beside what it does: ``show(x, params, shapes, tex)`` writes the forward
     application on operands named ``x``; ``rule(slot, P, x, params, shapes, tex)`` writes
@@ -432,15 +441,20 @@ class Structured:
     vjp: Callable        # (adjoint, operands, out, params) -> one adjoint per operand
     show: Callable
     rule: Callable
-    view: Callable | None = None
+    view: Callable | None = None      # (offset, strides, out shape, params) -> (offset, strides)
+    regions: Callable | None = None
+    fill: Callable | None = None
 
 
-def structured(name, kind, shape, numpy, vjp, show, rule, view=None):
-    if kind not in ("reduction", "view", "contraction"):
+def structured(name, kind, shape, numpy, vjp, show, rule, view=None, regions=None, fill=None):
+    if kind not in ("reduction", "view", "contraction", "assemble", "gather", "scan"):
         raise GraphError(f"structured operator {name!r}: unknown kind {kind!r}")
     if kind == "view" and view is None:
         raise GraphError(f"view operator {name!r} needs its stride rule (view=)")
-    STRUCTURED[name] = Structured(name, kind, shape, numpy, vjp, show, rule, view)
+    if kind == "assemble" and (regions is None or fill is None):
+        raise GraphError(f"operator {name!r} needs regions= and fill=")
+    STRUCTURED[name] = Structured(name, kind, shape, numpy, vjp, show, rule, view, regions,
+                                  fill)
 
 
 def _sum_shape(shapes, params):
@@ -532,7 +546,7 @@ structured("reshape", "view", lambda shapes, p: p[0],
            lambda adj, args, out, p: [adj.reshape(args[0].shape)],
            lambda x, p, shapes, tex: written_call("reshape", [*x, str(p[0])], tex),
            lambda slot, P, x, p, shapes, tex: written_call("reshape", [P, str(shapes[0])], tex),
-           view=lambda strides, shape, p: contiguous_strides(shape))
+           view=lambda offset, strides, shape, p: (offset, contiguous_strides(shape)))
 structured("transpose", "view", _transpose_shape,
            lambda args, p: np.transpose(args[0], p[0]),
            lambda adj, args, out, p: [adj.transpose(_inverse(p[0]))],
@@ -540,7 +554,243 @@ structured("transpose", "view", _transpose_shape,
            written_call("transpose", [x[0], str(p[0])], tex),
            lambda slot, P, x, p, shapes, tex: _t(P, tex) if p[0] == (1, 0) else
            written_call("transpose", [P, str(_inverse(p[0]))], tex),
-           view=lambda strides, shape, p: tuple(strides[i] for i in p[0]))
+           view=lambda offset, strides, shape, p: (offset, tuple(strides[i] for i in p[0])))
+
+
+# ---- indexing, and the operators that place values into a new tensor ------------------------
+# A basic index (numpy's ints, slices, None, ...) is a spec: one item per result-forming
+# piece, ("slice", start, step, count) and ("int", i) each taking one axis of the operand,
+# ("new",) adding an axis of size 1.  Applied to strides it is a view (an offset and new
+# strides, no copy); applied to an output buffer it is the region an operand is written to.
+def _full(n):
+    return ("slice", 0, 1, n)
+
+
+def _is_int(x):
+    return isinstance(x, (int, np.integer)) and not isinstance(x, (bool, np.bool_))
+
+
+def basic_index(shape: tuple, index) -> tuple:
+    """numpy's basic index over ``shape`` as a spec (every axis covered), or IndexError."""
+    index = index if isinstance(index, tuple) else (index,)
+    if sum(1 for it in index if it is Ellipsis) > 1:
+        raise IndexError("an index can only have a single ellipsis ('...')")
+    taken = sum(1 for it in index if it is not None and it is not Ellipsis)
+    if taken > len(shape):
+        raise IndexError(f"too many indices: {taken} for a tensor with {len(shape)} dims")
+    spec, d = [], 0
+    for it in index:
+        if it is Ellipsis:
+            for _ in range(len(shape) - taken):
+                spec.append(_full(shape[d]))
+                d += 1
+        elif it is None:
+            spec.append(("new",))
+        elif isinstance(it, slice):
+            if not all(v is None or _is_int(v) for v in (it.start, it.stop, it.step)):
+                raise IndexError(f"slice {it} must have int (or None) start, stop and step")
+            if it.step == 0:
+                raise IndexError("slice step cannot be zero")
+            start, stop, step = it.indices(shape[d])
+            count = len(range(start, stop, step))
+            spec.append(("slice", start, step, count) if count else ("slice", 0, 1, 0))
+            d += 1
+        elif _is_int(it):
+            n = shape[d]
+            if not -n <= it < n:
+                raise IndexError(f"index {int(it)} is out of bounds for axis {d} with size {n}")
+            spec.append(("int", int(it) % n))
+            d += 1
+        else:
+            raise IndexError(f"cannot index with {type(it).__name__} {it!r}: use ints, slices, "
+                             "None, ..., or integer arrays")
+    spec.extend(_full(shape[k]) for k in range(d, len(shape)))
+    return tuple(spec)
+
+
+def is_identity(spec, shape) -> bool:
+    return len(spec) == len(shape) and all(it == _full(n) for it, n in zip(spec, shape))
+
+
+def numpy_index(spec) -> tuple:
+    """The spec as a numpy index (for the reference evaluation)."""
+    out = []
+    for it in spec:
+        if it[0] == "new":
+            out.append(None)
+        elif it[0] == "int":
+            out.append(it[1])
+        else:
+            _, start, step, count = it
+            stop = start + step * count
+            out.append(slice(start, None if stop < 0 else stop, step))
+    return tuple(out)
+
+
+def _index_shape(shapes, params):
+    return tuple(1 if it[0] == "new" else it[3] for it in params[0] if it[0] != "int")
+
+
+def _index_view(offset, strides, shape, params):
+    out, d = [], 0
+    for it in params[0]:
+        if it[0] == "new":
+            out.append(0)
+            continue
+        offset += it[1] * strides[d]
+        if it[0] == "slice":
+            out.append(it[2] * strides[d])
+        d += 1
+    return offset, tuple(out)
+
+
+def index_text(spec, shape=None) -> str:
+    """``1:5, 0, None``: the spec as it would be written (positive starts; ``:`` for a
+    whole axis of ``shape``, the indexed tensor's, and none for trailing ones)."""
+    parts, whole = [], iter(shape) if shape is not None else None
+    for it in spec:
+        if whole is not None and it[0] != "new" and it == _full(next(whole)):
+            parts.append(":")
+            continue
+        if it[0] == "new":
+            parts.append("None")
+        elif it[0] == "int":
+            parts.append(str(it[1]))
+        else:
+            _, start, step, count = it
+            stop = start + step * count
+            stop = "" if stop < 0 else str(stop)
+            parts.append(f"{start}:{stop}" + (f":{step}" if step != 1 else ""))
+    while len(parts) > 1 and parts[-1] == ":":
+        parts.pop()
+    return ", ".join(parts)
+
+
+def _indexed(x, spec, tex, shape=None):
+    inner = index_text(spec, shape).replace("None", r"\text{None}" if tex else "None")
+    return rf"{x}\left[{inner}\right]" if tex else f"{x}[{inner}]"
+
+
+# x[spec]: a view.  Its adjoint is P placed in a zero tensor of x's shape (embed).
+structured("index", "view", _index_shape,
+           lambda args, p: args[0][numpy_index(p[0])],
+           lambda adj, args, out, p: [adj.apply("embed", params=(args[0].shape, p[0]))],
+           lambda x, p, shapes, tex: _indexed(x[0], p[0], tex, shapes[0]),
+           lambda slot, P, x, p, shapes, tex: written_call(
+               "embed", [P, str(shapes[0]), f"[{index_text(p[0], shapes[0])}]"], tex),
+           view=_index_view)
+
+
+def _embedded(args, p):
+    out = np.zeros(p[0], dtype=np.asarray(args[0]).dtype)
+    out[numpy_index(p[1])] = args[0]
+    return out
+
+
+# embed(a, shape, spec): zeros of ``shape`` with a at [spec]; its adjoint is P[spec].
+structured("embed", "assemble", lambda shapes, p: p[0], _embedded,
+           lambda adj, args, out, p: [adj.apply("index", params=(p[1],))],
+           lambda x, p, shapes, tex: written_call("embed", [x[0], str(p[0]),
+                                                            f"[{index_text(p[1], p[0])}]"], tex),
+           lambda slot, P, x, p, shapes, tex: _indexed(P, p[1], tex, p[0]),
+           regions=lambda shapes, p: [p[1]], fill=lambda p: 0.0)
+
+
+def _concat_regions(shapes, params):
+    axis, = params
+    specs, start = [], 0
+    for s in shapes:
+        specs.append(tuple(("slice", start, 1, n) if d == axis else _full(n)
+                           for d, n in enumerate(s)))
+        start += s[axis]
+    return specs
+
+
+def _concat_shape(shapes, params):
+    axis, = params
+    first = shapes[0]
+    for s in shapes[1:]:
+        if len(s) != len(first) or any(a != b for d, (a, b) in enumerate(zip(s, first))
+                                       if d != axis):
+            raise ShapeError(f"concatenate along axis {axis}: shapes "
+                             f"{', '.join(map(str, shapes))} differ off that axis")
+    return first[:axis] + (sum(s[axis] for s in shapes),) + first[axis + 1:]
+
+
+# concatenate(a, b, …; axis): each operand's adjoint is its block of P.
+structured("concatenate", "assemble", _concat_shape,
+           lambda args, p: np.concatenate(args, axis=p[0]),
+           lambda adj, args, out, p: [adj.apply("index", params=(spec,)) for spec in
+                                      _concat_regions([a.shape for a in args], p)],
+           lambda x, p, shapes, tex: written_call("concatenate", [*x, f"axis={p[0]}"], tex),
+           lambda slot, P, x, p, shapes, tex: _indexed(P, _concat_regions(shapes, p)[slot], tex,
+                                                       _concat_shape(shapes, p)),
+           regions=_concat_regions, fill=lambda p: None)
+
+
+def _pad_regions(shapes, params):
+    return [tuple(("slice", lo, 1, n) for (lo, _), n in zip(params[0], shapes[0]))]
+
+
+# pad(a, widths, value): a inside a border of ``value``; its adjoint is P's interior.
+structured("pad", "assemble",
+           lambda shapes, p: tuple(lo + n + hi for (lo, hi), n in zip(p[0], shapes[0])),
+           lambda args, p: np.pad(args[0], p[0], constant_values=p[1]),
+           lambda adj, args, out, p: [adj.apply("index", params=(
+               _pad_regions([args[0].shape], p)[0],))],
+           lambda x, p, shapes, tex: written_call("pad", [x[0], str(p[0]), f"{p[1]:g}"], tex),
+           lambda slot, P, x, p, shapes, tex: _indexed(
+               P, _pad_regions(shapes, p)[0], tex,
+               tuple(lo + n + hi for (lo, hi), n in zip(p[0], shapes[0]))),
+           regions=_pad_regions, fill=lambda p: p[1])
+
+
+# gather(x, i₀, …, i_{k−1}): out[b, r] = x[i₀[b], …, i_{k−1}[b], r], the index arrays
+# broadcast together to b's shape (numpy's x[i₀, …] on the leading axes).  Indices are
+# checked before they are read: constants when the node is made, inputs at every call.
+# Its adjoint scatters P back, adding where an index repeats; scatter_add's is a gather.
+def _gather_shape(shapes, params):
+    x, *index = shapes
+    if len(index) > len(x):
+        raise ShapeError(f"{len(index)} index arrays for a tensor with {len(x)} dims")
+    return broadcast_shapes(*index) + tuple(x[len(index):])
+
+
+def _scatter_shape(shapes, params):
+    p, *index = shapes
+    (shape,) = params
+    expect = broadcast_shapes(*index) + tuple(shape[len(index):])
+    if tuple(p) != expect:
+        raise ShapeError(f"scatter_add of shape {p} into {shape}: the indices want {expect}")
+    return shape
+
+
+def _scatter_numpy(args, params):
+    p, *index = args
+    out = np.zeros(params[0], dtype=np.asarray(p).dtype)
+    np.add.at(out, tuple(np.asarray(i) for i in index), p)
+    return out
+
+
+def _index_names(x, tex):
+    return ", ".join(x)
+
+
+structured("gather", "gather", _gather_shape,
+           lambda args, p: np.asarray(args[0])[tuple(np.asarray(i) for i in args[1:])],
+           lambda adj, args, out, p: [adj.apply("scatter_add", *args[1:],
+                                                params=(args[0].shape,))]
+           + [None] * (len(args) - 1),
+           lambda x, p, shapes, tex: rf"{x[0]}\left[{_index_names(x[1:], tex)}\right]" if tex
+           else f"{x[0]}[{_index_names(x[1:], tex)}]",
+           lambda slot, P, x, p, shapes, tex: written_call(
+               "scatter_add", [P, _index_names(x[1:], tex), str(shapes[0])], tex))
+structured("scatter_add", "gather", _scatter_shape, _scatter_numpy,
+           lambda adj, args, out, p: [adj.apply("gather", *args[1:])] + [None] * (len(args) - 1),
+           lambda x, p, shapes, tex: written_call(
+               "scatter_add", [x[0], _index_names(x[1:], tex), str(p[0])], tex),
+           lambda slot, P, x, p, shapes, tex: rf"{P}\left[{_index_names(x[1:], tex)}\right]"
+           if tex else f"{P}[{_index_names(x[1:], tex)}]")
 
 
 def _extreme_vjp(adjoint, args, out, params):
@@ -566,6 +816,42 @@ def _extreme(name, numpy):
 
 _extreme("amax", np.amax)
 _extreme("amin", np.amin)
+
+def _prod_vjp(adjoint, args, out, params):
+    """∂Π/∂x_i = Π_{j≠i} x_j: out/x_i where x_i ≠ 0; where x_i = 0, the product of the
+    other entries if it is the only zero, else 0 (PyTorch's prod backward)."""
+    axes, keepdims = params
+    x = args[0]
+    kept = tuple(1 if i in axes else n for i, n in enumerate(x.shape))
+    zero = x.apply("eq", 0.0)
+    safe = zero.apply("where", 1.0, x)              # no division by zero, in any order
+    others = safe.apply("prod", params=(axes, True))
+    alone = zero.sum(axes, keepdims=True).apply("eq", 1.0)
+    local = zero.apply("where", others * alone, out.reshape(kept).broadcast_to(x.shape) / safe)
+    return [adjoint.reshape(kept).broadcast_to(x.shape) * local]
+
+
+structured("prod", "reduction", _sum_shape,
+           lambda args, p: np.prod(args[0], axis=p[0], keepdims=p[1]), _prod_vjp,
+           lambda x, p, shapes, tex: _sum_show(x, p, shapes, tex).replace("sum", "prod"),
+           lambda slot, P, x, p, shapes, tex: (
+               rf"\operatorname{{broadcast}}\left({P}\right) \cdot \prod_{{j \neq i}} {x[0]}_j"
+               if tex else f"broadcast({P}, {shapes[0]})·Π_(j≠i) {x[0]}_j"))
+
+
+def _cumsum_show(x, p, shapes, tex):
+    return written_call("cumsum", [x[0], f"axis={p[0]}"], tex)
+
+
+# cumsum along an axis: its adjoint is the reversed cumulative sum of P.
+structured("cumsum", "scan", lambda shapes, p: shapes[0],
+           lambda args, p: np.cumsum(args[0], axis=p[0]),
+           lambda adj, args, out, p: [adj.flip(p[0]).apply("cumsum", params=p).flip(p[0])],
+           _cumsum_show,
+           lambda slot, P, x, p, shapes, tex: written_call(
+               "flip", [_cumsum_show([written_call("flip", [P, f"axis={p[0]}"], tex)], p,
+                                     shapes, tex), f"axis={p[0]}"], tex))
+
 # Bilinear: P_a = P_c·bᵀ, P_b = aᵀ·P_c.
 structured("matmul", "contraction", _matmul_shape,
            lambda args, p: np.matmul(args[0], args[1]),
@@ -579,11 +865,14 @@ def evaluate(op: str, args: list, params: tuple, shape: tuple, dtype) -> np.ndar
     """Numpy reference value of one operator application."""
     if op == "const":
         return np.asarray(params[0], dtype=dtype)
+    if op == "array":
+        return params[0].value
     if op in ELEMENTWISE:
         with np.errstate(all="ignore"):
             value = ELEMENTWISE[op].numpy(*[np.asarray(a, dtype=dtype) for a in args])
         return np.broadcast_to(np.asarray(value, dtype=dtype), shape).copy()
-    return np.asarray(STRUCTURED[op].numpy(args, params), dtype=dtype)
+    with np.errstate(all="ignore"):
+        return np.asarray(STRUCTURED[op].numpy(args, params), dtype=dtype)
 
 
 for _name in list(ELEMENTWISE):

@@ -21,10 +21,11 @@ log = logger("symgrad.compile")
 class Entry:
     """One native entry point: the nodes it reads and writes, in pointer-table order."""
     kind: str                # "forward" | "vjp"
-    inputs: list             # node ids
+    inputs: list             # node ids: the arguments, then the array constants
     outputs: list            # node ids (unique)
     name: str = ""           # its symbol in the module
     address: int = 0
+    constants: list = field(default_factory=list)   # the array constants among inputs
 
 
 @dataclass
@@ -52,13 +53,16 @@ class CompilePlan:
     def signature(self) -> Signature:
         def slots(exprs):
             return [(e.name, e.shape, e.dtype) for e in exprs]
+        # an integer index input is checked against the smallest axis it indexes
+        bounds = {e.name: e._attrs["bound"] for e in self.inputs if "bound" in e._attrs}
         return Signature(slots(self.inputs), slots(self.outputs), slots(self.wrt),
-                         slots(self.seeds), self.out_ids, self.grad_ids)
+                         slots(self.seeds), self.out_ids, self.grad_ids, bounds)
 
     def entry_specs(self) -> dict:
         nodes = self.work.nx.nodes
         return {k: EntrySpec(k, tuple(e.outputs),
-                             tuple((nodes[i]["shape"], nodes[i]["dtype"]) for i in e.outputs))
+                             tuple((nodes[i]["shape"], nodes[i]["dtype"]) for i in e.outputs),
+                             tuple(nodes[i]["params"][0].value for i in e.constants))
                 for k, e in self.entries.items()}
 
 
@@ -161,7 +165,7 @@ def prepare(g: Graph, outputs, wrt, inputs=None, fast_math=False) -> CompilePlan
             raise GraphError(f"the outputs use input(s) {', '.join(missing)} that are not in "
                              "inputs=; list every input the outputs read")
     for w in wrt:
-        if w.op == "const":
+        if w.op in ("const", "array"):
             raise GraphError(f"cannot differentiate with respect to the constant {w.name}")
     work = g.copy()
     outs = [Expr(work, o.id) for o in outputs]
@@ -177,11 +181,19 @@ def prepare(g: Graph, outputs, wrt, inputs=None, fast_math=False) -> CompilePlan
     plan = CompilePlan(g, work, inputs, outs, wrt, seeds, out_ids, grad_ids,
                        fast_math=fast_math)
     ins = [i.id for i in inputs]
-    plan.entries["forward"] = Entry("forward", ins, list(dict.fromkeys(out_ids)))
+    plan.entries["forward"] = _entry(work, "forward", ins, list(dict.fromkeys(out_ids)))
     if wrt:
-        plan.entries["vjp"] = Entry("vjp", ins + [s.id for s in seeds],
-                                    list(dict.fromkeys(out_ids + grad_ids)))
+        plan.entries["vjp"] = _entry(work, "vjp", ins + [s.id for s in seeds],
+                                     list(dict.fromkeys(out_ids + grad_ids)))
     return plan
+
+
+def _entry(work: Graph, kind, args, outputs) -> Entry:
+    """An entry reading ``args`` and the array constants its outputs need (passed after
+    the arguments at every call: the code does not depend on their values)."""
+    nodes = work.nx.nodes
+    constants = sorted(i for i in ancestors(work, outputs) if nodes[i]["op"] == "array")
+    return Entry(kind, args + constants, outputs, constants=constants)
 
 
 def _fresh(g, name):
@@ -235,6 +247,9 @@ def export_ir(work: Graph, entries: list, name: str, fast_math=False) -> tuple[s
     """IR of all ``entries`` in one module with matmuls as loops (no JIT-bound symbols),
     for ahead-of-time export; returns the text and each kind's entry name."""
     key = structural_key(work, entries, fast_math)
+    if any(e.constants for e in entries):
+        raise GraphError("export of a function with array constants is not supported: pass "
+                         "the arrays as inputs (Graph.input) to export it")
     named = [Entry(e.kind, e.inputs, e.outputs, f"{name}_{key[:16]}_{e.kind}") for e in entries]
     artifact = Artifact(work, named, name, fast_math=fast_math)
     return artifact.generate(blas=False), {e.kind: e.name for e in named}
@@ -246,7 +261,8 @@ def build(work: Graph, entries: list, name=None, fast_math=False) -> Artifact:
     blas = jit.blas() is not None
     key = structural_key(work, entries, fast_math)
     prefix = f"{name or 'sg'}_{key[:24]}"
-    named = [Entry(e.kind, e.inputs, e.outputs, f"{prefix}_{e.kind}") for e in entries]
+    named = [Entry(e.kind, e.inputs, e.outputs, f"{prefix}_{e.kind}", constants=e.constants)
+             for e in entries]
     artifact = Artifact(work, named, prefix, blas, fast_math)
     names = [e.name for e in named]
     loaded = jit.lookup(key, names)

@@ -7,8 +7,12 @@
 * The *stage* of a node counts the structured operators (sum, matmul, or a view
   of a value computed in a kernel) on the longest path from the inputs: a value
   made by a structured operator can only be read once that operator has run.
-* Broadcasting is a stride of 0; ``reshape`` and ``transpose`` are views (new
-  strides over the same buffer), never copies.
+* Broadcasting is a stride of 0; ``reshape``, ``transpose`` and basic indexing are
+  views (an offset and new strides over the same buffer), never copies.
+* ``concatenate``, ``pad`` and ``embed`` (indexing's adjoint) are *assemble* steps: a
+  new buffer, filled, with each operand copied into its region.  ``gather`` and
+  ``scatter_add`` are steps of their own: a loop reading through index arrays; so is
+  ``cumsum`` (a running sum along one axis).
 * A member is stored to a buffer only when something outside its kernel reads
   it, or it is an output.  Temporaries live in one workspace the native entry
   allocates.
@@ -39,6 +43,7 @@ class View:
     shape: tuple
     strides: tuple
     dtype: np.dtype
+    offset: int = 0
 
     def broadcast_to(self, domain: tuple) -> tuple:
         """Strides of this view read over ``domain`` (numpy broadcasting)."""
@@ -87,6 +92,35 @@ class MatMul:
 
 
 @dataclass
+class Assemble:
+    """A buffer made of pieces: ``out`` filled with ``fill`` (None: the pieces cover it),
+    then each (source view, destination view in ``out``) copied."""
+    out: View
+    fill: object
+    pieces: list
+
+
+@dataclass
+class Gather:
+    """``out[b, r] = src[i(b), r]`` (a gather), or with ``scatter``
+    ``out[i(b), r] += src[b, r]`` into a zeroed ``out``: ``i(b)`` is one int64 value per
+    index view, wrapped when negative by the ``bounds`` of the axes it indexes."""
+    src: View
+    indices: list
+    out: View
+    bounds: tuple
+    scatter: bool
+
+
+@dataclass
+class Scan:
+    """``out = cumsum(src, axis)``: a running sum along one axis."""
+    src: View
+    out: View
+    axis: int
+
+
+@dataclass
 class Program:
     inputs: list                   # node ids, in pointer-table order
     outputs: list                  # node ids, in pointer-table order
@@ -128,9 +162,9 @@ def schedule(g: Graph, inputs: list[int], outputs: list[int]) -> Program:
             continue
         if kind == "view":   # new strides over the operand's buffer
             base = view[a["args"][0]]
-            view[i] = View(base.buffer, a["shape"],
-                           STRUCTURED[op].view(base.strides, a["shape"], a["params"]),
-                           base.dtype)
+            offset, strides = STRUCTURED[op].view(base.offset, base.strides, a["shape"],
+                                                  a["params"])
+            view[i] = View(base.buffer, a["shape"], strides, base.dtype, offset)
             continue
         materialise = i in out_index or any(
             group.get(c) != group.get(i) or kind_of(attrs[c]["op"]) not in
@@ -141,9 +175,21 @@ def schedule(g: Graph, inputs: list[int], outputs: list[int]) -> Program:
             else:
                 view[i] = new_buffer("temp", temps, i)
                 temps += 1
-        if kind == "contraction":
-            x, y = a["args"]
-            step = MatMul(view[x], view[y], view[i])
+        if kind in ("contraction", "assemble", "gather", "scan"):
+            if kind == "scan":
+                step = Scan(view[a["args"][0]], view[i], a["params"][0])
+            elif kind == "contraction":
+                x, y = a["args"]
+                step = MatMul(view[x], view[y], view[i])
+            elif kind == "gather":
+                x, *index = a["args"]
+                scatter = op == "scatter_add"
+                indexed = a["params"][0] if scatter else attrs[x]["shape"]
+                step = Gather(view[x], [view[k] for k in index], view[i],
+                              tuple(indexed[:len(index)]), scatter)
+            else:
+                step = _assemble(a, [view[x] for x in a["args"]], view[i],
+                                 [attrs[x]["shape"] for x in a["args"]])
             producer[view[i].buffer] = step
             order.append(step)
             continue
@@ -167,6 +213,16 @@ def schedule(g: Graph, inputs: list[int], outputs: list[int]) -> Program:
             producer[view[i].buffer] = kernel
     prog.steps = _order_steps(order, producer)
     return prog
+
+
+def _assemble(a, sources, out: View, shapes) -> Assemble:
+    spec = STRUCTURED[a["op"]]
+    pieces = []
+    for src, region in zip(sources, spec.regions(shapes, a["params"])):
+        offset, strides = STRUCTURED["index"].view(out.offset, out.strides, src.shape,
+                                                   (region,))
+        pieces.append((src, View(out.buffer, src.shape, strides, out.dtype, offset)))
+    return Assemble(out, spec.fill(a["params"]), pieces)
 
 
 def _read(kernel: Kernel, arg: int, attrs, view, group, key):
@@ -198,7 +254,7 @@ def _stages(g: Graph, need: set):
             group[i] = group[x] if fused else \
                 (stage[x], attrs[x]["shape"], attrs[x]["dtype"].char, "sum", i)
             stage[i] = stage[x] + 1
-        elif kind == "contraction":
+        elif kind in ("contraction", "assemble", "gather", "scan"):
             stage[i] = max(stage[x] for x in args) + 1
         else:  # a view is readable when its base buffer is
             (x,) = args
@@ -213,7 +269,16 @@ def _order_steps(order, producer):
         deps.add_node(n)
     index = {id(s): n for n, s in enumerate(order)}
     for n, step in enumerate(order):
-        reads = [step.a, step.b] if isinstance(step, MatMul) else list(step.loads.values())
+        if isinstance(step, MatMul):
+            reads = [step.a, step.b]
+        elif isinstance(step, Assemble):
+            reads = [src for src, _ in step.pieces]
+        elif isinstance(step, Gather):
+            reads = [step.src, *step.indices]
+        elif isinstance(step, Scan):
+            reads = [step.src]
+        else:
+            reads = list(step.loads.values())
         for v in reads:
             p = producer.get(v.buffer)
             if p is not None and p is not step:

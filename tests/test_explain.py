@@ -180,6 +180,14 @@ def _operator_table_reports():
     z = (W @ v).sum() + (v @ W.T).sum() + (v @ v) + M.transpose((2, 0, 1)).sum(axes=(0, 1)) \
         .sum() + M.reshape(6, 4).sum(axes=0, keepdims=True).sum() + (W.T @ W).mean() \
         + M.max(axis=1).sum() + W.min()
+    import numpy as np
+    from symgrad.compiler import concatenate, cumsum, pad, prod
+    z = z + (W[1:, ::-1] * W[0, None]).sum() + g.embed(v, (4,), (slice(1, 3),)).sum() \
+        + concatenate([W, W[:1]], 0).sum() + pad(v, (1, 2), constant_values=0.5).sum() \
+        + W[np.array([0, 2, 2])].sum() + g.scatter_add(v, np.array([1, 1]), (3,)).sum() \
+        + prod(W, axis=0).sum() + cumsum(M, 1).sum()
+    used = {g.nx.nodes[i]["op"] for i in g.nx}
+    assert set(ops.STRUCTURED) <= used, set(ops.STRUCTURED) - used
     reports.append(jacobian_report(g, z.named("z")))
     return reports
 

@@ -43,6 +43,10 @@ I8, I32, I64, F64, F32, PTR = (ir.IntType(8), ir.IntType(32), ir.IntType(64),
                                ir.DoubleType(), ir.FloatType(), ir.PointerType())
 
 
+DESCRIPTORS = {np.dtype(np.float64): "f64", np.dtype(np.float32): "f32",
+               np.dtype(np.int64): "i64"}
+
+
 def _read(address, ctype):
     return ctype.from_address(address).value
 
@@ -110,7 +114,8 @@ def _bind_symbols():
     import llvmlite.binding as llvm
     for what, obj in (("float", float), ("npf64", np.float64), ("ndarray", np.ndarray),
                       ("fallback", FALLBACK),
-                      ("f64", np.dtype(np.float64)), ("f32", np.dtype(np.float32))):
+                      ("f64", np.dtype(np.float64)), ("f32", np.dtype(np.float32)),
+                      ("i64", np.dtype(np.int64))):
         llvm.add_symbol(f"__symgrad_addr_{what}", id(obj))   # these objects live forever
     for api in ("Py_IncRef", "PyFloat_FromDouble", "PyTuple_New", "PyTuple_SetItem",
                 "PyEval_SaveThread", "PyEval_RestoreThread", "PyCapsule_GetPointer"):
@@ -186,7 +191,7 @@ def build(name: str, params: list, outputs: list):
             return
         check(b.icmp_unsigned("==", kind, address_of("ndarray")))
         check(b.icmp_signed("==", field(obj, ARR_ND, I32), ir.Constant(I32, len(shape))))
-        descr = address_of("f64" if dtype == np.float64 else "f32")
+        descr = address_of(DESCRIPTORS[dtype])
         check(b.icmp_unsigned("==", field(obj, ARR_DESCR, I64), descr))
         need = C_CONTIGUOUS | ALIGNED | (WRITEABLE if writeable else 0)
         flags = field(obj, ARR_FLAGS, I32)

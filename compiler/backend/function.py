@@ -30,6 +30,23 @@ class ArgumentError(ValueError):
 _MISSING = object()
 
 
+def _coerce_index(value, name: str, shape: tuple, bound) -> np.ndarray:
+    """An integer index array of ``shape`` whose entries lie in [-bound, bound)."""
+    try:
+        read = np.asarray(value)
+    except (TypeError, ValueError) as err:
+        raise TypeError(f"{name}: cannot read {reprlib.repr(value)} as integers ({err})") \
+            from None
+    if read.dtype.kind not in "iu":
+        raise TypeError(f"{name}: an index input takes integers, got dtype {read.dtype}")
+    if read.shape != shape:
+        raise ArgumentError(f"{name}: expected shape {shape}, got {read.shape}")
+    if bound is not None and read.size and (read.min() < -bound or read.max() >= bound):
+        bad = read[(read < -bound) | (read >= bound)].flat[0]
+        raise IndexError(f"{name}: index {bad} is out of bounds for an axis of size {bound}")
+    return np.ascontiguousarray(read, dtype=np.int64)
+
+
 def _coerce(value, name: str, shape: tuple, dtype: np.dtype) -> np.ndarray:
     """``value`` as a C-contiguous array of exactly ``shape`` and ``dtype``, or a clear error.
 
@@ -77,6 +94,7 @@ class Signature:
     seeds: list
     out_keys: list
     grad_keys: list
+    bounds: dict = None     # integer index input name -> the axis size it must lie within
 
 
 @dataclass(frozen=True)
@@ -86,6 +104,7 @@ class EntrySpec:
     kind: str              # "forward" | "vjp"
     results: tuple
     result_types: tuple
+    constants: tuple = ()  # arrays passed after the arguments (the graph's array constants)
 
 
 class NativeFunction:
@@ -153,11 +172,12 @@ class NativeFunction:
             f"{'(seed,)' if one else 'tuple(seed)'}\n"
             f"        if seeds is not None and len(seeds) == {len(self.seeds)}:\n"
             f"{allocs.replace('    o', '            o')}"
-            f"            r = function(*args, *seeds{outs})\n"
+            f"            r = function(*args, *seeds, *constants{outs})\n"
             f"            if r is not FALLBACK:\n"
             f"                return {value}, {grads}\n"
             "    return slow(*args, seed=seed, **kwargs)\n")
         namespace = {"function": function, "specs": specs, "empty": np.empty,
+                     "constants": self._specs["vjp"].constants,
                      "FALLBACK": fastcall.FALLBACK, "default": self._default_seed,
                      "slow": self._vjp}
         exec(compile(source, f"<symgrad vjp of {self.outputs[0][0]}>", "exec"), namespace)
@@ -167,9 +187,13 @@ class NativeFunction:
 
     def _fast_entry(self, kind, address, spec: EntrySpec):
         """(builtin, array output specs, where each requested result is) or None."""
+        if any(np.dtype(d).kind != "f" for _, _, d in self.inputs) or \
+                any(c.ndim == 0 for c in spec.constants):
+            return None          # index inputs are range-checked on the careful path
         params = [(s, d) for _, s, d in self.inputs]
         if kind == "vjp":
             params += [(s, d) for _, s, d in self.seeds]
+        params += [(c.shape, c.dtype) for c in spec.constants]
         outputs = list(spec.result_types)
         try:
             made = fastcall.make(address, params, outputs)
@@ -216,11 +240,14 @@ class NativeFunction:
         missing = [n for (n, _, _), v in zip(self.inputs, values) if v is _MISSING]
         if missing:
             raise TypeError(f"missing input(s): {', '.join(missing)}")
-        return [_coerce(v, n, s, d) for v, (n, s, d) in zip(values, self.inputs)]
+        bounds = self.signature.bounds or {}
+        return [_coerce_index(v, n, s, bounds.get(n)) if np.dtype(d).kind == "i" else
+                _coerce(v, n, s, d) for v, (n, s, d) in zip(values, self.inputs)]
 
     def _run(self, kind, arrays) -> dict:
         fn, spec = self._entries[kind]
         results = {}
+        arrays = list(arrays) + list(spec.constants)
         table = (ctypes.c_void_p * (len(arrays) + len(spec.results)))()
         for k, a in enumerate(arrays):
             table[k] = a.ctypes.data
@@ -243,7 +270,7 @@ class NativeFunction:
             return None
         function, specs, where = fast
         outs = [np.empty(shape, dtype) for shape, dtype in specs]
-        scalars = function(*args, *outs)
+        scalars = function(*args, *self._specs[kind].constants, *outs)
         if scalars is fastcall.FALLBACK:
             return None
         return {i: (outs[k] if tag == "a" else scalars[k]) for i, (tag, k) in where.items()}

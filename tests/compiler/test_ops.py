@@ -111,7 +111,75 @@ STRUCTURED_ROWS = [
     Row("matmul_T", "matmul", lambda a, b: a @ b.T, lambda a, b: a @ b.T, [(3, 4), (2, 4)],
         second_order=False),
 ]
-ROWS = ELEMENTWISE_ROWS + STRUCTURED_ROWS
+IU, JU = np.triu_indices(4, 1)          # pairs of rows, for index-array rows
+LABELS = np.array([2, 0, 3])
+
+
+def _t(a):
+    return torch().tensor(a)
+
+
+def _tscatter(a, idx, shape):
+    out = torch().zeros(shape, dtype=a.dtype)
+    return out.index_put((_t(idx),), a, accumulate=True)
+
+
+INDEXING_ROWS = [
+    Row("slice_shift", "index", lambda a: a[1:] * a[:-1] ** 2,
+        lambda a: a[1:] * a[:-1] ** 2, [(6,)]),
+    Row("slice_2d", "index", lambda a: a[::2, 1:3] * a[1, None, :2] + a[1:4:2, -1:],
+        lambda a: a[::2, 1:3] * a[1, None, :2] + a[1:4:2, -1:], [(4, 5)]),
+    Row("flip", "index", lambda a: C.flip(a, 0) * a + a[::-1, ::-2].sum(),
+        lambda a: a.flip(0) * a + a.flip((0, 1))[:, ::2].sum(), [(3, 4)]),
+    Row("slice_transposed", "index", lambda a: a.T[1:, 0] ** 3, lambda a: a.T[1:, 0] ** 3,
+        [(3, 4)]),
+    # a contiguous block reshapes as a view; a strided one is copied first
+    Row("slice_reshape", "index", lambda a: a[1:3].reshape(-1)[:3] * a[:, 1:3].reshape(-1)[3:],
+        lambda a: a[1:3].reshape(-1)[:3] * a[:, 1:3].reshape(-1)[3:], [(3, 4)]),
+    Row("empty_slice", "index", lambda a: a[2:2].sum() + a[1:].sum() * a[0],
+        lambda a: a[2:2].sum() + a[1:].sum() * a[0], [(4,)]),
+    Row("squeeze_expand", "index", lambda a: C.squeeze(C.expand_dims(a, (0, 2)) * 2) * a,
+        lambda a: (a.unsqueeze(0).unsqueeze(2) * 2).squeeze() * a, [(3, 4)]),
+    Row("embed", "embed", lambda a: a.graph.embed(a * a, (5, 4), (slice(1, 4),)),
+        lambda a: torch().nn.functional.pad(a * a, (0, 0, 1, 1)), [(3, 4)]),
+    Row("concatenate", "concatenate", lambda a, b: C.concatenate([a, b * b, a[:1]], 0) ** 2,
+        lambda a, b: torch().cat([a, b * b, a[:1]], 0) ** 2, [(3, 4), (2, 4)]),
+    Row("stack", "concatenate", lambda a, b: C.stack([a, b], 1) * C.stack([b, a], 1),
+        lambda a, b: torch().stack([a, b], 1) * torch().stack([b, a], 1), [(3, 4), (3, 4)]),
+    Row("pad", "pad", lambda a: C.pad(a * a, ((1, 0), (2, 1)), constant_values=0.5) ** 2,
+        lambda a: torch().nn.functional.pad(a * a, (2, 1, 1, 0), value=0.5) ** 2, [(3, 4)]),
+    Row("gather_pairs", "gather", lambda a: ((a[IU] - a[JU]) ** 2).sum(1) ** -1.0,
+        lambda a: ((a[IU] - a[JU]) ** 2).sum(1) ** -1.0, [(4, 3)]),
+    Row("gather_labels", "gather", lambda a: C.log_softmax(a)[np.arange(3), LABELS] * 2,
+        lambda a: a.log_softmax(-1)[np.arange(3), LABELS] * 2, [(3, 4)]),
+    Row("gather_mixed", "gather", lambda a: a[:, [0, 2, 2], 1] * a[[1, 0], 1:, [3, 3]].sum(),
+        lambda a: a[:, [0, 2, 2], 1] * a[[1, 0], 1:, [3, 3]].sum(), [(2, 3, 4)]),
+    Row("take_along_axis", "gather",
+        lambda a: C.take_along_axis(a, np.array([[0, 0], [2, 1], [3, 3]]), 1) ** 2,
+        lambda a: torch().take_along_dim(a, _t(np.array([[0, 0], [2, 1], [3, 3]])), 1) ** 2,
+        [(3, 4)]),
+    Row("take", "gather", lambda a: C.take(a, [0, -1, 5, 5]) * C.take(a, [1, 1], axis=1).sum(),
+        lambda a: a.reshape(-1)[[0, -1, 5, 5]] * a[:, [1, 1]].sum(), [(3, 4)]),
+    Row("scatter_add", "scatter_add",
+        lambda a: a.graph.scatter_add(a * a, np.array([0, 2, 0]), (4, 2)),
+        lambda a: _tscatter(a * a, np.array([0, 2, 0]), (4, 2)), [(3, 2)]),
+    Row("prod", "prod", lambda a: a.prod(1) * a.prod(), lambda a: a.prod(1) * a.prod(),
+        [(3, 4)]),
+    Row("cumsum", "cumsum", lambda a: C.cumsum(a * a, 1) * C.cumsum(a).reshape(3, 4),
+        lambda a: (a * a).cumsum(1) * a.reshape(-1).cumsum(0).reshape(3, 4), [(3, 4)]),
+    Row("norm", "norm_root", lambda a: C.norm(a, axis=1) ** 3 * C.norm(a),
+        lambda a: torch().linalg.vector_norm(a, dim=1) ** 3 * torch().linalg.vector_norm(a),
+        [(3, 4)]),
+    Row("matmul_batched", "matmul", lambda a, b: (a @ b) ** 2, lambda a, b: (a @ b) ** 2,
+        [(2, 3, 4), (4, 5)]),
+    Row("matmul_batched_vec", "matmul", lambda a, b: a @ b, lambda a, b: a @ b,
+        [(4,), (2, 4, 3)]),
+    Row("einsum", "sum", lambda a, b: C.einsum("bij,bkj->bik", a, b) ** 2,
+        lambda a, b: torch().einsum("bij,bkj->bik", a, b) ** 2, [(2, 3, 4), (2, 5, 4)]),
+    Row("einsum_trace_free", "sum", lambda a, b: C.einsum("i,j", a, b) * C.einsum("i,i", a, a),
+        lambda a, b: torch().einsum("i,j", a, b) * torch().einsum("i,i", a, a), [(3,), (4,)]),
+]
+ROWS = ELEMENTWISE_ROWS + STRUCTURED_ROWS + INDEXING_ROWS
 ids = [r.name for r in ROWS]
 
 
