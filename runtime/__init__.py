@@ -14,9 +14,9 @@ from symgrad.compiler import ops as _ops
 
 from . import autograd, nn, optim
 from .autograd import compile_count
-from .tensor import (Size, Tensor, Variable, arange, as_tensor, enable_grad, float32, float64,
-                     full, int64, is_grad_enabled, manual_seed, matmul, no_grad, ones,
-                     ones_like, rand, randn, tensor, zeros, zeros_like)
+from .tensor import (Size, Tensor, Variable, arange, as_tensor, cat, enable_grad, float32,
+                     float64, full, int64, is_grad_enabled, manual_seed, matmul, no_grad, ones,
+                     ones_like, rand, randn, stack, tensor, where, zeros, zeros_like)
 
 float = float32
 double = float64
@@ -45,4 +45,8 @@ def _forget(entry):
 
 _ops.on_register(_function, _forget)
 sum, mean, norm, reshape, pow = map(_fn, ("sum", "mean", "norm", "reshape", "pow"))
+clamp, clip, unsqueeze, squeeze, flip, cumsum, prod, gather, amax, amin = map(
+    _fn, ("clamp", "clip", "unsqueeze", "squeeze", "flip", "cumsum", "prod", "gather", "amax",
+          "amin"))
+concatenate = cat
 mm = matmul

@@ -344,10 +344,76 @@ class Tensor:
     def __ge__(self, o): return Tensor._make(self._data >= _value(o))
 
     def __getitem__(self, index):
-        if self.requires_grad and _mode.enabled:
-            raise NotImplementedError("indexing a tensor that requires grad is not recorded "
-                                      "yet; use .detach() or index under no_grad()")
-        return Tensor._make(self._data[index])
+        return _getitem(self, index)
+
+    def clamp(self, min=None, max=None):
+        """PyTorch's clamp: slopes 1 inside [min, max], the bounds included."""
+        if min is None and max is None:
+            raise RuntimeError("torch.clamp: At least one of 'min' or 'max' must not be None")
+        lo, hi = (None if v is None else _scalar_bound(v) for v in (min, max))
+        value = self._data
+        if lo is not None:
+            value = np.maximum(value, lo)   # NaN stays NaN, as in PyTorch
+        if hi is not None:
+            value = np.minimum(value, hi)
+        return _composite("ClampBackward1", ("clamp", lo, hi), lambda g, a: a.clamp(lo, hi),
+                          [self], value)
+
+    clip = clamp
+
+    def unsqueeze(self, dim):
+        (axis,) = ops.normalize_axes(dim, self.ndim + 1)
+        return _record(np.expand_dims(self._data, axis), "UnsqueezeBackward0",
+                       ("unsqueeze", axis), lambda g, a: a.expand_dims(axis), [self])
+
+    def squeeze(self, dim=None):
+        if dim is not None and self._data.shape[ops.normalize_axes(dim, self.ndim)[0]] != 1:
+            return self          # PyTorch leaves an axis of size > 1 alone
+        axes = None if dim is None else ops.normalize_axes(dim, self.ndim)
+        return _record(np.squeeze(self._data, axes), "SqueezeBackward0", ("squeeze", axes),
+                       lambda g, a: a.squeeze(axes), [self])
+
+    def flip(self, *dims):
+        dims = dims[0] if len(dims) == 1 and isinstance(dims[0], (tuple, list)) else dims
+        axes = ops.normalize_axes(dims, self.ndim)
+        return _record(np.flip(self._data, axes).copy(), "FlipBackward0", ("flip", axes),
+                       lambda g, a: a.flip(axes), [self])
+
+    def cumsum(self, dim):
+        (axis,) = ops.normalize_axes(dim, self.ndim)
+        return _record(np.cumsum(self._data, axis), "CumsumBackward0", ("cumsum", axis),
+                       lambda g, a: a.cumsum(axis), [self])
+
+    def prod(self, dim=None, keepdim=False):
+        axes = ops.normalize_axes(dim, self.ndim) if self.ndim else ()
+        name = "ProdBackward0" if dim is None else "ProdBackward1"
+        return _composite(name, ("prod", axes, keepdim), lambda g, a: a.prod(axes, keepdim),
+                          [self], np.prod(self._data, axis=axes, keepdims=keepdim))
+
+    def amax(self, dim=(), keepdim=False):
+        """The largest entries over ``dim`` (all when empty); ties share the gradient."""
+        return self._extreme("amax", dim, keepdim)
+
+    def amin(self, dim=(), keepdim=False):
+        return self._extreme("amin", dim, keepdim)
+
+    def _extreme(self, op, dim, keepdim):
+        axes = ops.normalize_axes(None if dim == () else dim, self.ndim) if self.ndim else ()
+        value = getattr(np, op)(self._data, axis=axes, keepdims=keepdim)
+        method = "max" if op == "amax" else "min"
+        return _composite(f"A{op[1:]}Backward0", (op, axes, keepdim),
+                          lambda g, a: getattr(a, method)(axes, keepdim), [self], value)
+
+    def gather(self, dim, index):
+        """PyTorch's gather: ``out[…, j, …] = self[…, index[…, j, …], …]`` along ``dim``."""
+        (axis,) = ops.normalize_axes(dim, self.ndim)
+        idx = _index_array(index)
+        if idx.ndim != self.ndim:
+            raise RuntimeError("Index tensor must have the same number of dimensions as input "
+                               "tensor")
+        value = np.take_along_axis(self._data, idx, axis)
+        return _record(value, "GatherBackward0", ("gather", axis, _digest(idx)),
+                       lambda g, a: g.take_along_axis(a, idx, axis), [self])
 
     def add(self, o): return self + o
     def sub(self, o): return self - o
@@ -416,7 +482,11 @@ def _value(x):
 
 
 def _default_dtype(data) -> np.dtype:
+    """PyTorch's: a numpy array keeps its dtype (float64 stays float64); Python floats
+    are float32, Python ints int64."""
     arr = np.asarray(data)
+    if isinstance(data, np.ndarray) and arr.dtype in (float32, float64):
+        return arr.dtype
     if arr.dtype.kind in "iub":
         return int64 if arr.dtype.kind != "b" else arr.dtype
     return float32
@@ -434,7 +504,7 @@ def tensor(data, dtype=None, requires_grad=False) -> Tensor:
     if arr.dtype == object or arr.dtype.kind not in "fiub":
         raise TypeError(f"cannot make a tensor from {type(data).__name__} with dtype {arr.dtype}")
     if dtype is None:
-        arr = arr.astype(_default_dtype(arr))
+        arr = arr.astype(_default_dtype(data))
     return Tensor(arr, requires_grad=requires_grad)
 
 
@@ -652,6 +722,101 @@ def matmul(a, b) -> Tensor:
     name = "MmBackward0" if a.ndim == b.ndim == 2 else (
         "DotBackward0" if a.ndim == b.ndim == 1 else "MvBackward0")
     return _record(np.matmul(a._data, b._data), name, ("matmul",), lambda g, x, y: x @ y, [a, b])
+
+
+# ---- indexing, selection and joins ---------------------------------------------------------
+def _scalar_bound(v):
+    if isinstance(v, Tensor):
+        if v.ndim:
+            raise NotImplementedError("clamp with tensor bounds is not supported here; use "
+                                      "torch.maximum / torch.minimum")
+        return v.item()
+    return _check_operand(v)
+
+
+def _index_array(index) -> np.ndarray:
+    value = index._data if isinstance(index, Tensor) else np.asarray(index)
+    if value.dtype.kind not in "iub":
+        raise IndexError("tensors used as indices must be long, int, byte or bool tensors")
+    return value
+
+
+def _digest(a: np.ndarray) -> str:
+    import hashlib
+    return hashlib.sha256(repr((a.shape, a.dtype.str)).encode() + a.tobytes()).hexdigest()
+
+
+def _getitem(x: Tensor, index):
+    """``x[index]`` recorded: basic indices as a view, index tensors (and boolean masks,
+    whose values are known here) as a gather, as PyTorch's IndexBackward0."""
+    items = index if isinstance(index, tuple) else (index,)
+    parts, key = [], []
+    for it in items:
+        if isinstance(it, slice) and it.step is not None and _value(it.step) <= 0:
+            raise ValueError("step must be greater than zero")
+        if isinstance(it, (Tensor, np.ndarray, list)):
+            arr = _index_array(it)
+            if arr.ndim == 0 and arr.dtype.kind in "iu":
+                arr = int(arr)
+                parts.append(arr)
+                key.append(arr)
+                continue
+            parts.append(arr)
+            key.append(("array", _digest(arr)))
+        else:
+            parts.append(it)
+            key.append(it if not isinstance(it, slice) else ("slice", it.start, it.stop,
+                                                              it.step))
+    parts = tuple(parts)
+    value = x._data[parts]
+    value = np.array(value) if np.ndim(value) else np.asarray(value)
+    advanced = any(isinstance(p, np.ndarray) for p in parts)
+    name = "IndexBackward0" if advanced else ("SelectBackward0" if all(
+        isinstance(p, int) for p in parts) else "SliceBackward0")
+    return _record(value, name, ("getitem", tuple(key)), lambda g, a: a[parts], [x])
+
+
+def where(condition, input, other) -> Tensor:
+    """torch.where(condition, input, other): the gradient goes to the branch chosen."""
+    cond = _index_array(condition) if not isinstance(condition, (bool, np.bool_)) else \
+        np.asarray(condition)
+    cond = np.asarray(cond != 0)
+    a, b = _check_operand(input), _check_operand(other)
+    tensors = [t for t in (a, b) if isinstance(t, Tensor)]
+    if not tensors:
+        raise TypeError("where() needs input or other to be a tensor")
+    dtype = np.result_type(*[t._data.dtype for t in tensors])
+    value = np.where(cond, _value(a), _value(b)).astype(dtype)
+    key = ("where", _digest(cond), *[None if isinstance(v, Tensor) else v for v in (a, b)])
+    if isinstance(a, Tensor) and isinstance(b, Tensor):
+        return _record(value, "WhereBackward0", key,
+                       lambda g, x, y: g.apply("where", cond, x, y), [a, b])
+    if isinstance(a, Tensor):
+        return _record(value, "WhereBackward0", key,
+                       lambda g, x: g.apply("where", cond, x, b), [a])
+    return _record(value, "WhereBackward0", key, lambda g, y: g.apply("where", cond, a, y), [b])
+
+
+def cat(tensors, dim=0) -> Tensor:
+    tensors = [as_tensor(t) for t in tensors]
+    if not tensors:
+        raise RuntimeError("torch.cat(): expected a non-empty list of Tensors")
+    (axis,) = ops.normalize_axes(dim, tensors[0].ndim)
+    value = np.concatenate([t._data for t in tensors], axis)
+    from symgrad.compiler import functions
+    return _record(value, "CatBackward0", ("cat", axis, len(tensors)),
+                   lambda g, *xs: functions.concatenate(xs, axis), tensors)
+
+
+def stack(tensors, dim=0) -> Tensor:
+    tensors = [as_tensor(t) for t in tensors]
+    if not tensors:
+        raise RuntimeError("stack expects a non-empty TensorList")
+    (axis,) = ops.normalize_axes(dim, tensors[0].ndim + 1)
+    value = np.stack([t._data for t in tensors], axis)
+    from symgrad.compiler import functions
+    return _record(value, "StackBackward0", ("stack", axis, len(tensors)),
+                   lambda g, *xs: functions.stack(xs, axis), tensors)
 
 
 def _forget(entry):
