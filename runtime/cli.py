@@ -16,7 +16,7 @@ import sys
 
 import numpy as np
 
-from symgrad.examples import EXAMPLES
+from symgrad.examples import EXAMPLES, PROBLEMS
 
 
 class UsageError(Exception):
@@ -25,14 +25,15 @@ class UsageError(Exception):
 
 def _examples(args) -> int:
     action = args.action or "all"
+    known = {**EXAMPLES, **PROBLEMS}
     if action == "list":
-        for key, (module, title) in EXAMPLES.items():
+        for key, (module, title) in known.items():
             print(f"{key}  {title}  (symgrad.examples.{module})")
         return 0
     if action == "run":
         if not args.name:
-            raise UsageError(f"examples run needs a name: one of {', '.join(EXAMPLES)}")
-        keys = [k for k in EXAMPLES if k == args.name or EXAMPLES[k][0] == args.name]
+            raise UsageError(f"examples run needs a name: one of {', '.join(known)}")
+        keys = [k for k in known if k == args.name or known[k][0] == args.name]
         if not keys:
             raise UsageError(f"no example {args.name!r}; try: symgrad examples list")
     elif action == "all":
@@ -40,7 +41,7 @@ def _examples(args) -> int:
     else:
         raise UsageError(f"unknown action {action!r}: use list, run NAME or all")
     for key in keys:
-        module, title = EXAMPLES[key]
+        module, title = known[key]
         print(f"━━━ {key} — {title} ━━━")
         sys.stdout.flush()
         runpy.run_module(f"symgrad.examples.{module}", run_name="__main__")

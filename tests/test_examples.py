@@ -92,3 +92,19 @@ def test_cli_errors_are_one_line_exit_2(argv, words, capsys):
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and all(w in err for w in words)
+
+
+@pytest.mark.parametrize("key, lines", [
+    ("rosenbrock", ["gradient agrees with the closed form: True", "at the minimum x = 1: 0.0 0.0",
+                    "f(x0) = 889137.3933  (numpy: 889137.3933)"]),
+    ("logsumexp", ["logsumexp(400·z) = 720.018149928   (expected 720.018149928)",
+                   "gradient = 400·softmax: True", "the naive formula overflows: inf"]),
+    ("cross_entropy", ["gradient = (softmax − onehot)/N: True", "index 4 is out of bounds"]),
+    ("lj", ["499500 pairs", "agrees: True True"]),
+    ("piecewise", ["agrees: True True", "f' = [-3. "]),
+])
+def test_problems_with_the_new_operators(key, lines):
+    out = run(key)
+    assert "False" not in out
+    for line in lines:
+        assert line in out, line

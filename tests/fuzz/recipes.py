@@ -32,7 +32,8 @@ def recipes(draw, max_steps=8):
     pool = list(shapes)
     steps = []
     for _ in range(draw(st.integers(1, max_steps))):
-        kind = draw(st.sampled_from(["unary", "binary", "binary", "sum", "view", "matmul"]))
+        kind = draw(st.sampled_from(["unary", "binary", "binary", "sum", "view", "matmul",
+                                     "slice", "where", "cat", "amax", "gather", "cumsum"]))
         i = draw(st.integers(0, len(pool) - 1))
         shape = pool[i]
         if kind == "unary":
@@ -42,12 +43,12 @@ def recipes(draw, max_steps=8):
             j = draw(st.sampled_from(fits))   # may be i itself: x ∘ x
             steps.append(("binary", draw(st.sampled_from(BINARY)), i, j))
             shape = tuple(np.broadcast_shapes(pool[i], pool[j]))
-        elif kind == "sum":
+        elif kind in ("sum", "amax"):
             if not shape:
                 continue
             axes = tuple(sorted(draw(st.sets(st.integers(0, len(shape) - 1), min_size=1))))
             keep = draw(st.booleans())
-            steps.append(("sum", i, axes, keep))
+            steps.append((kind, i, axes, keep))
             shape = tuple(1 if a in axes else n for a, n in enumerate(shape)) if keep else \
                 tuple(n for a, n in enumerate(shape) if a not in axes)
         elif kind == "view":
@@ -59,6 +60,40 @@ def recipes(draw, max_steps=8):
             else:
                 steps.append(("flatten", i))
                 shape = (shape[0] * shape[1],)
+        elif kind == "slice":       # positive steps: PyTorch has no others
+            cuts = [c for c, ok in (("tail", shape and shape[0] > 1),
+                                    ("head", shape and shape[0] > 1),
+                                    ("col", len(shape) == 2 and shape[1] > 1),
+                                    ("step", shape and shape[-1] > 2))
+                    if ok]
+            if not cuts:
+                continue
+            cut = draw(st.sampled_from(cuts))
+            steps.append(("slice", i, cut))
+            shape = {"tail": lambda: (shape[0] - 1,) + shape[1:],
+                     "head": lambda: (shape[0] - 1,) + shape[1:],
+                     "col": lambda: shape[:1],
+                     "step": lambda: shape[:-1] + ((shape[-1] + 1) // 2,)}[cut]()
+        elif kind == "where":         # where(x > 0, x, y): the adjoint picks a branch
+            fits = [k for k in range(len(pool)) if _broadcasts(pool[k], shape)]
+            j = draw(st.sampled_from(fits))
+            steps.append(("where", i, j))
+            shape = tuple(np.broadcast_shapes(pool[i], pool[j]))
+        elif kind == "cat":           # concatenate([x, sin(x)], 0)
+            if not shape:
+                continue
+            steps.append(("cat", i))
+            shape = (2 * shape[0],) + shape[1:]
+        elif kind == "gather":        # x[[0, -1, 0]]: a repeated index adds in the adjoint
+            if not shape:
+                continue
+            steps.append(("gather", i))
+            shape = (3,) + shape[1:]
+        elif kind == "cumsum":
+            if not shape:
+                continue
+            axis = draw(st.integers(0, len(shape) - 1))
+            steps.append(("cumsum", i, axis))
         else:  # x @ xᵀ always fits
             if len(shape) != 2:
                 continue
@@ -86,6 +121,21 @@ def replay(recipe, inputs, F):
             pool.append(F.T(pool[step[1]]))
         elif kind == "flatten":
             pool.append(F.reshape(pool[step[1]], (-1,)))
+        elif kind == "slice":
+            x = pool[step[1]]
+            pool.append({"tail": lambda: x[1:], "head": lambda: x[:-1], "col": lambda: x[:, 1],
+                         "step": lambda: x[..., ::2]}[step[2]]())
+        elif kind == "where":
+            pool.append(F.where_positive(pool[step[1]], pool[step[2]]))
+        elif kind == "cat":
+            x = pool[step[1]]
+            pool.append(F.cat([x, F.sin(x)], 0))
+        elif kind == "amax":
+            pool.append(F.amax(pool[step[1]], step[2], step[3]))
+        elif kind == "gather":
+            pool.append(pool[step[1]][[0, -1, 0]])
+        elif kind == "cumsum":
+            pool.append(F.cumsum(pool[step[1]], step[2]))
         else:
             x = pool[step[1]]
             pool.append(F.matmul(x, F.T(x)))
@@ -117,6 +167,9 @@ class _Common:
     def reshape(self, x, shape): return x.reshape(shape)
     def matmul(self, x, y): return x @ y
     def sum(self, x, axes, keep): return x.sum(axes, keepdim=keep)
+    def amax(self, x, axes, keep): return x.amax(axes, keepdim=keep)
+    def where_positive(self, x, y): return self.where(x > 0, x, y)
+    def cumsum(self, x, axis): return x.cumsum(axis)
 
 
 class SymgradOps(_Common):
@@ -125,6 +178,8 @@ class SymgradOps(_Common):
         super().__init__(functions)
 
     def sum(self, x, axes, keep): return x.sum(axes, keepdims=keep)
+    def amax(self, x, axes, keep): return x.max(axes, keepdims=keep)
+    def cat(self, xs, axis): return self.concatenate(xs, axis)
 
 
 class TorchOps(_Common):
