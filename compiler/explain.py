@@ -327,10 +327,18 @@ def _dense(paths: list, source: Expr, entry, values, limit: int) -> np.ndarray |
     return np.array(columns).T
 
 
+def _value_of(e: Expr, values) -> np.ndarray:
+    """A node's value for the dense Jacobian: computed ones, or a constant's own (index
+    arrays stay integers)."""
+    value = values[e.id] if e.id in values else ops.evaluate(e.op, [], e.params, e.shape,
+                                                             e.dtype)
+    return np.asarray(value) if e.dtype.kind == "i" else np.asarray(value, float)
+
+
 def _along(path, source, v, values):
     before = source
     for step in path:      # linear, or bilinear (x @ x: one term per slot x fills)
-        at = [np.asarray(values[a.id], float) for a in step.args]
+        at = [_value_of(a, values) for a in step.args]
         v, before = sum(ops.evaluate(step.op, at[:s] + [v] + at[s + 1:], step.params,
                                      step.shape, np.float64)
                         for s, a in enumerate(step.args) if a.id == before.id), step

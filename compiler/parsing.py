@@ -66,7 +66,8 @@ def functions_available() -> list:
 
 
 # composite functions of the graph API a program may call too
-COMPOSITES = ("clamp", "clip", "logsumexp", "softmax", "log_softmax", "var", "std", "amax", "amin")
+COMPOSITES = ("clamp", "clip", "logsumexp", "softmax", "log_softmax", "var", "std", "amax", "amin",
+              "prod", "cumsum", "norm", "flip", "squeeze")
 
 
 def _callable(name: str) -> bool:
@@ -223,6 +224,8 @@ class _Statement:
             return [node.value]
         if isinstance(node, ast.Compare):
             return [node.left, *node.comparators]
+        if isinstance(node, ast.Subscript):
+            return [node.value]
         return []
 
     def callee(self, call) -> str:
@@ -271,7 +274,13 @@ class _Statement:
                                        "the methods " + ", ".join(METHODS) + ")")
             return self.tensor(node.value, values[0]).T
         if isinstance(node, ast.Subscript):
-            raise self.error(node, "indexing (x[...]) is not supported by the graph yet")
+            x = self.tensor(node.value, values[0])
+            parts = node.slice.elts if isinstance(node.slice, ast.Tuple) else [node.slice]
+            index = tuple(self.index_part(p) for p in parts)
+            try:
+                return x[index]
+            except (IndexError, GraphError) as err:
+                raise self.error(node, str(err)) from None
         if isinstance(node, ast.Compare):
             return self.compare(node, values)
         if isinstance(node, ast.BoolOp):
@@ -388,6 +397,22 @@ class _Statement:
             raise self.error(node, str(err)) from None
         except (TypeError, ValueError) as err:
             raise self.error(node, f"{name}: {err}") from None
+
+    def index_part(self, node):
+        """One item of ``x[...]``: a literal int, slice, None, ``...`` or list of ints."""
+        if isinstance(node, ast.Constant) and node.value is Ellipsis:
+            return Ellipsis
+        if isinstance(node, ast.Slice):
+            return slice(*(None if b is None else self.static(b)
+                           for b in (node.lower, node.upper, node.step)))
+        value = self.static(node)
+        if isinstance(value, tuple):
+            if not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+                raise self.error(node, "an index list holds ints")
+            return np.array(value, dtype=np.int64)
+        if isinstance(value, bool):
+            raise self.error(node, "True/False is not an index")
+        return value
 
     def static(self, node):
         """A literal argument (axis, shape, keepdims): an int, a bool, None or a tuple."""
