@@ -55,20 +55,23 @@ def loop(b: ir.IRBuilder, count: int, name: str):
     b.position_at_end(done)
 
 
-def collapse(domain: tuple, stride_sets: list) -> tuple:
-    """Merge adjacent dims that every access walks contiguously; drop size-1 dims."""
-    dims = [(n, [s[d] for s in stride_sets]) for d, n in enumerate(domain) if n != 1]
-    merged = []
-    for n, strides in dims:
-        if merged:
-            pn, pstrides = merged[-1]
+def collapse(domain: tuple, stride_sets: list, keep=()) -> tuple:
+    """Merge adjacent dims that every access walks contiguously; drop size-1 dims.  Dims
+    in ``keep`` are merged with none; with ``keep``, also returns where each went."""
+    dims = [(n, [s[d] for s in stride_sets], d) for d, n in enumerate(domain) if n != 1]
+    merged, where = [], {}
+    for n, strides, d in dims:
+        if merged and d not in keep and merged[-1][2] not in keep:
+            pn, pstrides, pd = merged[-1]
             if all(ps == s * n for ps, s in zip(pstrides, strides)):
-                merged[-1] = (pn * n, strides)
+                merged[-1] = (pn * n, strides, pd)
+                where[d] = len(merged) - 1
                 continue
-        merged.append((n, strides))
-    shape = tuple(n for n, _ in merged)
-    per_access = [tuple(st[k] for _, st in merged) for k in range(len(stride_sets))]
-    return shape, per_access
+        merged.append((n, strides, d))
+        where[d] = len(merged) - 1
+    shape = tuple(n for n, _, _ in merged)
+    per_access = [tuple(st[k] for _, st, _ in merged) for k in range(len(stride_sets))]
+    return (shape, per_access, where) if keep else (shape, per_access)
 
 
 # Products of at least this many multiply-adds go to BLAS when the runtime has one.
@@ -202,7 +205,11 @@ class Lowerer:
         accesses = ([("load", i, v.broadcast_to(k.domain)) for i, v in k.loads.items()]
                     + [("store", i, v.strides) for i, v in k.stores.items()]
                     + [("reduce", r, red_strides[r]) for r in k.reductions])
-        shape, strides = collapse(k.domain, [s for _, _, s in accesses])
+        # a masked (fused embed) view's region dims stay loops of their own
+        masked = {len(k.domain) - len(v.shape) + d: (lo, count)
+                  for v in k.loads.values() for d, lo, count in v.mask}
+        shape, strides, where = collapse(k.domain, [s for _, _, s in accesses],
+                                         keep=set(masked) or {-1})
         accesses = [(kind, i, st) for (kind, i, _), st in zip(accesses, strides)]
         indices = []
         cms = [loop(b, n, f"i{d}") for d, n in enumerate(shape)]
@@ -219,11 +226,27 @@ class Lowerer:
             base = ptr[buffer]
             return base if off is None else b.gep(base, [off], source_etype=FLOAT[dtype])
 
+        def masked_load(v, st):
+            """0 outside the region; inside, the load at the index (clamped to the region,
+            so no address outside the buffer is ever formed)."""
+            lead = len(k.domain) - len(v.shape)
+            inside, saved = None, list(indices)
+            for d, lo, count in v.mask:
+                c = where[lead + d]
+                ok = b.icmp_unsigned("<", b.sub(indices[c], ir.Constant(I64, lo)),
+                                     ir.Constant(I64, count))
+                indices[c] = b.select(ok, indices[c], ir.Constant(I64, lo))
+                inside = ok if inside is None else b.and_(inside, ok)
+            val = b.load(address(v.buffer, v.dtype, st, v.offset), typ=FLOAT[v.dtype])
+            indices[:] = saved
+            return b.select(inside, val, ir.Constant(FLOAT[v.dtype], 0.0))
+
         env = {}
         for (kind, i, st) in accesses:
             if kind == "load":
                 v = k.loads[i]
-                val = b.load(address(v.buffer, v.dtype, st, v.offset), typ=FLOAT[v.dtype])
+                val = masked_load(v, st) if v.mask else \
+                    b.load(address(v.buffer, v.dtype, st, v.offset), typ=FLOAT[v.dtype])
                 env[sp.Symbol(f"x{i}", real=True)] = _convert(b, val, ty)
         lowering = ExprLowering(self, b, ty, env)
         for sym, expr in sk.assignments:

@@ -44,6 +44,9 @@ class View:
     strides: tuple
     dtype: np.dtype
     offset: int = 0
+    # (dim, lo, count): a fused embed's region — outside lo ≤ i_dim < lo + count the
+    # value read is 0 and nothing is loaded
+    mask: tuple = ()
 
     def broadcast_to(self, domain: tuple) -> tuple:
         """Strides of this view read over ``domain`` (numpy broadcasting)."""
@@ -166,6 +169,9 @@ def schedule(g: Graph, inputs: list[int], outputs: list[int]) -> Program:
                                                   a["params"])
             view[i] = View(base.buffer, a["shape"], strides, base.dtype, offset)
             continue
+        if op == "embed" and _fusable_embed(i, a, consumers[i], attrs, out_index):
+            view[i] = _masked(view[a["args"][0]], a)       # read in its consumers' loops
+            continue
         materialise = i in out_index or any(
             group.get(c) != group.get(i) or kind_of(attrs[c]["op"]) not in
             ("elementwise", "reduction") for c in consumers[i])
@@ -213,6 +219,31 @@ def schedule(g: Graph, inputs: list[int], outputs: list[int]) -> Program:
             producer[view[i].buffer] = kernel
     prog.steps = _order_steps(order, producer)
     return prog
+
+
+def _fusable_embed(i, a, consumers, attrs, out_index) -> bool:
+    """An embed read only by kernels, with a region of unit-step slices on axes longer
+    than 1: its consumers read the operand through a masked view, with no buffer of its
+    own (the adjoint of x[1:] - x[:-1] is then one loop, not a fill and a copy each)."""
+    if i in out_index or not all(kind_of(attrs[c]["op"]) in ("elementwise", "reduction")
+                                 for c in consumers):
+        return False
+    shape, spec = a["params"]
+    return all(it[0] == "slice" and it[2] in (1, -1) and (n > 1 or it == ("slice", 0, 1, n))
+               for it, n in zip(spec, shape)) and len(spec) == len(shape)
+
+
+def _masked(base: View, a) -> View:
+    """The operand of an embed as a view in the embed's coordinates, masked to its region."""
+    shape, spec = a["params"]
+    offset, strides, mask = base.offset, [], []
+    for d, ((_, start, step, count), stride, n) in enumerate(zip(spec, base.strides, shape)):
+        # operand index j = (i − start)·step, so i's stride is step·stride
+        offset -= start * step * stride
+        strides.append(step * stride)
+        if (start, step, count) != (0, 1, n):
+            mask.append((d, start if step == 1 else start - count + 1, count))
+    return View(base.buffer, shape, tuple(strides), base.dtype, offset, tuple(mask))
 
 
 def _assemble(a, sources, out: View, shapes) -> Assemble:
