@@ -706,6 +706,11 @@ class Graph:
         if ops._index_shape([shape], (spec,)) != x.shape:
             raise ShapeError(f"embed: {x.name} has shape {x.shape}, the region "
                              f"[{ops.index_text(spec)}] of {shape} does not")
+        if x.op == "embed" and all(it[0] == "slice" for it in spec + x.params[1]):
+            # a region inside a region: one embed (so it can fuse into the loop reading it)
+            spec = tuple(("slice", outer[1] + inner[1] * outer[2], inner[2] * outer[2],
+                          inner[3]) for outer, inner in zip(spec, x.params[1]))
+            return self.embed(x.args[0], shape, spec)
         return self._structured("embed", [x], (shape, spec))
 
     def concatenate(self, xs, axis=0) -> Expr:

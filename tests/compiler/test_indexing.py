@@ -137,3 +137,15 @@ def test_lennard_jones_with_index_arrays_matches_torch_and_its_code_is_pair_free
     big = energy(40)
     lines = [len(h.compile(e, wrt=[x]).llvm_ir.splitlines()) for h, x, e in (energy(12), big)]
     assert lines[0] == lines[1]
+
+
+def test_the_adjoint_of_slices_is_read_inside_the_loop_not_assembled():
+    g = Graph()
+    x = g.input("x", (7,))
+    f = g.compile((C.sin(x[1:]) * x[:-1] + x[::-1][1:] ** 2).sum(), wrt=[x])
+    steps = f.artifact("vjp").llvm_ir.count("define internal")
+    assert steps == len(f.kernels("vjp"))          # every step a fused kernel: no copies
+    xv = np.linspace(-1.0, 2.0, 7)
+    t = torch().tensor(xv, requires_grad=True)
+    (t[1:].sin() * t[:-1] + t.flip(0)[1:] ** 2).sum().backward()
+    np.testing.assert_allclose(f.vjp(xv)[1][0], t.grad.numpy(), rtol=1e-14, atol=1e-15)
