@@ -55,9 +55,40 @@ def loop(b: ir.IRBuilder, count: int, name: str):
     b.position_at_end(done)
 
 
-def collapse(domain: tuple, stride_sets: list, keep=()) -> tuple:
+@contextmanager
+def loop_nest(b: ir.IRBuilder, shape: tuple, name: str):
+    """Nested ``loop``s over ``shape`` (every size ≥ 1); yields the indices, outermost first."""
+    cms = [loop(b, n, f"{name}{d}") for d, n in enumerate(shape)]
+    indices = [cm.__enter__() for cm in cms]
+    yield indices
+    for cm in reversed(cms):
+        cm.__exit__(None, None, None)
+
+
+def element(b: ir.IRBuilder, pointer, view, indices, strides):
+    """The address of ``view``'s element at ``offset + Σ indices·strides``."""
+    off = ir.Constant(I64, view.offset) if view.offset else None
+    for i, s in zip(indices, strides):
+        if s:
+            term = i if s == 1 else b.mul(i, ir.Constant(I64, s))
+            off = term if off is None else b.add(off, term)
+    ety = I64 if view.dtype.kind == "i" else FLOAT[view.dtype]
+    return pointer if off is None else b.gep(pointer, [off], source_etype=ety)
+
+
+def fill(b: ir.IRBuilder, pointer, size: int, value) -> None:
+    """``pointer[0:size] = value`` (a constant of the buffer's type)."""
+    if size == 1:
+        b.store(value, pointer)
+    elif size > 1:
+        with loop(b, size, "z") as i:
+            b.store(value, b.gep(pointer, [i], source_etype=value.type))
+
+
+def collapse(domain: tuple, stride_sets: list, keep=frozenset()) -> tuple:
     """Merge adjacent dims that every access walks contiguously; drop size-1 dims.  Dims
-    in ``keep`` are merged with none; with ``keep``, also returns where each went."""
+    in ``keep`` are merged with none.  Returns the shape, each access's strides, and
+    where each kept dim of ``domain`` went."""
     dims = [(n, [s[d] for s in stride_sets], d) for d, n in enumerate(domain) if n != 1]
     merged, where = [], {}
     for n, strides, d in dims:
@@ -71,7 +102,7 @@ def collapse(domain: tuple, stride_sets: list, keep=()) -> tuple:
         where[d] = len(merged) - 1
     shape = tuple(n for n, _, _ in merged)
     per_access = [tuple(st[k] for _, st, _ in merged) for k in range(len(stride_sets))]
-    return (shape, per_access, where) if keep else (shape, per_access)
+    return shape, per_access, where
 
 
 # Products of at least this many multiply-adds go to BLAS when the runtime has one.
@@ -148,16 +179,8 @@ class Lowerer:
                                     source_etype=ir.IntType(8), name=f"tmp{k}")
         for n, step in enumerate(prog.steps):
             fname = f"{name}.step{n}"
-            if isinstance(step, MatMul):
-                used = self.matmul(fname, step)
-            elif isinstance(step, Assemble):
-                used = self.assemble(fname, step)
-            elif isinstance(step, Gather):
-                used = self.gather(fname, step)
-            elif isinstance(step, Scan):
-                used = self.scan(fname, step)
-            else:
-                used = self.kernel(fname, step)
+            used = {Kernel: self.kernel, MatMul: self.matmul, Assemble: self.assemble,
+                    Gather: self.gather, Scan: self.scan}[type(step)](fname, step)
             fn, buffers = used
             b.call(fn, [pointers[k] for k in buffers])
         if workspace is not None:
@@ -165,6 +188,14 @@ class Lowerer:
                 self.module, ir.FunctionType(ir.VoidType(), [PTR]), name="free")
             b.call(free, [workspace])
         b.ret(ir.Constant(I32, 0))
+
+    def _begin(self, name, views):
+        """A step function over the buffers of ``views``: (function, buffers, buffer ->
+        pointer argument, builder at its entry)."""
+        buffers = sorted({v.buffer for v in views})
+        fn = self._step_fn(name, buffers)
+        return fn, buffers, dict(zip(buffers, fn.args)), \
+            ir.IRBuilder(fn.append_basic_block("entry"))
 
     def _step_fn(self, name, buffers):
         fn = self._fn(name, ir.VoidType(), [PTR] * len(buffers))
@@ -180,24 +211,14 @@ class Lowerer:
     # ---- a fused elementwise kernel -------------------------------------------------------
     def kernel(self, name, k: Kernel):
         sk = k.scalar
-        views = [*k.loads.values(), *k.stores.values(), *(r.out for r in k.reductions.values())]
-        buffers = sorted({v.buffer for v in views})
-        fn = self._step_fn(name, buffers)
-        ptr = dict(zip(buffers, fn.args))
-        b = ir.IRBuilder(fn.append_basic_block("entry"))
+        fn, buffers, ptr, b = self._begin(name, [*k.loads.values(), *k.stores.values(),
+                                                 *(r.out for r in k.reductions.values())])
         ty = FLOAT[k.dtype]
 
         red_strides = {i: _reduction_strides(k.domain, r) for i, r in k.reductions.items()}
-        for r in k.reductions.values():   # accumulators start at 0 (sum), −inf (amax), inf
-            v = r.out
-            size = math.prod(v.shape)
-            rty = FLOAT[v.dtype]
-            start = ir.Constant(rty, REDUCTION_START[r.op])
-            if size == 1:
-                b.store(start, ptr[v.buffer])
-            elif size > 1:
-                with loop(b, size, "z") as i:
-                    b.store(start, b.gep(ptr[v.buffer], [i], source_etype=rty))
+        for r in k.reductions.values():   # accumulators start at 0 (sum), 1, −inf (amax), inf
+            fill(b, ptr[r.out.buffer], math.prod(r.out.shape),
+                 ir.Constant(FLOAT[r.out.dtype], REDUCTION_START[r.op]))
         if math.prod(k.domain) == 0:       # zero-size tensors: no element to compute
             b.ret_void()
             return fn, buffers
@@ -206,25 +227,15 @@ class Lowerer:
                     + [("store", i, v.strides) for i, v in k.stores.items()]
                     + [("reduce", r, red_strides[r]) for r in k.reductions])
         # a masked (fused embed) view's region dims stay loops of their own
-        masked = {len(k.domain) - len(v.shape) + d: (lo, count)
-                  for v in k.loads.values() for d, lo, count in v.mask}
-        shape, strides, where = collapse(k.domain, [s for _, _, s in accesses],
-                                         keep=set(masked) or {-1})
+        masked = {len(k.domain) - len(v.shape) + d for v in k.loads.values()
+                  for d, _, _ in v.mask}
+        shape, strides, where = collapse(k.domain, [s for _, _, s in accesses], keep=masked)
         accesses = [(kind, i, st) for (kind, i, _), st in zip(accesses, strides)]
-        indices = []
-        cms = [loop(b, n, f"i{d}") for d, n in enumerate(shape)]
-        for cm in cms:
-            indices.append(cm.__enter__())
+        nest = loop_nest(b, shape, "i")
+        indices = nest.__enter__()
 
-        def address(buffer, dtype, st, offset=0):
-            off = ir.Constant(I64, offset) if offset else None
-            for i, s in zip(indices, st):
-                if s == 0:
-                    continue
-                term = i if s == 1 else b.mul(i, ir.Constant(I64, s))
-                off = term if off is None else b.add(off, term)
-            base = ptr[buffer]
-            return base if off is None else b.gep(base, [off], source_etype=FLOAT[dtype])
+        def address(v, st):
+            return element(b, ptr[v.buffer], v, indices, st)
 
         def masked_load(v, st):
             """0 outside the region; inside, the load at the index (clamped to the region,
@@ -237,7 +248,7 @@ class Lowerer:
                                      ir.Constant(I64, count))
                 indices[c] = b.select(ok, indices[c], ir.Constant(I64, lo))
                 inside = ok if inside is None else b.and_(inside, ok)
-            val = b.load(address(v.buffer, v.dtype, st, v.offset), typ=FLOAT[v.dtype])
+            val = b.load(address(v, st), typ=FLOAT[v.dtype])
             indices[:] = saved
             return b.select(inside, val, ir.Constant(FLOAT[v.dtype], 0.0))
 
@@ -245,8 +256,7 @@ class Lowerer:
         for (kind, i, st) in accesses:
             if kind == "load":
                 v = k.loads[i]
-                val = masked_load(v, st) if v.mask else \
-                    b.load(address(v.buffer, v.dtype, st, v.offset), typ=FLOAT[v.dtype])
+                val = masked_load(v, st) if v.mask else b.load(address(v, st), typ=FLOAT[v.dtype])
                 env[sp.Symbol(f"x{i}", real=True)] = _convert(b, val, ty)
         lowering = ExprLowering(self, b, ty, env)
         for sym, expr in sk.assignments:
@@ -255,11 +265,11 @@ class Lowerer:
             if kind == "store":
                 v = k.stores[i]
                 val = _convert(b, lowering(sk.results[i]), FLOAT[v.dtype])
-                b.store(val, address(v.buffer, v.dtype, st, v.offset))
+                b.store(val, address(v, st))
             elif kind == "reduce":
                 v = k.reductions[i].out
                 rty = FLOAT[v.dtype]
-                where = address(v.buffer, v.dtype, st, v.offset)
+                where = address(v, st)
                 val = _convert(b, lowering(sk.results[i]), rty)
                 acc = b.load(where, typ=rty)
                 if k.reductions[i].op == "sum":
@@ -270,8 +280,7 @@ class Lowerer:
                     name = "llvm.maximum" if k.reductions[i].op == "amax" else "llvm.minimum"
                     acc = b.call(self._intrinsic(name, rty, 2), [acc, val])
                 b.store(acc, where)
-        for cm in reversed(cms):
-            cm.__exit__(None, None, None)
+        nest.__exit__(None, None, None)
         b.ret_void()
         return fn, buffers
 
@@ -288,10 +297,7 @@ class Lowerer:
     def _gemm(self, name, step, layouts):
         a, bv, c = step.a, step.b, step.out
         (m, kk), (_, n) = a.shape, bv.shape
-        buffers = sorted({a.buffer, bv.buffer, c.buffer})
-        fn = self._step_fn(name, buffers)
-        ptr = dict(zip(buffers, fn.args))
-        b = ir.IRBuilder(fn.append_basic_block("entry"))
+        fn, buffers, ptr, b = self._begin(name, [a, bv, c])
         ty = FLOAT[c.dtype]
         gemm_name = "__symgrad_dgemm" if c.dtype == np.float64 else "__symgrad_sgemm"
         gemm = self.module.globals.get(gemm_name) or ir.Function(
@@ -300,10 +306,9 @@ class Lowerer:
             name=gemm_name)
         (ta, lda), (tb, ldb) = layouts
         i32, i64 = (lambda v: ir.Constant(I32, v)), (lambda v: ir.Constant(I64, v))
+
         def start(view):
-            base = ptr[view.buffer]
-            return b.gep(base, [i64(view.offset)], source_etype=FLOAT[view.dtype]) \
-                if view.offset else base
+            return element(b, ptr[view.buffer], view, (), ())
         b.call(gemm, [i32(CBLAS_ROW_MAJOR), i32(ta), i32(tb), i64(m), i64(n), i64(kk),
                       ir.Constant(ty, 1.0), start(a), i64(lda), start(bv), i64(ldb),
                       ir.Constant(ty, 0.0), start(c), i64(n)])
@@ -312,25 +317,17 @@ class Lowerer:
 
     def _matmul_loops(self, name, step: MatMul):
         a, bv, c = step.a, step.b, step.out
-        buffers = sorted({a.buffer, bv.buffer, c.buffer})
-        fn = self._step_fn(name, buffers)
-        ptr = dict(zip(buffers, fn.args))
-        b = ir.IRBuilder(fn.append_basic_block("entry"))
+        fn, buffers, ptr, b = self._begin(name, [a, bv, c])
         ty = FLOAT[c.dtype]
         (m, kk), (_, n) = a.shape, bv.shape
 
         def at(view, i, j):
-            off = b.add(b.mul(i, ir.Constant(I64, view.strides[0])),
-                        b.mul(j, ir.Constant(I64, view.strides[1])))
-            if view.offset:
-                off = b.add(off, ir.Constant(I64, view.offset))
-            return b.gep(ptr[view.buffer], [off], source_etype=FLOAT[view.dtype])
+            return element(b, ptr[view.buffer], view, (i, j), view.strides)
 
         if m * n == 0:                      # zero-size operands: an empty product
             b.ret_void()
             return fn, buffers
-        with loop(b, m * n, "z") as i:
-            b.store(ir.Constant(ty, 0.0), b.gep(ptr[c.buffer], [i], source_etype=ty))
+        fill(b, ptr[c.buffer], m * n, ir.Constant(ty, 0.0))
         if kk == 0:
             b.ret_void()
             return fn, buffers
@@ -349,51 +346,29 @@ class Lowerer:
     # ---- assemble: fill a buffer, copy each piece into its region ---------------------------
     def assemble(self, name, step: Assemble):
         out = step.out
-        buffers = sorted({out.buffer, *(src.buffer for src, _ in step.pieces)})
-        fn = self._step_fn(name, buffers)
-        ptr = dict(zip(buffers, fn.args))
-        b = ir.IRBuilder(fn.append_basic_block("entry"))
+        fn, buffers, ptr, b = self._begin(name, [out, *(src for src, _ in step.pieces)])
         ty = FLOAT[out.dtype]
-        size = math.prod(out.shape)
-        if step.fill is not None and size:
-            with loop(b, size, "z") as i:
-                b.store(ir.Constant(ty, step.fill), b.gep(ptr[out.buffer], [i], source_etype=ty))
+        if step.fill is not None:
+            fill(b, ptr[out.buffer], math.prod(out.shape), ir.Constant(ty, step.fill))
         for src, dst in step.pieces:
             if math.prod(src.shape) == 0:
                 continue
-            shape, (s_st, d_st) = collapse(src.shape, [src.strides, dst.strides])
-            indices = []
-            cms = [loop(b, n, f"i{d}") for d, n in enumerate(shape)]
-            for cm in cms:
-                indices.append(cm.__enter__())
-
-            def at(view, st):
-                off = ir.Constant(I64, view.offset)
-                for i, s in zip(indices, st):
-                    if s:
-                        off = b.add(off, b.mul(i, ir.Constant(I64, s)))
-                return b.gep(ptr[view.buffer], [off], source_etype=FLOAT[view.dtype])
-            value = b.load(at(src, s_st), typ=FLOAT[src.dtype])
-            b.store(_convert(b, value, ty), at(dst, d_st))
-            for cm in reversed(cms):
-                cm.__exit__(None, None, None)
+            shape, (s_st, d_st), _ = collapse(src.shape, [src.strides, dst.strides])
+            with loop_nest(b, shape, "i") as indices:
+                value = b.load(element(b, ptr[src.buffer], src, indices, s_st),
+                               typ=FLOAT[src.dtype])
+                b.store(_convert(b, value, ty), element(b, ptr[dst.buffer], dst, indices, d_st))
         b.ret_void()
         return fn, buffers
-
 
     # ---- gather and scatter-add through index arrays ------------------------------------
     def gather(self, name, step: Gather):
         dense, indexed = (step.src, step.out) if step.scatter else (step.out, step.src)
         k = len(step.indices)
-        buffers = sorted({step.src.buffer, step.out.buffer,
-                          *(v.buffer for v in step.indices)})
-        fn = self._step_fn(name, buffers)
-        ptr = dict(zip(buffers, fn.args))
-        b = ir.IRBuilder(fn.append_basic_block("entry"))
+        fn, buffers, ptr, b = self._begin(name, [step.src, step.out, *step.indices])
         ty = FLOAT[step.out.dtype]
-        if step.scatter and math.prod(step.out.shape):
-            with loop(b, math.prod(step.out.shape), "z") as i:
-                b.store(ir.Constant(ty, 0.0), b.gep(ptr[step.out.buffer], [i], source_etype=ty))
+        if step.scatter:
+            fill(b, ptr[step.out.buffer], math.prod(step.out.shape), ir.Constant(ty, 0.0))
         domain = dense.shape
         if math.prod(domain) == 0:
             b.ret_void()
@@ -402,76 +377,53 @@ class Lowerer:
         rest = (0,) * nb + tuple(indexed.strides[k:])
         index_strides = [v.broadcast_to(domain[:nb]) + (0,) * (len(domain) - nb)
                          for v in step.indices]
-        shape, (dense_st, rest_st, *idx_st) = collapse(
+        shape, (dense_st, rest_st, *idx_st), _ = collapse(
             domain, [dense.strides, rest, *index_strides])
-        cms = [loop(b, n, f"i{d}") for d, n in enumerate(shape)]
-        indices = [cm.__enter__() for cm in cms]
-
-        def offset(base, st):
-            off = ir.Constant(I64, base)
-            for i, s in zip(indices, st):
-                if s:
-                    off = b.add(off, b.mul(i, ir.Constant(I64, s)))
-            return off
-
-        at = offset(indexed.offset, rest_st)
-        for v, st, n, stride in zip(step.indices, idx_st, step.bounds, indexed.strides):
-            j = b.load(b.gep(ptr[v.buffer], [offset(v.offset, st)], source_etype=I64), typ=I64)
-            # checked to lie in [-n, n) before the call: a negative one counts from the end
-            j = b.select(b.icmp_signed("<", j, ir.Constant(I64, 0)),
-                         b.add(j, ir.Constant(I64, n)), j)
-            at = b.add(at, b.mul(j, ir.Constant(I64, stride)))
-        here = b.gep(ptr[dense.buffer], [offset(dense.offset, dense_st)],
-                     source_etype=FLOAT[dense.dtype])
-        there = b.gep(ptr[indexed.buffer], [at], source_etype=FLOAT[indexed.dtype])
-        if step.scatter:
-            value = _convert(b, b.load(here, typ=FLOAT[dense.dtype]), ty)
-            b.store(b.fadd(b.load(there, typ=ty), value), there)
-        else:
-            value = b.load(there, typ=FLOAT[indexed.dtype])
-            b.store(_convert(b, value, ty), here)
-        for cm in reversed(cms):
-            cm.__exit__(None, None, None)
+        with loop_nest(b, shape, "i") as indices:
+            there = element(b, ptr[indexed.buffer], indexed, indices, rest_st)
+            for v, st, n, stride in zip(step.indices, idx_st, step.bounds, indexed.strides):
+                j = b.load(element(b, ptr[v.buffer], v, indices, st), typ=I64)
+                # checked to lie in [-n, n) before the call: a negative one counts from the end
+                j = b.select(b.icmp_signed("<", j, ir.Constant(I64, 0)),
+                             b.add(j, ir.Constant(I64, n)), j)
+                there = b.gep(there, [b.mul(j, ir.Constant(I64, stride))],
+                              source_etype=FLOAT[indexed.dtype])
+            here = element(b, ptr[dense.buffer], dense, indices, dense_st)
+            if step.scatter:
+                value = _convert(b, b.load(here, typ=FLOAT[dense.dtype]), ty)
+                b.store(b.fadd(b.load(there, typ=ty), value), there)
+            else:
+                value = b.load(there, typ=FLOAT[indexed.dtype])
+                b.store(_convert(b, value, ty), here)
         b.ret_void()
         return fn, buffers
-
 
     # ---- cumsum: a running sum along one axis, the other axes outside ----------------------
     def scan(self, name, step: Scan):
         src, out, axis = step.src, step.out, step.axis
-        buffers = sorted({src.buffer, out.buffer})
-        fn = self._step_fn(name, buffers)
-        ptr = dict(zip(buffers, fn.args))
-        b = ir.IRBuilder(fn.append_basic_block("entry"))
+        fn, buffers, ptr, b = self._begin(name, [src, out])
         ty = FLOAT[out.dtype]
         if math.prod(src.shape) == 0:
             b.ret_void()
             return fn, buffers
-        outer = tuple(n for d, n in enumerate(src.shape) if d != axis)
-        drop = [st for d, st in enumerate(src.strides) if d != axis]
-        shape, (src_st, out_st) = collapse(outer, [drop, [st for d, st in enumerate(
-            out.strides) if d != axis]])
-        cms = [loop(b, n, f"o{d}") for d, n in enumerate(shape)]
-        indices = [cm.__enter__() for cm in cms]
-
-        def at(view, st, i, along):
-            off = ir.Constant(I64, view.offset)
-            for j, s in zip(indices, st):
-                if s:
-                    off = b.add(off, b.mul(j, ir.Constant(I64, s)))
-            off = b.add(off, b.mul(i, ir.Constant(I64, along)))
-            return b.gep(ptr[view.buffer], [off], source_etype=FLOAT[view.dtype])
-        pre = b.block
-        with loop(b, src.shape[axis], "k") as i:
-            acc = b.phi(ty, name="acc")
-            acc.add_incoming(ir.Constant(ty, 0.0), pre)
-            value = _convert(b, b.load(at(src, src_st, i, src.strides[axis]),
-                                       typ=FLOAT[src.dtype]), ty)
-            total = b.fadd(acc, value)
-            b.store(total, at(out, out_st, i, out.strides[axis]))
-            acc.add_incoming(total, b.block)
-        for cm in reversed(cms):
-            cm.__exit__(None, None, None)
+        # the scanned axis last, innermost: ``collapse`` never merges it with the others
+        outer = [d for d in range(len(src.shape)) if d != axis] + [axis]
+        shape, (src_st, out_st), where = collapse(
+            tuple(src.shape[d] for d in outer),
+            [[src.strides[d] for d in outer], [out.strides[d] for d in outer]],
+            keep={len(outer) - 1})
+        inner = where.get(len(outer) - 1)
+        with loop_nest(b, shape[:inner] if inner is not None else shape, "o") as indices:
+            pre = b.block
+            with loop(b, src.shape[axis], "k") as i:
+                acc = b.phi(ty, name="acc")
+                acc.add_incoming(ir.Constant(ty, 0.0), pre)
+                at = [*indices, i]
+                value = _convert(b, b.load(element(b, ptr[src.buffer], src, at, src_st),
+                                           typ=FLOAT[src.dtype]), ty)
+                total = b.fadd(acc, value)
+                b.store(total, element(b, ptr[out.buffer], out, at, out_st))
+                acc.add_incoming(total, b.block)
         b.ret_void()
         return fn, buffers
 

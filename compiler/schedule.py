@@ -86,12 +86,18 @@ class Kernel:
     consts: dict                   # const node id -> float
     scalar: object = None          # its ScalarKernel, set by simplification
 
+    def reads(self):
+        return list(self.loads.values())
+
 
 @dataclass
 class MatMul:
     a: View
     b: View
     out: View
+
+    def reads(self):
+        return [self.a, self.b]
 
 
 @dataclass
@@ -101,6 +107,9 @@ class Assemble:
     out: View
     fill: object
     pieces: list
+
+    def reads(self):
+        return [src for src, _ in self.pieces]
 
 
 @dataclass
@@ -114,6 +123,9 @@ class Gather:
     bounds: tuple
     scatter: bool
 
+    def reads(self):
+        return [self.src, *self.indices]
+
 
 @dataclass
 class Scan:
@@ -121,6 +133,9 @@ class Scan:
     src: View
     out: View
     axis: int
+
+    def reads(self):
+        return [self.src]
 
 
 @dataclass
@@ -241,7 +256,7 @@ def _masked(base: View, a) -> View:
         # operand index j = (i − start)·step, so i's stride is step·stride
         offset -= start * step * stride
         strides.append(step * stride)
-        if (start, step, count) != (0, 1, n):
+        if count != n:          # a region spanning the axis (reversed or not) needs no mask
             mask.append((d, start if step == 1 else start - count + 1, count))
     return View(base.buffer, shape, tuple(strides), base.dtype, offset, tuple(mask))
 
@@ -300,17 +315,7 @@ def _order_steps(order, producer):
         deps.add_node(n)
     index = {id(s): n for n, s in enumerate(order)}
     for n, step in enumerate(order):
-        if isinstance(step, MatMul):
-            reads = [step.a, step.b]
-        elif isinstance(step, Assemble):
-            reads = [src for src, _ in step.pieces]
-        elif isinstance(step, Gather):
-            reads = [step.src, *step.indices]
-        elif isinstance(step, Scan):
-            reads = [step.src]
-        else:
-            reads = list(step.loads.values())
-        for v in reads:
+        for v in step.reads():
             p = producer.get(v.buffer)
             if p is not None and p is not step:
                 deps.add_edge(index[id(p)], n)
