@@ -17,10 +17,7 @@ def _elementwise(entry):
     name = entry.name
 
     def fn(*args):
-        graph = next((a.graph for a in args if isinstance(a, Expr)), None)
-        if graph is None:
-            raise TypeError(f"{name}() needs at least one graph expression argument")
-        return graph.apply(name, *args)
+        return _graph_of(args, name).apply(name, *args)
     fn.__name__ = fn.__qualname__ = name
     fn.__module__ = __name__
     fn.__doc__ = f"Elementwise {name}: {entry.formula} (a, b: operands)."

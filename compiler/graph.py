@@ -27,6 +27,12 @@ INDEX = np.dtype(np.int64)      # integer index arrays (inputs and constants) on
 NAMES = {**DTYPES, INDEX: "int64"}
 
 
+def array_digest(value: np.ndarray) -> str:
+    """A hash of an array's shape, dtype and values (array constants are keyed by it)."""
+    return hashlib.sha256(repr((value.shape, value.dtype.str)).encode()
+                          + np.ascontiguousarray(value).tobytes()).hexdigest()
+
+
 class ConstArray:
     """An array constant's value, read-only: compared by content (equal constants are one
     node) and written by shape alone — compiled code reads it from a buffer passed at each
@@ -37,8 +43,7 @@ class ConstArray:
         value = np.array(value, order="C", copy=True)
         value.setflags(write=False)
         self.value = value
-        self.digest = hashlib.sha256(repr((value.shape, value.dtype.str)).encode()
-                                     + value.tobytes()).hexdigest()
+        self.digest = array_digest(value)
 
     def __hash__(self):
         return hash(self.digest)
@@ -279,22 +284,22 @@ class Expr:
             if self.shape[d] != 1:
                 raise ShapeError(f"cannot squeeze axis {d} of {self.name}: it has size "
                                  f"{self.shape[d]}, not 1")
-        return self.graph.index(self, tuple(("int", 0) if d in axes else ops._full(n)
+        return self.graph.index(self, tuple(("int", 0) if d in axes else ops.full_slice(n)
                                             for d, n in enumerate(self.shape)))
 
     def expand_dims(self, axis):
         """numpy's expand_dims (PyTorch's unsqueeze): new size-1 axes at ``axis``; a view."""
-        axes = (axis,) if ops._is_int(axis) else tuple(axis)
+        axes = (axis,) if ops.is_int(axis) else tuple(axis)
         new = ops.normalize_axes(axes, self.ndim + len(axes))
         dims = iter(self.shape)
-        return self.graph.index(self, tuple(("new",) if d in new else ops._full(next(dims))
+        return self.graph.index(self, tuple(("new",) if d in new else ops.full_slice(next(dims))
                                             for d in range(self.ndim + len(new))))
 
     def flip(self, axis=None):
         """numpy's flip: reversed along ``axis`` (all axes by default); a view."""
         axes = ops.normalize_axes(axis, self.ndim)
         return self.graph.index(self, tuple(("slice", n - 1, -1, n) if d in axes and n > 1
-                                            else ops._full(n)
+                                            else ops.full_slice(n)
                                             for d, n in enumerate(self.shape)))
 
 
@@ -457,7 +462,7 @@ class Graph:
                 attrs["bound"] = min(attrs.get("bound", n), n)
                 return x
         value = np.asarray(x)
-        if value.dtype.kind not in "iu":
+        if value.dtype.kind not in "iu" and value.size:     # numpy reads [] as an index
             raise IndexError(f"arrays used as indices must be of integer (or boolean) type, "
                              f"got {value.dtype}")
         if value.size and (value.min() < -n or value.max() >= n):
@@ -662,26 +667,21 @@ class Graph:
                 raise IndexError(f"{it.name} is a {NAMES[it.dtype]} tensor: boolean masks "
                                  "from the graph select a shape known only at run time; use "
                                  "where(mask, x, 0) (or index with a constant mask)")
-            arr = None if isinstance(it, Expr) or not isinstance(it, (list, np.ndarray)) \
-                else np.asarray(it)
-            if arr is not None and arr.dtype.kind == "b":
-                flat.extend(np.nonzero(arr))
-            elif arr is not None and arr.dtype.kind not in "iu" and arr.size:
-                raise IndexError(f"arrays used as indices must be of integer (or boolean) "
-                                 f"type, got {arr.dtype}")
+            if isinstance(it, (list, np.ndarray)) and _read_array(it).dtype.kind == "b":
+                flat.extend(np.nonzero(it))
             else:
-                flat.append(arr.astype(np.int64) if arr is not None else it)
+                flat.append(it)       # integer arrays are checked by _index_operand
         taken = sum(1 for it in flat if it is not Ellipsis)
         if taken > x.ndim:
             raise IndexError(f"too many indices: {taken} for a tensor with {x.ndim} dims")
-        if Ellipsis in [it for it in flat if not isinstance(it, (np.ndarray, Expr))]:
-            k = next(k for k, it in enumerate(flat) if it is Ellipsis)
-            flat[k:k + 1] = [slice(None)] * (x.ndim - taken)
+        ellipsis = next((k for k, it in enumerate(flat) if it is Ellipsis), None)
+        if ellipsis is not None:
+            flat[ellipsis:ellipsis + 1] = [slice(None)] * (x.ndim - taken)
         flat += [slice(None)] * (x.ndim - len(flat))
         arrays = [d for d, it in enumerate(flat) if not isinstance(it, slice)]
         if any(np.ndim(flat[d]) if not isinstance(flat[d], Expr) else flat[d].ndim
                for d in arrays):      # a scalar index among arrays: the same, as one entry
-            flat = [np.array([it]) if ops._is_int(it) else it for it in flat]
+            flat = [np.array([it]) if ops.is_int(it) else it for it in flat]
         # the slices first, as a view (every axis kept; ints are index arrays here)
         basic = self.index(x, tuple(slice(None) if d in arrays else it
                                     for d, it in enumerate(flat)))
@@ -703,7 +703,7 @@ class Graph:
         spec = spec if _is_spec(spec) else ops.basic_index(shape, spec)
         if ops.is_identity(spec, shape):
             return x
-        if ops._index_shape([shape], (spec,)) != x.shape:
+        if ops.index_shape([shape], (spec,)) != x.shape:
             raise ShapeError(f"embed: {x.name} has shape {x.shape}, the region "
                              f"[{ops.index_text(spec)}] of {shape} does not")
         if x.op == "embed" and all(it[0] == "slice" for it in spec + x.params[1]):
@@ -731,7 +731,7 @@ class Graph:
         x = self._operand(x, self.dtype)
         pairs = np.broadcast_to(np.asarray(widths, dtype=object), (x.ndim, 2)) \
             if x.ndim else np.zeros((0, 2), dtype=object)
-        if not all(ops._is_int(w) and w >= 0 for w in pairs.flat):
+        if not all(ops.is_int(w) and w >= 0 for w in pairs.flat):
             raise ShapeError(f"pad widths must be non-negative ints, got {widths!r}")
         pairs = tuple((int(lo), int(hi)) for lo, hi in pairs)
         if isinstance(value, (bool, Expr)) or not isinstance(value, numbers.Real):
@@ -949,7 +949,7 @@ def _contiguous(x: Expr) -> bool:
             for it, n in zip((it for it in x.params[0] if it[0] != "new"), arg.shape):
                 if n == 1:
                     continue
-                if it == ops._full(n):
+                if it == ops.full_slice(n):
                     narrowed = True
                     continue
                 if narrowed or (it[0] == "slice" and it[2] != 1 and it[3] > 1):

@@ -562,11 +562,11 @@ structured("transpose", "view", _transpose_shape,
 # piece, ("slice", start, step, count) and ("int", i) each taking one axis of the operand,
 # ("new",) adding an axis of size 1.  Applied to strides it is a view (an offset and new
 # strides, no copy); applied to an output buffer it is the region an operand is written to.
-def _full(n):
+def full_slice(n):
     return ("slice", 0, 1, n)
 
 
-def _is_int(x):
+def is_int(x):
     return isinstance(x, (int, np.integer)) and not isinstance(x, (bool, np.bool_))
 
 
@@ -582,12 +582,12 @@ def basic_index(shape: tuple, index) -> tuple:
     for it in index:
         if it is Ellipsis:
             for _ in range(len(shape) - taken):
-                spec.append(_full(shape[d]))
+                spec.append(full_slice(shape[d]))
                 d += 1
         elif it is None:
             spec.append(("new",))
         elif isinstance(it, slice):
-            if not all(v is None or _is_int(v) for v in (it.start, it.stop, it.step)):
+            if not all(v is None or is_int(v) for v in (it.start, it.stop, it.step)):
                 raise IndexError(f"slice {it} must have int (or None) start, stop and step")
             if it.step == 0:
                 raise IndexError("slice step cannot be zero")
@@ -595,7 +595,7 @@ def basic_index(shape: tuple, index) -> tuple:
             count = len(range(start, stop, step))
             spec.append(("slice", start, step, count) if count else ("slice", 0, 1, 0))
             d += 1
-        elif _is_int(it):
+        elif is_int(it):
             n = shape[d]
             if not -n <= it < n:
                 raise IndexError(f"index {int(it)} is out of bounds for axis {d} with size {n}")
@@ -604,12 +604,12 @@ def basic_index(shape: tuple, index) -> tuple:
         else:
             raise IndexError(f"cannot index with {type(it).__name__} {it!r}: use ints, slices, "
                              "None, ..., or integer arrays")
-    spec.extend(_full(shape[k]) for k in range(d, len(shape)))
+    spec.extend(full_slice(shape[k]) for k in range(d, len(shape)))
     return tuple(spec)
 
 
 def is_identity(spec, shape) -> bool:
-    return len(spec) == len(shape) and all(it == _full(n) for it, n in zip(spec, shape))
+    return len(spec) == len(shape) and all(it == full_slice(n) for it, n in zip(spec, shape))
 
 
 def numpy_index(spec) -> tuple:
@@ -627,7 +627,7 @@ def numpy_index(spec) -> tuple:
     return tuple(out)
 
 
-def _index_shape(shapes, params):
+def index_shape(shapes, params):
     return tuple(1 if it[0] == "new" else it[3] for it in params[0] if it[0] != "int")
 
 
@@ -649,7 +649,7 @@ def index_text(spec, shape=None) -> str:
     whole axis of ``shape``, the indexed tensor's, and none for trailing ones)."""
     parts, whole = [], iter(shape) if shape is not None else None
     for it in spec:
-        if whole is not None and it[0] != "new" and it == _full(next(whole)):
+        if whole is not None and it[0] != "new" and it == full_slice(next(whole)):
             parts.append(":")
             continue
         if it[0] == "new":
@@ -666,13 +666,17 @@ def index_text(spec, shape=None) -> str:
     return ", ".join(parts)
 
 
-def _indexed(x, spec, tex, shape=None):
-    inner = index_text(spec, shape).replace("None", r"\text{None}" if tex else "None")
+def _subscript(x, inner, tex):
     return rf"{x}\left[{inner}\right]" if tex else f"{x}[{inner}]"
 
 
+def _indexed(x, spec, tex, shape=None):
+    inner = index_text(spec, shape).replace("None", r"\text{None}" if tex else "None")
+    return _subscript(x, inner, tex)
+
+
 # x[spec]: a view.  Its adjoint is P placed in a zero tensor of x's shape (embed).
-structured("index", "view", _index_shape,
+structured("index", "view", index_shape,
            lambda args, p: args[0][numpy_index(p[0])],
            lambda adj, args, out, p: [adj.apply("embed", params=(args[0].shape, p[0]))],
            lambda x, p, shapes, tex: _indexed(x[0], p[0], tex, shapes[0]),
@@ -700,7 +704,7 @@ def _concat_regions(shapes, params):
     axis, = params
     specs, start = [], 0
     for s in shapes:
-        specs.append(tuple(("slice", start, 1, n) if d == axis else _full(n)
+        specs.append(tuple(("slice", start, 1, n) if d == axis else full_slice(n)
                            for d, n in enumerate(s)))
         start += s[axis]
     return specs
@@ -772,25 +776,19 @@ def _scatter_numpy(args, params):
     return out
 
 
-def _index_names(x, tex):
-    return ", ".join(x)
-
-
 structured("gather", "gather", _gather_shape,
            lambda args, p: np.asarray(args[0])[tuple(np.asarray(i) for i in args[1:])],
            lambda adj, args, out, p: [adj.apply("scatter_add", *args[1:],
                                                 params=(args[0].shape,))]
            + [None] * (len(args) - 1),
-           lambda x, p, shapes, tex: rf"{x[0]}\left[{_index_names(x[1:], tex)}\right]" if tex
-           else f"{x[0]}[{_index_names(x[1:], tex)}]",
+           lambda x, p, shapes, tex: _subscript(x[0], ", ".join(x[1:]), tex),
            lambda slot, P, x, p, shapes, tex: written_call(
-               "scatter_add", [P, _index_names(x[1:], tex), str(shapes[0])], tex))
+               "scatter_add", [P, *x[1:], str(shapes[0])], tex))
 structured("scatter_add", "gather", _scatter_shape, _scatter_numpy,
            lambda adj, args, out, p: [adj.apply("gather", *args[1:])] + [None] * (len(args) - 1),
            lambda x, p, shapes, tex: written_call(
-               "scatter_add", [x[0], _index_names(x[1:], tex), str(p[0])], tex),
-           lambda slot, P, x, p, shapes, tex: rf"{P}\left[{_index_names(x[1:], tex)}\right]"
-           if tex else f"{P}[{_index_names(x[1:], tex)}]")
+               "scatter_add", [*x, str(p[0])], tex),
+           lambda slot, P, x, p, shapes, tex: _subscript(P, ", ".join(x[1:]), tex))
 
 
 def _extreme_vjp(adjoint, args, out, params):

@@ -16,7 +16,8 @@ import warnings
 
 import numpy as np
 
-from symgrad.compiler import ops
+from symgrad.compiler import functions, ops
+from symgrad.compiler.graph import array_digest
 
 float32, float64 = np.dtype(np.float32), np.dtype(np.float64)
 int64 = np.dtype(np.int64)
@@ -412,7 +413,7 @@ class Tensor:
             raise RuntimeError("Index tensor must have the same number of dimensions as input "
                                "tensor")
         value = np.take_along_axis(self._data, idx, axis)
-        return _record(value, "GatherBackward0", ("gather", axis, _digest(idx)),
+        return _record(value, "GatherBackward0", ("gather", axis, array_digest(idx)),
                        lambda g, a: g.take_along_axis(a, idx, axis), [self])
 
     def add(self, o): return self + o
@@ -741,11 +742,6 @@ def _index_array(index) -> np.ndarray:
     return value
 
 
-def _digest(a: np.ndarray) -> str:
-    import hashlib
-    return hashlib.sha256(repr((a.shape, a.dtype.str)).encode() + a.tobytes()).hexdigest()
-
-
 def _getitem(x: Tensor, index):
     """``x[index]`` recorded: basic indices as a view, index tensors (and boolean masks,
     whose values are known here) as a gather, as PyTorch's IndexBackward0."""
@@ -762,7 +758,7 @@ def _getitem(x: Tensor, index):
                 key.append(arr)
                 continue
             parts.append(arr)
-            key.append(("array", _digest(arr)))
+            key.append(("array", array_digest(arr)))
         else:
             parts.append(it)
             key.append(it if not isinstance(it, slice) else ("slice", it.start, it.stop,
@@ -778,45 +774,38 @@ def _getitem(x: Tensor, index):
 
 def where(condition, input, other) -> Tensor:
     """torch.where(condition, input, other): the gradient goes to the branch chosen."""
-    cond = _index_array(condition) if not isinstance(condition, (bool, np.bool_)) else \
-        np.asarray(condition)
-    cond = np.asarray(cond != 0)
+    cond = np.asarray(_index_array(condition) != 0)
     a, b = _check_operand(input), _check_operand(other)
     tensors = [t for t in (a, b) if isinstance(t, Tensor)]
     if not tensors:
         raise TypeError("where() needs input or other to be a tensor")
     dtype = np.result_type(*[t._data.dtype for t in tensors])
     value = np.where(cond, _value(a), _value(b)).astype(dtype)
-    key = ("where", _digest(cond), *[None if isinstance(v, Tensor) else v for v in (a, b)])
-    if isinstance(a, Tensor) and isinstance(b, Tensor):
-        return _record(value, "WhereBackward0", key,
-                       lambda g, x, y: g.apply("where", cond, x, y), [a, b])
-    if isinstance(a, Tensor):
-        return _record(value, "WhereBackward0", key,
-                       lambda g, x: g.apply("where", cond, x, b), [a])
-    return _record(value, "WhereBackward0", key, lambda g, y: g.apply("where", cond, a, y), [b])
+    key = ("where", array_digest(cond), *[None if isinstance(v, Tensor) else v for v in (a, b)])
+
+    def build(g, *exprs):          # the tensors' nodes in their places, numbers as they are
+        nodes = iter(exprs)
+        return g.apply("where", cond, *[next(nodes) if isinstance(v, Tensor) else v
+                                        for v in (a, b)])
+    return _record(value, "WhereBackward0", key, build, tensors)
+
+
+def _join(name, tensors, dim, new_axis, numpy_join, graph_join) -> Tensor:
+    tensors = [as_tensor(t) for t in tensors]
+    if not tensors:
+        raise RuntimeError(f"torch.{name}(): expected a non-empty list of Tensors")
+    (axis,) = ops.normalize_axes(dim, tensors[0].ndim + new_axis)
+    value = numpy_join([t._data for t in tensors], axis)
+    return _record(value, f"{name.capitalize()}Backward0", (name, axis, len(tensors)),
+                   lambda g, *xs: graph_join(xs, axis), tensors)
 
 
 def cat(tensors, dim=0) -> Tensor:
-    tensors = [as_tensor(t) for t in tensors]
-    if not tensors:
-        raise RuntimeError("torch.cat(): expected a non-empty list of Tensors")
-    (axis,) = ops.normalize_axes(dim, tensors[0].ndim)
-    value = np.concatenate([t._data for t in tensors], axis)
-    from symgrad.compiler import functions
-    return _record(value, "CatBackward0", ("cat", axis, len(tensors)),
-                   lambda g, *xs: functions.concatenate(xs, axis), tensors)
+    return _join("cat", tensors, dim, 0, np.concatenate, functions.concatenate)
 
 
 def stack(tensors, dim=0) -> Tensor:
-    tensors = [as_tensor(t) for t in tensors]
-    if not tensors:
-        raise RuntimeError("stack expects a non-empty TensorList")
-    (axis,) = ops.normalize_axes(dim, tensors[0].ndim + 1)
-    value = np.stack([t._data for t in tensors], axis)
-    from symgrad.compiler import functions
-    return _record(value, "StackBackward0", ("stack", axis, len(tensors)),
-                   lambda g, *xs: functions.stack(xs, axis), tensors)
+    return _join("stack", tensors, dim, 1, np.stack, functions.stack)
 
 
 def _forget(entry):

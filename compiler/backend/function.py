@@ -12,7 +12,7 @@ import ctypes
 import numbers
 import reprlib
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -94,7 +94,8 @@ class Signature:
     seeds: list
     out_keys: list
     grad_keys: list
-    bounds: dict = None     # integer index input name -> the axis size it must lie within
+    # integer index input name -> the size of the axes it indexes (entries in [-n, n))
+    bounds: dict = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -240,7 +241,7 @@ class NativeFunction:
         missing = [n for (n, _, _), v in zip(self.inputs, values) if v is _MISSING]
         if missing:
             raise TypeError(f"missing input(s): {', '.join(missing)}")
-        bounds = self.signature.bounds or {}
+        bounds = self.signature.bounds
         return [_coerce_index(v, n, s, bounds.get(n)) if np.dtype(d).kind == "i" else
                 _coerce(v, n, s, d) for v, (n, s, d) in zip(values, self.inputs)]
 
