@@ -9,17 +9,37 @@ tensor(27., grad_fn=<MeanBackward0>)
 >>> x.grad
 tensor([[4.5000, 4.5000],
         [4.5000, 4.5000]])
+
+Where the runtime offers a PyTorch name it has PyTorch's semantics (in-place means in
+place, ``==`` is elementwise, PyTorch's dtype promotion, PyTorch's random streams);
+anything else raises an error naming the feature.
 """
 from symgrad.compiler import ops as _ops
 
-from . import autograd, nn, optim
+from . import autograd, nn, optim, utils
 from .autograd import compile_count
-from .tensor import (Size, Tensor, Variable, arange, as_tensor, cat, enable_grad, float32,
-                     float64, full, int64, is_grad_enabled, manual_seed, matmul, no_grad, ones,
-                     ones_like, rand, randn, stack, tensor, where, zeros, zeros_like)
+from .creation import (BoolTensor, DoubleTensor, FloatTensor, IntTensor, LongTensor, Variable,
+                       arange, bernoulli, empty, empty_like, eye, from_numpy, full, full_like,
+                       linspace, logspace, normal, ones, ones_like, rand, rand_like, randint,
+                       randn, randn_like, randperm, zeros, zeros_like)
+from .device import (accelerator, backends, cuda, device, get_default_device,  # noqa: F401
+                     set_default_device)
+from .dtypes import (bool_ as bool, float16, float32, float64, int8, int16,  # noqa: F401
+                     int32, int64, is_floating_point, promote_types, result_type, uint8)
+from .random import (Generator, get_rng_state, initial_seed, manual_seed, seed,  # noqa: F401
+                     set_rng_state)
+from .serialization import load, save
+from .tensor import (Size, Tensor, as_tensor, bmm, cat, dot, enable_grad, is_grad_enabled,
+                     matmul, mv, no_grad, outer, set_grad_enabled, stack, tensor, where)
 
 float = float32
 double = float64
+half = float16
+long = int64
+int = int32
+short = int16
+inference_mode = no_grad
+__version__ = "2.13.0+symgrad"
 
 
 def _fn(name):
@@ -44,9 +64,21 @@ def _forget(entry):
 
 
 _ops.on_register(_function, _forget)
-sum, mean, norm, reshape, pow = map(_fn, ("sum", "mean", "norm", "reshape", "pow"))
-clamp, clip, unsqueeze, squeeze, flip, cumsum, prod, gather, amax, amin = map(
-    _fn, ("clamp", "clip", "unsqueeze", "squeeze", "flip", "cumsum", "prod", "gather", "amax",
-          "amin"))
-concatenate = cat
-mm = matmul
+(sum, mean, norm, reshape, pow, clamp, clip, unsqueeze, squeeze, flip, cumsum, prod, gather,
+ amax, amin, max, min, argmax, argmin, var, std, softmax, log_softmax, logsumexp, flatten,
+ transpose, permute, t, add, sub, mul, div, neg, eq, ne, lt, le, gt, ge, equal, allclose,
+ isnan, isinf, isfinite, any, all, masked_fill, clone, detach, logical_not, numel,
+ mm) = map(_fn, (
+     "sum", "mean", "norm", "reshape", "pow", "clamp", "clip", "unsqueeze", "squeeze", "flip",
+     "cumsum", "prod", "gather", "amax", "amin", "max", "min", "argmax", "argmin", "var",
+     "std", "softmax", "log_softmax", "logsumexp", "flatten", "transpose", "permute", "t",
+     "add", "sub", "mul", "div", "neg", "eq", "ne", "lt", "le", "gt", "ge", "equal",
+     "allclose", "isnan", "isinf", "isfinite", "any", "all", "masked_fill", "clone",
+     "detach", "logical_not", "numel", "mm"))
+concatenate = concat = cat
+maximum, minimum = _fn("maximum"), _fn("minimum")
+abs = _fn("abs")
+
+
+def is_tensor(obj) -> bool:
+    return isinstance(obj, Tensor)

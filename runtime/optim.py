@@ -1,4 +1,11 @@
-"""optim: SGD (momentum, weight decay) and Adam, updating parameters in place."""
+"""optim: PyTorch's optimizers, updating parameters in place.
+
+Each ``_update`` transcribes PyTorch's single-tensor update (the CPU default) step for
+step, in the parameter's dtype, so the numbers follow PyTorch's (to an ulp where
+PyTorch's kernels fuse a multiply-add).  Parameters are given as a list or as parameter
+groups (dicts with their own options); parameters without a gradient, frozen ones
+included, are skipped as in PyTorch.
+"""
 from __future__ import annotations
 
 import numpy as np
@@ -8,73 +15,288 @@ from .tensor import Tensor, no_grad
 
 class Optimizer:
     def __init__(self, params, defaults):
-        params = list(params)
-        if not params:
+        self.defaults = defaults
+        self.state = {}
+        self.param_groups = []
+        if isinstance(params, Tensor):
+            raise TypeError("params argument given to the optimizer should be an iterable of "
+                            "Tensors or dicts, but got a Tensor")
+        groups = list(params)
+        if not groups:
             raise ValueError("optimizer got an empty parameter list")
-        if isinstance(params[0], dict):
-            raise NotImplementedError("parameter groups are not supported yet; pass a list "
-                                      "of tensors")
-        for p in params:
-            if not isinstance(p, Tensor) or not p.is_leaf or not p.requires_grad:
-                raise ValueError("optimizers take leaf tensors that require grad")
-        self.params, self.defaults, self.state = params, defaults, {}
+        if not isinstance(groups[0], dict):
+            groups = [{"params": groups}]
+        for group in groups:
+            self.add_param_group(group)
 
-    def _gradient(self, p):
-        """The parameter's gradient with weight decay (L2) added: g + wd·p."""
-        g = p.grad._data
-        wd = self.defaults["weight_decay"]
-        return g + wd * p._data if wd else g
+    def add_param_group(self, group):
+        group = dict(group)
+        params = group["params"]
+        group["params"] = [params] if isinstance(params, Tensor) else list(params)
+        for p in group["params"]:
+            if not isinstance(p, Tensor):
+                raise TypeError(f"optimizer can only optimize Tensors, but one of the params "
+                                f"is {type(p).__name__}")
+            if not p.is_leaf:
+                raise ValueError("can't optimize a non-leaf Tensor")
+        seen = {id(p) for g in self.param_groups for p in g["params"]}
+        if any(id(p) in seen for p in group["params"]):
+            raise ValueError("some parameters appear in more than one parameter group")
+        for key, value in self.defaults.items():
+            group.setdefault(key, value)
+        self.param_groups.append(group)
 
     def zero_grad(self, set_to_none=True):
-        for p in self.params:
-            if p.grad is not None:
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
                 if set_to_none:
                     p.grad = None
                 else:
-                    p.grad._data[...] = 0
+                    p.grad = p.grad.detach()
+                    p.grad.zero_()
+
+    @no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            from .tensor import enable_grad
+            with enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is not None:
+                    state = self.state.setdefault(p, {})
+                    grad = p.grad._data
+                    if group.get("maximize"):
+                        grad = -grad
+                    self._update(p, grad, state, group)
+        return loss
+
+    def state_dict(self):
+        index = {id(p): k for k, p in enumerate(p for g in self.param_groups
+                                                for p in g["params"])}
+        groups = [{**{k: v for k, v in g.items() if k != "params"},
+                   "params": [index[id(p)] for p in g["params"]]} for g in self.param_groups]
+        state = {index[id(p)]: {k: (v.copy() if isinstance(v, np.ndarray) else v)
+                                for k, v in s.items()} for p, s in self.state.items()}
+        return {"state": state, "param_groups": groups}
+
+    def load_state_dict(self, state_dict):
+        params = [p for g in self.param_groups for p in g["params"]]
+        for group, saved in zip(self.param_groups, state_dict["param_groups"]):
+            group.update({k: v for k, v in saved.items() if k != "params"})
+        self.state = {params[int(k)]: dict(v) for k, v in state_dict["state"].items()}
+
+    def __repr__(self):
+        lines = [type(self).__name__ + " ("]
+        for k, g in enumerate(self.param_groups):
+            lines.append(f"Parameter Group {k}")
+            lines += [f"    {key}: {value}" for key, value in sorted(g.items())
+                      if key != "params"]
+        return "\n".join(lines + [")"])
+
+
+def _write(p: Tensor, value):
+    """An in-place update of a parameter: its version counts it, as in PyTorch."""
+    p._bump()
+    np.copyto(p._data, value, casting="same_kind")
+
+
+def _scalar(value, like):
+    return like.dtype.type(value)
 
 
 class SGD(Optimizer):
-    """p ← p − lr·(g + wd·p), with optional (Nesterov-free) momentum as PyTorch."""
+    def __init__(self, params, lr=1e-3, momentum=0, dampening=0, weight_decay=0,
+                 nesterov=False, *, maximize=False, foreach=None, differentiable=False,
+                 fused=None):
+        if lr < 0 or momentum < 0 or weight_decay < 0:
+            raise ValueError(f"Invalid learning rate, momentum or weight_decay: {lr}, "
+                             f"{momentum}, {weight_decay}")
+        if nesterov and (momentum <= 0 or dampening != 0):
+            raise ValueError("Nesterov momentum requires a momentum and zero dampening")
+        super().__init__(params, dict(lr=lr, momentum=momentum, dampening=dampening,
+                                      weight_decay=weight_decay, nesterov=nesterov,
+                                      maximize=maximize))
 
-    def __init__(self, params, lr=1e-3, momentum=0.0, weight_decay=0.0, dampening=0.0):
-        if lr < 0:
-            raise ValueError(f"invalid learning rate {lr}")
-        super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay,
-                                      dampening=dampening))
-
-    @no_grad()
-    def step(self):
-        d = self.defaults
-        for p in self.params:
-            if p.grad is None:
-                continue
-            g = self._gradient(p)
-            if d["momentum"]:
-                buf = self.state.get(id(p))
-                buf = g.copy() if buf is None else d["momentum"] * buf + (1 - d["dampening"]) * g
-                self.state[id(p)] = buf
-                g = buf
-            p._data -= np.asarray(d["lr"] * g, dtype=p._data.dtype)
+    def _update(self, p, grad, state, group):
+        x = p._data
+        if group["weight_decay"]:
+            grad = grad + _scalar(group["weight_decay"], x) * x
+        momentum = group["momentum"]
+        if momentum:
+            buf = state.get("momentum_buffer")
+            if buf is None:
+                buf = state["momentum_buffer"] = np.array(grad, dtype=x.dtype)
+            else:
+                buf *= _scalar(momentum, x)
+                buf += _scalar(1 - group["dampening"], x) * grad
+            grad = grad + _scalar(momentum, x) * buf if group["nesterov"] else buf
+        _write(p, x + _scalar(-group["lr"], x) * grad)
 
 
 class Adam(Optimizer):
-    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0):
-        super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay))
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0,
+                 amsgrad=False, *, maximize=False, foreach=None, capturable=False,
+                 differentiable=False, fused=None, decoupled_weight_decay=False):
+        if lr < 0 or eps < 0 or not (0 <= betas[0] < 1 and 0 <= betas[1] < 1):
+            raise ValueError(f"Invalid lr, eps or betas: {lr}, {eps}, {betas}")
+        super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
+                                      amsgrad=amsgrad, maximize=maximize,
+                                      decoupled=decoupled_weight_decay))
 
-    @no_grad()
-    def step(self):
-        d = self.defaults
-        b1, b2 = d["betas"]
-        for p in self.params:
-            if p.grad is None:
-                continue
-            g = self._gradient(p)
-            m, v, t = self.state.get(id(p), (np.zeros_like(g), np.zeros_like(g), 0))
-            t += 1
-            m = b1 * m + (1 - b1) * g
-            v = b2 * v + (1 - b2) * g * g
-            self.state[id(p)] = (m, v, t)
-            m_hat, v_hat = m / (1 - b1 ** t), v / (1 - b2 ** t)
-            p._data -= np.asarray(d["lr"] * m_hat / (np.sqrt(v_hat) + d["eps"]),
-                                  dtype=p._data.dtype)
+    def _update(self, p, grad, state, group):
+        x = p._data
+        b1, b2 = group["betas"]
+        lr, wd = group["lr"], group["weight_decay"]
+        if not state:
+            state.update(step=0, exp_avg=np.zeros_like(x), exp_avg_sq=np.zeros_like(x))
+            if group["amsgrad"]:
+                state["max_exp_avg_sq"] = np.zeros_like(x)
+        state["step"] += 1
+        if wd and group["decoupled"]:
+            x = x * _scalar(1 - lr * wd, x)
+        elif wd:
+            grad = grad + _scalar(wd, x) * x
+        m, v = state["exp_avg"], state["exp_avg_sq"]
+        m += _scalar(1 - b1, x) * (grad - m)                 # lerp_(grad, 1 − β₁)
+        v *= _scalar(b2, x)
+        v += _scalar(1 - b2, x) * (grad * grad)              # addcmul_
+        step = state["step"]
+        step_size = lr / (1 - b1 ** step)
+        correction2 = (1 - b2 ** step) ** 0.5
+        if group["amsgrad"]:
+            np.maximum(state["max_exp_avg_sq"], v, out=state["max_exp_avg_sq"])
+            v = state["max_exp_avg_sq"]
+        denom = np.sqrt(v) / _scalar(correction2, x) + _scalar(group["eps"], x)
+        _write(p, x + _scalar(-step_size, x) * (m / denom))
+
+
+class AdamW(Adam):
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2,
+                 amsgrad=False, *, maximize=False, **kwargs):
+        super().__init__(params, lr, betas, eps, weight_decay, amsgrad, maximize=maximize,
+                         decoupled_weight_decay=True)
+
+
+class RMSprop(Optimizer):
+    def __init__(self, params, lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0, momentum=0,
+                 centered=False, *, maximize=False, **kwargs):
+        if lr < 0 or eps < 0 or alpha < 0 or momentum < 0:
+            raise ValueError(f"Invalid lr, eps, alpha or momentum: {lr}, {eps}, {alpha}, "
+                             f"{momentum}")
+        super().__init__(params, dict(lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay,
+                                      momentum=momentum, centered=centered,
+                                      maximize=maximize))
+
+    def _update(self, p, grad, state, group):
+        x = p._data
+        alpha = group["alpha"]
+        if not state:
+            state.update(step=0, square_avg=np.zeros_like(x))
+            if group["momentum"] > 0:
+                state["momentum_buffer"] = np.zeros_like(x)
+            if group["centered"]:
+                state["grad_avg"] = np.zeros_like(x)
+        state["step"] += 1
+        if group["weight_decay"]:
+            grad = grad + _scalar(group["weight_decay"], x) * x
+        sq = state["square_avg"]
+        sq *= _scalar(alpha, x)
+        sq += _scalar(1 - alpha, x) * (grad * grad)
+        if group["centered"]:
+            ga = state["grad_avg"]
+            ga += _scalar(1 - alpha, x) * (grad - ga)
+            avg = np.sqrt(sq - ga * ga)
+        else:
+            avg = np.sqrt(sq)
+        avg = avg + _scalar(group["eps"], x)
+        if group["momentum"] > 0:
+            buf = state["momentum_buffer"]
+            buf *= _scalar(group["momentum"], x)
+            buf += grad / avg
+            _write(p, x + _scalar(-group["lr"], x) * buf)
+        else:
+            _write(p, x + _scalar(-group["lr"], x) * (grad / avg))
+
+
+class Adagrad(Optimizer):
+    def __init__(self, params, lr=1e-2, lr_decay=0, weight_decay=0,
+                 initial_accumulator_value=0, eps=1e-10, *, maximize=False, **kwargs):
+        if lr < 0 or lr_decay < 0 or weight_decay < 0 or eps < 0:
+            raise ValueError(f"Invalid lr, lr_decay, weight_decay or eps: {lr}, {lr_decay}, "
+                             f"{weight_decay}, {eps}")
+        super().__init__(params, dict(lr=lr, lr_decay=lr_decay, weight_decay=weight_decay,
+                                      initial_accumulator_value=initial_accumulator_value,
+                                      eps=eps, maximize=maximize))
+
+    def _update(self, p, grad, state, group):
+        x = p._data
+        if not state:
+            state.update(step=0, sum=np.full_like(x, group["initial_accumulator_value"]))
+        state["step"] += 1
+        if group["weight_decay"]:
+            grad = grad + _scalar(group["weight_decay"], x) * x
+        clr = group["lr"] / (1 + (state["step"] - 1) * group["lr_decay"])
+        state["sum"] += grad * grad
+        std = np.sqrt(state["sum"]) + _scalar(group["eps"], x)
+        _write(p, x + _scalar(-clr, x) * (grad / std))
+
+
+class lr_scheduler:
+    """torch.optim.lr_scheduler: StepLR, MultiStepLR, ExponentialLR, LambdaLR."""
+
+    class _Scheduler:
+        def __init__(self, optimizer, last_epoch=-1):
+            self.optimizer = optimizer
+            self.base_lrs = [g.setdefault("initial_lr", g["lr"]) for g in
+                             optimizer.param_groups]
+            self.last_epoch = last_epoch
+            self.step()
+
+        def step(self, epoch=None):
+            self.last_epoch = self.last_epoch + 1 if epoch is None else epoch
+            for group, lr in zip(self.optimizer.param_groups, self.get_lr()):
+                group["lr"] = lr
+
+        def get_last_lr(self):
+            return [g["lr"] for g in self.optimizer.param_groups]
+
+    class StepLR(_Scheduler):
+        def __init__(self, optimizer, step_size, gamma=0.1, last_epoch=-1):
+            self.step_size, self.gamma = step_size, gamma
+            super().__init__(optimizer, last_epoch)
+
+        def get_lr(self):
+            return [b * self.gamma ** (self.last_epoch // self.step_size)
+                    for b in self.base_lrs]
+
+    class MultiStepLR(_Scheduler):
+        def __init__(self, optimizer, milestones, gamma=0.1, last_epoch=-1):
+            self.milestones, self.gamma = sorted(milestones), gamma
+            super().__init__(optimizer, last_epoch)
+
+        def get_lr(self):
+            passed = sum(1 for m in self.milestones if m <= self.last_epoch)
+            return [b * self.gamma ** passed for b in self.base_lrs]
+
+    class ExponentialLR(_Scheduler):
+        def __init__(self, optimizer, gamma, last_epoch=-1):
+            self.gamma = gamma
+            super().__init__(optimizer, last_epoch)
+
+        def get_lr(self):
+            return [b * self.gamma ** self.last_epoch for b in self.base_lrs]
+
+    class LambdaLR(_Scheduler):
+        def __init__(self, optimizer, lr_lambda, last_epoch=-1):
+            self.lr_lambdas = lr_lambda if isinstance(lr_lambda, list) else \
+                [lr_lambda] * len(optimizer.param_groups)
+            super().__init__(optimizer, last_epoch)
+
+        def get_lr(self):
+            return [b * f(self.last_epoch) for b, f in zip(self.base_lrs, self.lr_lambdas)]
+
+

@@ -60,7 +60,7 @@ def test_float32_default_and_repr_like_pytorch():
     assert repr(torch.tensor([2.0, 0.2, 0.02, 0.002])) == "tensor([2.0000, 0.2000, 0.0200, 0.0020])"
     assert repr(torch.tensor([51.2, 512.0, 0.0512])) == \
         "tensor([5.1200e+01, 5.1200e+02, 5.1200e-02])"
-    assert repr(torch.tensor([1.0], dtype=torch.float64)) == "tensor([1.], dtype=float64)"
+    assert repr(torch.tensor([1.0], dtype=torch.float64)) == "tensor([1.], dtype=torch.float64)"
 
 
 def test_accumulation_and_zero():
