@@ -25,6 +25,7 @@ from .tensor import Node, Tensor, as_tensor, is_grad_enabled
 log = logger("symgrad.runtime")
 _cache: dict = {}
 _last_shapes: dict = {}
+_building: dict = {}      # key -> the lock held while that structure compiles
 _lock = threading.Lock()
 CACHE_SIZE = 512
 
@@ -188,9 +189,20 @@ def _compiled(tape, roots, target_slots):
     key = (structure, shapes)
     with _lock:
         entry = _cache.get(key)
+        gate = None if entry is not None else _building.setdefault(key, threading.Lock())
     if entry is not None:
         stats.backward_cache_hits += 1
         return entry
+    with gate:     # one thread compiles a structure; the others wait and take its result
+        with _lock:
+            entry = _cache.get(key)
+        if entry is not None:
+            stats.backward_cache_hits += 1
+            return entry
+        return _compile(tape, roots, target_slots, key, structure, shapes)
+
+
+def _compile(tape, roots, target_slots, key, structure, shapes):
     reason = ("first backward of this graph" if structure not in _last_shapes else
               f"input shapes/dtypes changed from {_last_shapes[structure]} to {shapes}")
     g, outs, wrt = tape.build(roots, target_slots)
@@ -204,6 +216,7 @@ def _compiled(tape, roots, target_slots):
         while _cache and len(_cache) >= CACHE_SIZE:   # the oldest go first
             _cache.pop(next(iter(_cache)))
         _cache[key] = entry
+        _building.pop(key, None)
     log.info("compiled backward #%d (%d recorded ops): %s", stats.backward_compiles,
              len(tape.order), reason)
     return entry

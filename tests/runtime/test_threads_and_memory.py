@@ -126,3 +126,28 @@ def test_functions_of_one_signature_share_their_fast_call_glue():
     other = make(0, n=6)                           # another shape: glue of its own
     assert len(set(fastcall._glues) - glues) == 1
     assert np.isclose(other.vjp(np.zeros(6))[0], 6 * 1.5)
+
+
+def test_the_same_backward_from_four_threads_compiles_once():
+    import symgrad.runtime as rt
+    barrier = threading.Barrier(4)
+    errors = []
+    before = rt.compile_count()
+
+    def work(k):
+        try:
+            w = rt.tensor([0.5, 1.5, -2.0], dtype=rt.float64, requires_grad=True)
+            barrier.wait()
+            (w.sin() * w.exp() * 1.2345).sum().backward()
+            assert np.allclose(w.grad.numpy(), (np.cos(w.detach().numpy()) +
+                                                np.sin(w.detach().numpy()))
+                               * np.exp(w.detach().numpy()) * 1.2345)
+        except Exception as err:    # noqa: BLE001 - reported below
+            errors.append(err)
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    assert rt.compile_count() == before + 1
