@@ -20,7 +20,7 @@ import numpy as np
 from symgrad.compiler import Graph
 from symgrad.compiler.backend.stats import logger, stats
 from .creation import Variable  # noqa: F401  (torch.autograd.Variable)
-from .tensor import Node, Tensor, as_tensor, is_grad_enabled
+from .tensor import Node, Tensor, _value, as_tensor, is_grad_enabled
 
 log = logger("symgrad.runtime")
 _cache: dict = {}
@@ -348,10 +348,6 @@ def _run_hooks(tape, hooked, by_id, targets, create_graph):
                 for u, m in zip(reach, more):
                     by_id[id(u)] = by_id[id(u)] + m
         by_id[id(t)] = g if create_graph else g._data
-
-
-def _value(x):
-    return x._data if isinstance(x, Tensor) else x
 
 
 def _accumulate(t, g, create_graph):

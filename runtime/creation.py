@@ -234,19 +234,3 @@ def Variable(data, requires_grad=False, volatile=False):
     if requires_grad:
         t.requires_grad_(True)
     return t
-
-
-def rng(generator=None):
-    """The numpy-like face of a generator, for in-place fills (``normal_``, ``uniform_``)."""
-    return _Fill(_random.generator(generator))
-
-
-class _Fill:
-    def __init__(self, gen):
-        self.gen = gen
-
-    def normal(self, mean, std, shape, dtype=float32):
-        return self.gen.normal(math.prod(shape), dtype, mean, std).reshape(shape)
-
-    def uniform(self, low, high, shape, dtype=float32):
-        return self.gen.uniform(math.prod(shape), dtype, low, high).reshape(shape)

@@ -22,6 +22,9 @@ NAMES = {"float16": float16, "half": float16, "float32": float32, "float": float
          "int16": int16, "short": int16, "int32": int32, "int": int32, "int64": int64,
          "long": int64, "bool": bool_}
 DTYPES = frozenset(NAMES.values())
+# PyTorch's tensor-type words: torch.FloatTensor, "result type Float", …
+TYPE_NAMES = {float16: "Half", float32: "Float", float64: "Double", uint8: "Byte",
+              int8: "Char", int16: "Short", int32: "Int", int64: "Long", bool_: "Bool"}
 
 
 def as_dtype(dtype) -> np.dtype:
@@ -43,18 +46,26 @@ def as_dtype(dtype) -> np.dtype:
     return d
 
 
-def _category(kind: str) -> int:
-    return {"b": 0, "u": 1, "i": 1, "f": 2}[kind]
+_CATEGORY = {"b": 0, "u": 1, "i": 1, "f": 2}
 
 
 def result_type(*operands) -> np.dtype:
     """PyTorch's ``torch.result_type`` of tensors (anything with ``_data``) and numbers."""
+    if len(operands) == 2:          # the common cases of every recorded binary operation
+        a, b = operands
+        da = getattr(a, "_data", None)
+        if da is not None and da.dtype.kind == "f":
+            if type(b) is float or type(b) is int:
+                return da.dtype
+            db = getattr(b, "_data", None)
+            if db is not None and db.dtype == da.dtype:
+                return da.dtype
     best = (-1, -1)        # (category, priority)
     dtypes = []
     for x in operands:
         if hasattr(x, "_data"):
             d = x._data.dtype
-            rank = (_category(d.kind), 2 if x._data.ndim else 1)
+            rank = (_CATEGORY[d.kind], 2 if x._data.ndim else 1)
         elif isinstance(x, (bool, np.bool_)):
             d, rank = bool_, (0, 0)
         elif isinstance(x, numbers.Integral):

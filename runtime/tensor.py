@@ -20,7 +20,9 @@ import numpy as np
 from symgrad.compiler import functions, ops
 from symgrad.compiler.graph import array_digest
 
-from .dtypes import as_dtype, bool_, float32, float64, int64, result_type
+from .device import CPU, check_device, device
+from .dtypes import TYPE_NAMES, as_dtype, bool_, float32, float64, int64, result_type
+from .random import generator as _generator
 
 
 # ---- grad mode (per thread, as in PyTorch) -----------------------------------------
@@ -168,15 +170,16 @@ class Node:
             if box.n != version:
                 raise RuntimeError(
                     "one of the variables needed for gradient computation has been modified "
-                    f"by an inplace operation: {what} is at version {box.n}; expected "
+                    f"by an inplace operation: {_describe(*what)} is at version {box.n}; "
+                    f"expected "
                     f"version {version} instead. Hint: clone() the tensor before changing it "
                     "in place, or make the change out of place.")
 
 
-def _describe(t, producer=None) -> str:
-    kind = {"float32": "FloatTensor", "float64": "DoubleTensor", "int64": "LongTensor",
-            "bool": "BoolTensor"}.get(str(t._data.dtype), str(t._data.dtype))
-    what = f"[torch.{kind} [{', '.join(map(str, t._data.shape))}]]"
+def _describe(dtype, shape, producer) -> str:
+    """PyTorch's words for a saved tensor: ``[torch.FloatTensor [3]], which is output 0 of
+    ExpBackward0,`` (made only when the error is raised)."""
+    what = f"[torch.{_type_name(dtype)}Tensor [{', '.join(map(str, shape))}]]"
     return what + (f", which is output 0 of {producer}," if producer else "")
 
 
@@ -188,12 +191,10 @@ def _save(node, out, saves, inputs):
     if saves == "cross":
         saves = {k for k in range(len(inputs)) if inputs[1 - k]._requires_grad}
     for k in saves:
-        if k == "out":
-            saved.append((out._version_box, out._version_box.n, _describe(out, node.name)))
-        else:
-            t = inputs[k]
-            saved.append((t._version_box, t._version_box.n,
-                          _describe(t, t.grad_fn.name if t.grad_fn else None)))
+        t, producer = (out, node.name) if k == "out" else \
+            (inputs[k], inputs[k].grad_fn and inputs[k].grad_fn.name)
+        saved.append((t._version_box, t._version_box.n,
+                      (t._data.dtype, t._data.shape, producer)))
     node.saved = tuple(saved)
 
 
@@ -454,10 +455,7 @@ class Tensor:
         version + 1.  When the change is recorded, this tensor takes the result's grad_fn;
         nodes recorded before keep reading the old value (their edges and snapshots)."""
         recorded = result.grad_fn is not None
-        if self._requires_grad and self.grad_fn is None and _mode.enabled:
-            raise RuntimeError("a leaf Variable that requires grad is being used in an in-place "
-                               "operation. Wrap the update in `with torch.no_grad():`, or "
-                               "change .data")
+        self._check_leaf()
         if result._data.shape != self._data.shape:
             raise RuntimeError(f"output with shape {list(self._data.shape)} doesn't match the "
                                f"broadcast shape {list(result._data.shape)}")
@@ -490,6 +488,12 @@ class Tensor:
                                for b, v, what in node.saved if b is not mine)
         return self
 
+    def _check_leaf(self):
+        if self._requires_grad and self.grad_fn is None and _mode.enabled:
+            raise RuntimeError("a leaf Variable that requires grad is being used in an in-place "
+                               "operation. Wrap the update in `with torch.no_grad():`, or "
+                               "change .data")
+
     def _bump(self):
         """One more version; first, live nodes that read this memory as a leaf keep a copy
         of what they read."""
@@ -511,8 +515,7 @@ class Tensor:
         recorded as an operation whose result does not depend on the old value."""
         data = np.broadcast_to(np.asarray(value, dtype=self._data.dtype), self._data.shape)
         if self.grad_fn is None:
-            if self._requires_grad and _mode.enabled:
-                return self._commit(self)       # raises the leaf error
+            self._check_leaf()
             self._bump()
             np.copyto(self._data, data)
             return self
@@ -528,14 +531,12 @@ class Tensor:
         return self._fill(_value(value), "FillBackward0")
 
     def normal_(self, mean=0.0, std=1.0, generator=None):
-        from .creation import rng
-        return self._fill(rng(generator).normal(mean, std, self._data.shape, self._data.dtype),
-                          "NormalBackward0")
+        draw = _generator(generator).normal(self._data.size, self._data.dtype, mean, std)
+        return self._fill(draw.reshape(self._data.shape), "NormalBackward0")
 
     def uniform_(self, a=0.0, b=1.0, generator=None):
-        from .creation import rng
-        return self._fill(rng(generator).uniform(a, b, self._data.shape, self._data.dtype),
-                          "UniformBackward0")
+        draw = _generator(generator).uniform(self._data.size, self._data.dtype, a, b)
+        return self._fill(draw.reshape(self._data.shape), "UniformBackward0")
 
     def copy_(self, src, non_blocking=False):
         src = as_tensor(src)
@@ -576,7 +577,7 @@ class Tensor:
         wants_grad = _mode.enabled and (self._requires_grad or (
             isinstance(value, Tensor) and value._requires_grad))
         parts, _ = _index_parts(index)
-        if not wants_grad:
+        if not wants_grad and self.grad_fn is None:
             self._bump()
             self._data[parts] = _value(value)
             return
@@ -900,7 +901,6 @@ class Tensor:
     def to(self, *args, **kwargs):
         """``to(dtype)``, ``to(device)``, ``to(device, dtype)``, ``to(other)``: the CPU is the
         only device; a dtype change is recorded (gradients flow back in the old dtype)."""
-        from .device import check_device
         dtype = kwargs.pop("dtype", None)
         for a in list(args) + [kwargs.pop("device", None)]:
             if isinstance(a, Tensor):
@@ -920,12 +920,10 @@ class Tensor:
         return self
 
     def cuda(self, *args, **kwargs):
-        from .device import check_device
         check_device("cuda")
 
     @property
     def device(self):
-        from .device import CPU
         return CPU
 
     is_cuda = False
@@ -1008,7 +1006,6 @@ def tensor(data, dtype=None, device=None, requires_grad=False, pin_memory=False)
     """A new tensor holding a copy of ``data`` (float32 for Python floats, int64 for ints,
     a numpy array's own dtype), as torch.tensor."""
     if device is not None:
-        from .device import check_device
         check_device(device)
     if isinstance(data, Tensor):
         data = data._data
@@ -1062,8 +1059,7 @@ def _check_operand(x):
 
 
 def _type_name(dtype) -> str:
-    return {"float32": "Float", "float64": "Double", "int64": "Long", "bool": "Bool",
-            "int32": "Int"}.get(str(dtype), str(dtype))
+    return TYPE_NAMES.get(np.dtype(dtype), str(dtype))
 
 
 def _scaled(other, alpha):
@@ -1292,15 +1288,24 @@ def _unrecorded(ufunc, symbol, a, b):
     return Tensor._make(np.asarray(ufunc(_value(a), _value(b)), dtype=dtype))
 
 
-_TYPE_NAMES = {"torch.FloatTensor": float32, "torch.DoubleTensor": float64,
-               "torch.LongTensor": int64, "torch.BoolTensor": bool_,
-               "torch.IntTensor": np.dtype(np.int32)}
+_TYPE_NAMES = {f"torch.{name}Tensor": dtype for dtype, name in TYPE_NAMES.items()}
 
 
 def _is_device(a) -> bool:
-    from .device import device
     return isinstance(a, device) or (isinstance(a, str) and a.split(":")[0] in (
         "cpu", "cuda", "mps", "xla", "meta", "hip", "xpu"))
+
+
+def clear_grad(p: "Tensor", set_to_none: bool):
+    """``zero_grad`` for one tensor: drop its gradient, or zero it in place (a detached
+    tensor, as PyTorch)."""
+    if p.grad is None:
+        return
+    if set_to_none:
+        p.grad = None
+    else:
+        p.grad = p.grad.detach()
+        p.grad.zero_()
 
 
 class _HookHandle:
@@ -1392,15 +1397,6 @@ def dot(a, b) -> Tensor:
 
 
 # ---- indexing, selection and joins ---------------------------------------------------------
-def _scalar_bound(v):
-    if isinstance(v, Tensor):
-        if v.ndim:
-            raise NotImplementedError("clamp with tensor bounds is not supported here; use "
-                                      "torch.maximum / torch.minimum")
-        return v.item()
-    return _check_operand(v)
-
-
 def _index_array(index) -> np.ndarray:
     value = index._data if isinstance(index, Tensor) else np.asarray(index)
     if value.dtype.kind not in "iub":

@@ -159,7 +159,7 @@ class Module:
 
     def zero_grad(self, set_to_none=True):
         for p in self.parameters():
-            _zero(p, set_to_none)
+            T.clear_grad(p, set_to_none)
 
     def requires_grad_(self, requires_grad=True):
         for p in self.parameters():
@@ -237,60 +237,14 @@ class Module:
     def extra_repr(self):
         return ""
 
-    def __dir__(self):
-        return list(super().__dir__())
-
 
 def _empty(shape, dtype, device):
     return empty(shape, dtype=dtype or np.float32, device=device)
 
 
-def _zero(p, set_to_none):
-    if p.grad is None:
-        return
-    if set_to_none:
-        p.grad = None
-    else:
-        p.grad = p.grad.detach()
-        p.grad.zero_()
-
-
 # ---- containers ------------------------------------------------------------------------------
-class Sequential(Module):
-    def __init__(self, *modules):
-        super().__init__()
-        if len(modules) == 1 and isinstance(modules[0], (dict, OrderedDict)):
-            for name, m in modules[0].items():
-                setattr(self, name, m)
-        else:
-            for k, m in enumerate(modules):
-                setattr(self, str(k), m)
-
-    def forward(self, x):
-        for m in self._modules.values():
-            x = m(x)
-        return x
-
-    def __getitem__(self, k):
-        mods = list(self._modules.values())
-        return Sequential(*mods[k]) if isinstance(k, slice) else mods[k]
-
-    def __len__(self):
-        return len(self._modules)
-
-    def __iter__(self):
-        return iter(self._modules.values())
-
-    def append(self, module):
-        setattr(self, str(len(self)), module)
-        return self
-
-
-class ModuleList(Module):
-    def __init__(self, modules=None):
-        super().__init__()
-        for m in modules or ():
-            self.append(m)
+class _ModuleSequence(Module):
+    """Modules kept in order under the names "0", "1", …: indexing, slicing, len, iter."""
 
     def append(self, module):
         setattr(self, str(len(self._modules)), module)
@@ -303,13 +257,42 @@ class ModuleList(Module):
 
     def __getitem__(self, k):
         mods = list(self._modules.values())
-        return ModuleList(mods[k]) if isinstance(k, slice) else mods[k]
+        return self._of(mods[k]) if isinstance(k, slice) else mods[k]
 
     def __len__(self):
         return len(self._modules)
 
     def __iter__(self):
         return iter(self._modules.values())
+
+
+class Sequential(_ModuleSequence):
+    def __init__(self, *modules):
+        super().__init__()
+        if len(modules) == 1 and isinstance(modules[0], (dict, OrderedDict)):
+            for name, m in modules[0].items():
+                setattr(self, name, m)
+        else:
+            self.extend(modules)
+
+    @staticmethod
+    def _of(modules):
+        return Sequential(*modules)
+
+    def forward(self, x):
+        for m in self._modules.values():
+            x = m(x)
+        return x
+
+
+class ModuleList(_ModuleSequence):
+    def __init__(self, modules=None):
+        super().__init__()
+        self.extend(modules or ())
+
+    @staticmethod
+    def _of(modules):
+        return ModuleList(modules)
 
 
 class ModuleDict(Module):
@@ -486,22 +469,21 @@ class Dropout(Module):
 
 
 def _activation(name, fn, *params):
-    """A Module class around a functional activation with keyword parameters."""
+    """A Module class around a functional activation; ``params`` are its (name, default)
+    keyword parameters, also accepted positionally in that order."""
+    defaults = dict(params)
+
     def __init__(self, *args, **kwargs):
         Module.__init__(self)
-        values = dict(zip(params, args))
-        values.update(kwargs)
-        for key, default in params_defaults.items():
-            object.__setattr__(self, key, values.get(key, default))
+        values = {**defaults, **dict(zip(defaults, args)), **kwargs}
+        for key in defaults:
+            object.__setattr__(self, key, values[key])
 
     def forward(self, x):
-        return fn(x, **{k: getattr(self, k) for k in params_defaults})
+        return fn(x, **{k: getattr(self, k) for k in defaults})
 
     def extra_repr(self):
-        return ", ".join(f"{k}={getattr(self, k)}" for k in params_defaults
-                         if k != "inplace")
-    params_defaults = dict(params)
-    params = [k for k, _ in params]
+        return ", ".join(f"{k}={getattr(self, k)}" for k in defaults if k != "inplace")
     return type(name, (Module,), {"__init__": __init__, "forward": forward,
                                   "extra_repr": extra_repr})
 

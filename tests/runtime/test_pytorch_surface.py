@@ -196,3 +196,5 @@ def test_unsupported_features_say_so():
     v = sg.zeros(3, requires_grad=True) * 1
     with pytest.raises(NotImplementedError, match="view"):
         v[1:].add_(sg.ones(2, requires_grad=True))
+    with sg.no_grad(), pytest.raises(NotImplementedError, match="grad_fn in place"):
+        v[0] = 5.0          # its backward would recompute the old value: refused
