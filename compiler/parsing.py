@@ -7,16 +7,19 @@
 A program is statements separated by ``;`` or newlines, each ``name = expression``
 or a bare expression.  Text goes through Python's ``ast`` parser and then through an
 allow-list: numbers, names, ``+ - * / ** @``, unary ``-``/``+``, calls of the
-operator table's functions and of ``sum mean reshape transpose matmul``, the methods
-``.sum() .mean() .reshape() .transpose()`` and ``.T``.  Every name resolves to an
-earlier assignment, an input or ``pi``; a free name becomes an input.  Anything else
-— attributes, subscripts, strings, lambdas, comprehensions, keywords other than
-``axis``/``keepdims`` — is a :class:`ParseError` naming the statement and column.
+operator table's functions, of ``sum mean reshape transpose matmul`` and of the graph
+API's composites (``softmax(x, axis=0)``, ``concatenate([a, b], 1)``: arguments bound by
+the function's signature, literals where it takes an axis or a shape), the methods
+``.sum() .mean() .reshape() .transpose()``, ``.T`` and literal indexing.  Every name
+resolves to an earlier assignment, an input or ``pi``; a free name becomes an input.
+Anything else — attributes, strings, lambdas, comprehensions, keywords a function does
+not take — is a :class:`ParseError` naming the statement and column.
 Nothing in the text is ever executed: the walk below builds graph nodes only.
 """
 from __future__ import annotations
 
 import ast
+import inspect
 import math
 import numbers
 import sys
@@ -65,9 +68,13 @@ def functions_available() -> list:
     return sorted(set(functions.PUBLIC) | set(STRUCTURED) | set(COMPOSITES))
 
 
-# composite functions of the graph API a program may call too
+# composite functions of the graph API a program may call too; their arguments are bound
+# by their Python signatures: the parameters in VALUES are expressions (or numbers), ``xs``
+# a list of them, every other one a literal (axis, keepdims, shape, ddof, …)
 COMPOSITES = ("clamp", "clip", "logsumexp", "softmax", "log_softmax", "var", "std", "amax", "amin",
-              "prod", "cumsum", "norm", "flip", "squeeze")
+              "prod", "cumsum", "norm", "flip", "squeeze", "expand_dims", "broadcast_to",
+              "concatenate", "stack", "pad", "dot")
+VALUES = {"x", "a", "b", "min", "max", "constant_values"}
 
 
 def _callable(name: str) -> bool:
@@ -219,6 +226,9 @@ class _Statement:
             self.check_call(node)
             if isinstance(node.func, ast.Attribute):       # x.sum(0): x only
                 return [node.func.value]
+            if node.func.id in COMPOSITES:
+                return [v for _, kind, arg in self.bind(node) if kind != "static"
+                        for v in (arg if kind == "values" else [arg])]
             return node.args[:1] if node.func.id in METHODS else node.args
         if isinstance(node, ast.Attribute):
             return [node.value]
@@ -246,7 +256,10 @@ class _Statement:
         for a in call.args:
             if isinstance(a, ast.Starred):
                 raise self.error(a, "*arguments are not part of the expression language")
-        allowed = {"axis", "axes", "keepdims"} if self.callee(call) in ("sum", "mean") else set()
+        name = self.callee(call)
+        allowed = {"axis", "axes", "keepdims"} if name in ("sum", "mean") else \
+            set(inspect.signature(getattr(functions, name)).parameters) \
+            if name in COMPOSITES else set()
         for kw in call.keywords:
             if kw.arg not in allowed:
                 what = "**arguments" if kw.arg is None else f"keyword {kw.arg}="
@@ -368,6 +381,8 @@ class _Statement:
             x = self.tensor(node.args[0], values[0])
             static = [self.static(a) for a in node.args[1:]]
             return self.structured(node, name, x, static, node.keywords)
+        if name in COMPOSITES:
+            return self.composite(node, name, values)
         if name == "matmul":
             if len(values) != 2:
                 raise self.error(node, "matmul(a, b) takes two arguments")
@@ -378,6 +393,43 @@ class _Statement:
             return getattr(functions, name)(*values)
         except (GraphError, TypeError) as err:
             raise self.error(node, str(err)) from None
+
+    def bind(self, call) -> list:
+        """(parameter, "value" | "values" | "static", its syntax) for each argument of a
+        composite's call, bound by the function's signature."""
+        name = call.func.id
+        try:
+            bound = inspect.signature(getattr(functions, name)).bind(
+                *call.args, **{kw.arg: kw.value for kw in call.keywords})
+        except TypeError as err:
+            raise self.error(call, f"{name}(): {err}") from None
+        parts = []
+        for param, arg in bound.arguments.items():
+            if param == "xs":
+                if not isinstance(arg, (ast.List, ast.Tuple)) or not arg.elts:
+                    raise self.error(arg, f"{name}() takes a list of expressions, "
+                                          f"e.g. {name}([a, b], axis=0)")
+                parts.append((param, "values", arg.elts))
+            else:
+                parts.append((param, "value" if param in VALUES else "static", arg))
+        return parts
+
+    def composite(self, node, name, values):
+        values, kwargs = list(values), {}
+        for param, kind, arg in self.bind(node):
+            if kind == "static":
+                kwargs[param] = self.static(arg)
+            elif kind == "values":
+                kwargs[param] = [self.tensor(a, values.pop(0)) for a in arg]
+            else:
+                kwargs[param] = values.pop(0)
+        if not any(isinstance(v, Expr) for v in (kwargs.get("x"), kwargs.get("a"),
+                                                 kwargs.get("b"), *kwargs.get("xs", []))):
+            raise self.error(node, f"{name}() of numbers only: it needs an expression")
+        try:
+            return getattr(functions, name)(**kwargs)
+        except (GraphError, TypeError, ValueError, IndexError) as err:
+            raise self.error(node, f"{name}: {err}") from None
 
     def structured(self, node, name, x, static, keywords):
         options = {kw.arg: self.static(kw.value) for kw in keywords}

@@ -34,6 +34,23 @@ def test_a_program_builds_the_graph_it_says():
      lambda x: np.sin(np.pi * x) ** 2 + 0.5 + np.nan),
     ("z = exp(log(x)) + sqrt(x) + cosh(x) - sinh(x) + abs(-x) + sign(x)", {},
      lambda x: np.exp(np.log(x)) + np.sqrt(x) + np.cosh(x) - np.sinh(x) + abs(x) + np.sign(x)),
+    # composites take their axis and other literals by position or keyword, joins a list
+    ("z = softmax(x, axis=0) * log_softmax(x, 1) + logsumexp(x, 0, keepdims=True)",
+     {"x": (2, 3)}, lambda x: np.exp(x) / np.exp(x).sum(0) * (x - np.log(np.exp(x).sum(
+         1, keepdims=True))) + np.log(np.exp(x).sum(0, keepdims=True))),
+    ("z = concatenate([x, sin(y)], axis=1) * stack([y, x], 0).sum(0).sum(1, True)",
+     {"x": (2, 3), "y": (2, 3)},
+     lambda x, y: np.concatenate([x, np.sin(y)], axis=1) * np.stack([y, x]).sum(0).sum(
+         1, keepdims=True)),
+    ("z = var(x, 1, ddof=1) + std(x, axis=0).sum() + cumsum(x, 1).sum(1) + prod(x, axis=1)"
+     " + amax(x, axis=1) + norm(x, 1)", {"x": (2, 3)},
+     lambda x: x.var(1, ddof=1) + x.std(0).sum() + np.cumsum(x, 1).sum(1) + x.prod(1)
+     + x.max(1) + np.linalg.norm(x, axis=1)),
+    ("z = clamp(x, max=0.9) + clip(x, 0.3, y) + expand_dims(flip(x, 0), 0).sum(0)"
+     " + pad(x, ((0, 0), (1, 0)))[:, :-1] + broadcast_to(dot(y[0], y[1]), (2, 3))",
+     {"x": (2, 3), "y": (2, 3)},
+     lambda x, y: np.minimum(x, 0.9) + np.minimum(np.maximum(x, 0.3), y) + x[::-1]
+     + np.pad(x, ((0, 0), (1, 0)))[:, :-1] + y[0] @ y[1]),
 ])
 def test_programs_compute_what_numpy_computes(text, shapes, reference):
     p = parse(text, shapes)
