@@ -21,7 +21,7 @@ from llvmlite import ir
 from .ops import ELEMENTWISE, SYMPY_OPS
 from .schedule import Assemble, Gather, Kernel, MatMul, Program, Scan
 
-I32, I64, PTR = ir.IntType(32), ir.IntType(64), ir.PointerType()
+I8, I32, I64, PTR = ir.IntType(8), ir.IntType(32), ir.IntType(64), ir.PointerType()
 FLOAT = {np.dtype(np.float64): ir.DoubleType(), np.dtype(np.float32): ir.FloatType()}
 # Transcendentals (sin cos tan exp log tanh pow) are calls to the C math library by
 # name; the JIT marks them with the host's SIMD variants (glibc's libmvec), so loops
@@ -72,8 +72,24 @@ def element(b: ir.IRBuilder, pointer, view, indices, strides):
         if s:
             term = i if s == 1 else b.mul(i, ir.Constant(I64, s))
             off = term if off is None else b.add(off, term)
-    ety = I64 if view.dtype.kind == "i" else FLOAT[view.dtype]
+    ety = I64 if view.dtype.kind == "i" else I8 if view.dtype.kind == "b" else FLOAT[view.dtype]
     return pointer if off is None else b.gep(pointer, [off], source_etype=ety)
+
+
+def load(b: ir.IRBuilder, address, dtype, ty):
+    """The element at ``address`` as a ``ty`` number: a bool (a byte) as 0 or 1."""
+    if dtype.kind == "b":
+        bit = b.icmp_unsigned("!=", b.load(address, typ=I8), ir.Constant(I8, 0))
+        return b.uitofp(bit, ty)
+    return _convert(b, b.load(address, typ=FLOAT[dtype]), ty)
+
+
+def moved(b: ir.IRBuilder, address, j, bound: int, stride: int, ety):
+    """``address`` moved on by index ``j`` along an axis of ``bound`` elements and
+    ``stride``: j is checked to lie in [-bound, bound) before the call, and a negative one
+    counts from the end."""
+    j = b.select(b.icmp_signed("<", j, ir.Constant(I64, 0)), b.add(j, ir.Constant(I64, bound)), j)
+    return b.gep(address, [b.mul(j, ir.Constant(I64, stride))], source_etype=ety)
 
 
 def fill(b: ir.IRBuilder, pointer, size: int, value) -> None:
@@ -211,33 +227,47 @@ class Lowerer:
     # ---- a fused elementwise kernel -------------------------------------------------------
     def kernel(self, name, k: Kernel):
         sk = k.scalar
-        fn, buffers, ptr, b = self._begin(name, [*k.loads.values(), *k.stores.values(),
-                                                 *(r.out for r in k.reductions.values())])
+        fn, buffers, ptr, b = self._begin(name, [*k.reads(), *k.writes()])
         ty = FLOAT[k.dtype]
 
         red_strides = {i: _reduction_strides(k.domain, r) for i, r in k.reductions.items()}
         for r in k.reductions.values():   # accumulators start at 0 (sum), 1, −inf (amax), inf
             fill(b, ptr[r.out.buffer], math.prod(r.out.shape),
                  ir.Constant(FLOAT[r.out.dtype], REDUCTION_START[r.op]))
+        for _, v, size in k.scatters:
+            fill(b, ptr[v.buffer], size, ir.Constant(FLOAT[v.dtype], 0.0))
         if math.prod(k.domain) == 0:       # zero-size tensors: no element to compute
             b.ret_void()
             return fn, buffers
 
-        accesses = ([("load", i, v.broadcast_to(k.domain)) for i, v in k.loads.items()]
-                    + [("store", i, v.strides) for i, v in k.stores.items()]
-                    + [("reduce", r, red_strides[r]) for r in k.reductions])
+        def walks(v):   # the strides of v's address over the domain, then of its indices'
+            return [v.broadcast_to(k.domain), *(ix.broadcast_to(k.domain)
+                                                for ix, _, _ in v.indirect)]
+        accesses = ([("load", i, walks(v)) for i, v in k.loads.items()]
+                    + [("store", i, walks(v)) for i, v in k.stores.items()]
+                    + [("scatter", n, walks(v)) for n, (_, v, _) in enumerate(k.scatters)]
+                    + [("reduce", r, [red_strides[r]]) for r in k.reductions])
         # a masked (fused embed) view's region dims stay loops of their own
         masked = {len(k.domain) - len(v.shape) + d for v in k.loads.values()
                   for d, _, _ in v.mask}
-        shape, strides, where = collapse(k.domain, [s for _, _, s in accesses], keep=masked)
-        accesses = [(kind, i, st) for (kind, i, _), st in zip(accesses, strides)]
+        shape, flat, where = collapse(k.domain, [s for _, _, ss in accesses for s in ss],
+                                      keep=masked)
+        regrouped = []
+        for kind, i, ss in accesses:
+            regrouped.append((kind, i, flat[:len(ss)]))
+            flat = flat[len(ss):]
+        accesses = regrouped
         nest = loop_nest(b, shape, "i")
         indices = nest.__enter__()
 
-        def address(v, st):
-            return element(b, ptr[v.buffer], v, indices, st)
+        def address(v, walk):
+            at = element(b, ptr[v.buffer], v, indices, walk[0])
+            for (ix, bound, stride), st in zip(v.indirect, walk[1:]):
+                j = b.load(element(b, ptr[ix.buffer], ix, indices, st), typ=I64)
+                at = moved(b, at, j, bound, stride, FLOAT[v.dtype])
+            return at
 
-        def masked_load(v, st):
+        def masked_load(v, walk):
             """0 outside the region; inside, the load at the index (clamped to the region,
             so no address outside the buffer is ever formed)."""
             lead = len(k.domain) - len(v.shape)
@@ -248,28 +278,33 @@ class Lowerer:
                                      ir.Constant(I64, count))
                 indices[c] = b.select(ok, indices[c], ir.Constant(I64, lo))
                 inside = ok if inside is None else b.and_(inside, ok)
-            val = b.load(address(v, st), typ=FLOAT[v.dtype])
+            val = load(b, address(v, walk), v.dtype, ty)
             indices[:] = saved
-            return b.select(inside, val, ir.Constant(FLOAT[v.dtype], 0.0))
+            return b.select(inside, val, ir.Constant(ty, 0.0))
 
         env = {}
-        for (kind, i, st) in accesses:
+        for (kind, i, walk) in accesses:
             if kind == "load":
                 v = k.loads[i]
-                val = masked_load(v, st) if v.mask else b.load(address(v, st), typ=FLOAT[v.dtype])
-                env[sp.Symbol(f"x{i}", real=True)] = _convert(b, val, ty)
+                env[sp.Symbol(f"x{i}", real=True)] = masked_load(v, walk) if v.mask else \
+                    load(b, address(v, walk), v.dtype, ty)
         lowering = ExprLowering(self, b, ty, env)
         for sym, expr in sk.assignments:
             env[sym] = lowering(expr)
-        for (kind, i, st) in accesses:
+        for (kind, i, walk) in accesses:
             if kind == "store":
                 v = k.stores[i]
                 val = _convert(b, lowering(sk.results[i]), FLOAT[v.dtype])
-                b.store(val, address(v, st))
+                b.store(val, address(v, walk))
+            elif kind == "scatter":         # a fused scatter_add: out[i(b), r] += value
+                member, v, _ = k.scatters[i]
+                there = address(v, walk)
+                val = _convert(b, lowering(sk.results[member]), FLOAT[v.dtype])
+                b.store(b.fadd(b.load(there, typ=FLOAT[v.dtype]), val), there)
             elif kind == "reduce":
                 v = k.reductions[i].out
                 rty = FLOAT[v.dtype]
-                where = address(v, st)
+                where = address(v, walk)
                 val = _convert(b, lowering(sk.results[i]), rty)
                 acc = b.load(where, typ=rty)
                 if k.reductions[i].op == "sum":
@@ -383,11 +418,7 @@ class Lowerer:
             there = element(b, ptr[indexed.buffer], indexed, indices, rest_st)
             for v, st, n, stride in zip(step.indices, idx_st, step.bounds, indexed.strides):
                 j = b.load(element(b, ptr[v.buffer], v, indices, st), typ=I64)
-                # checked to lie in [-n, n) before the call: a negative one counts from the end
-                j = b.select(b.icmp_signed("<", j, ir.Constant(I64, 0)),
-                             b.add(j, ir.Constant(I64, n)), j)
-                there = b.gep(there, [b.mul(j, ir.Constant(I64, stride))],
-                              source_etype=FLOAT[indexed.dtype])
+                there = moved(b, there, j, n, stride, FLOAT[indexed.dtype])
             here = element(b, ptr[dense.buffer], dense, indices, dense_st)
             if step.scatter:
                 value = _convert(b, b.load(here, typ=FLOAT[dense.dtype]), ty)

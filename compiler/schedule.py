@@ -47,6 +47,10 @@ class View:
     # (dim, lo, count): a fused embed's region — outside lo ≤ i_dim < lo + count the
     # value read is 0 and nothing is loaded
     mask: tuple = ()
+    # (index view, bound, stride): a fused gather or scatter — the element's address moves
+    # on by j·stride, j read from the index view (in this view's coordinates) at the same
+    # position and wrapped into [0, bound) when negative
+    indirect: tuple = ()
 
     def broadcast_to(self, domain: tuple) -> tuple:
         """Strides of this view read over ``domain`` (numpy broadcasting)."""
@@ -85,9 +89,17 @@ class Kernel:
     reductions: dict               # sum node id -> Reduction
     consts: dict                   # const node id -> float
     scalar: object = None          # its ScalarKernel, set by simplification
+    # (member id, indirect View, size): member values added into a zeroed buffer of
+    # ``size`` elements (a fused scatter_add), so they need no buffer of their own
+    scatters: list = field(default_factory=list)
 
     def reads(self):
-        return list(self.loads.values())
+        views = [*self.loads.values(), *(v for _, v, _ in self.scatters)]
+        return [*self.loads.values()] + [ix for v in views for ix, _, _ in v.indirect]
+
+    def writes(self):
+        return [*self.stores.values(), *(r.out for r in self.reductions.values()),
+                *(v for _, v, _ in self.scatters)]
 
 
 @dataclass
@@ -172,11 +184,13 @@ def schedule(g: Graph, inputs: list[int], outputs: list[int]) -> Program:
     kernels: dict[tuple, Kernel] = {}
     producer: dict[int, object] = {}     # buffer -> step that writes it
     order = []
+    scatters_of = _fusable_scatters(need, attrs, group, set(inputs))   # member -> scatters it feeds
+    fused = {s for ss in scatters_of.values() for s in ss}
     for i in sorted(need):
         a = attrs[i]
         op = a["op"]
         kind = kind_of(op)
-        if kind == "leaf":
+        if kind == "leaf" or i in fused:   # a fused scatter is written by its operand's loop
             continue
         if kind == "view":   # new strides over the operand's buffer
             base = view[a["args"][0]]
@@ -187,9 +201,13 @@ def schedule(g: Graph, inputs: list[int], outputs: list[int]) -> Program:
         if op == "embed" and _fusable_embed(i, a, consumers[i], attrs, out_index):
             view[i] = _masked(view[a["args"][0]], a)       # read in its consumers' loops
             continue
+        if op == "gather" and _fusable_gather(i, a, consumers[i], attrs, out_index, view):
+            x, *index = a["args"]                          # read in its consumers' loops
+            view[i] = _indirect(view[x], a["shape"], [view[k] for k in index])
+            continue
         materialise = i in out_index or any(
-            group.get(c) != group.get(i) or kind_of(attrs[c]["op"]) not in
-            ("elementwise", "reduction") for c in consumers[i])
+            c not in fused and (group.get(c) != group.get(i) or kind_of(attrs[c]["op"]) not in
+                                ("elementwise", "reduction")) for c in consumers[i])
         if materialise:
             if i in out_index:
                 view[i] = new_buffer("output", out_index[i], i)
@@ -230,6 +248,17 @@ def schedule(g: Graph, inputs: list[int], outputs: list[int]) -> Program:
                 _read(kernel, arg, attrs, view, group, key)
             if materialise:
                 kernel.stores[i] = view[i]
+            for sc in scatters_of.get(i, ()):
+                _, *index = attrs[sc]["args"]
+                if sc in out_index:
+                    view[sc] = new_buffer("output", out_index[sc], sc)
+                else:
+                    view[sc] = new_buffer("temp", temps, sc)
+                    temps += 1
+                producer[view[sc].buffer] = kernel
+                kernel.scatters.append(
+                    (i, _indirect(view[sc], a["shape"], [view[k] for k in index]),
+                     math.prod(attrs[sc]["shape"])))
         if materialise:
             producer[view[i].buffer] = kernel
     prog.steps = _order_steps(order, producer)
@@ -246,6 +275,46 @@ def _fusable_embed(i, a, consumers, attrs, out_index) -> bool:
     shape, spec = a["params"]
     return all(it[0] == "slice" and it[2] in (1, -1) and (n > 1 or it == ("slice", 0, 1, n))
                for it, n in zip(spec, shape)) and len(spec) == len(shape)
+
+
+def _fusable_gather(i, a, consumers, attrs, out_index, view) -> bool:
+    """A gather read only by kernels, from a plain view: its consumers load through the
+    index arrays themselves, so X[iu] − X[ju] makes no copies of X."""
+    x, *index = a["args"]
+    return (i not in out_index and bool(consumers)
+            and all(kind_of(attrs[c]["op"]) in ("elementwise", "reduction") for c in consumers)
+            and all(k in view and not view[k].mask and not view[k].indirect
+                    for k in (x, *index)))
+
+
+def _fusable_scatters(need, attrs, group, inputs) -> dict:
+    """Each kernel member → the scatter_adds of it that its loop can do itself (adding
+    into the zeroed output at the indexed positions), so the adjoint of a gather needs no
+    buffer for the values it scatters."""
+    scatters_of = {}
+    for s in sorted(need):
+        a = attrs[s]
+        if a["op"] != "scatter_add":
+            continue
+        x, *index = a["args"]
+        if (x in group and kind_of(attrs[x]["op"]) == "elementwise"
+                and attrs[x]["dtype"] == a["dtype"]
+                and all(k in inputs for k in index)):
+            scatters_of.setdefault(x, []).append(s)
+    return scatters_of
+
+
+def _indirect(base: View, shape: tuple, index: list) -> View:
+    """``base`` (the indexed array) read or written at ``shape``'s positions: the leading
+    dims are the index arrays' (each index moves along one of ``base``'s leading axes),
+    the rest are ``base``'s own remaining axes."""
+    k, nb = len(index), len(shape) - (len(base.shape) - len(index))
+    rest = base.strides[k:]
+    steps = tuple(
+        (View(ix.buffer, shape, ix.broadcast_to(shape[:nb]) + (0,) * len(rest), ix.dtype,
+              ix.offset), n, stride)
+        for ix, n, stride in zip(index, base.shape, base.strides))
+    return View(base.buffer, shape, (0,) * nb + rest, base.dtype, base.offset, (), steps)
 
 
 def _masked(base: View, a) -> View:

@@ -68,6 +68,8 @@ def to_sympy(g: Graph, kernel, evaluate: bool = False) -> ScalarKernel:
     for r in kernel.reductions.values():
         if r.operand in uses:
             uses[r.operand] += 1
+    for m, _, _ in kernel.scatters:
+        uses[m] += 1
 
     loads = {}
     value, size = {}, {}
@@ -80,7 +82,7 @@ def to_sympy(g: Graph, kernel, evaluate: bool = False) -> ScalarKernel:
     evaluate = evaluate and len(kernel.members) <= SYMPY_BUDGET
     with sp.evaluate(evaluate):  # entered once: entering clears sympy's cache
         assignments = _assign(kernel, attrs, uses, value, size)
-    results = {m: value[m] for m in kernel.stores}
+    results = {m: value[m] for m in [*kernel.stores, *(m for m, _, _ in kernel.scatters)]}
     results.update({i: value[r.operand] for i, r in kernel.reductions.items()})
     if evaluate and sum(1 + size.get(m, 0) for m in kernel.members) <= CSE_BUDGET \
             and assignments:
