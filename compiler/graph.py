@@ -24,7 +24,8 @@ __all__ = ["Graph", "Expr", "GraphError", "ShapeError", "ancestors", "as_dtype",
 
 DTYPES = {np.dtype(np.float32): "float32", np.dtype(np.float64): "float64"}
 INDEX = np.dtype(np.int64)      # integer index arrays (inputs and constants) only index
-NAMES = {**DTYPES, INDEX: "int64"}
+BOOL = np.dtype(np.bool_)       # bool inputs: masks, read as 0/1 in the graph's dtype
+NAMES = {**DTYPES, INDEX: "int64", BOOL: "bool"}
 
 
 def array_digest(value: np.ndarray) -> str:
@@ -363,13 +364,15 @@ class Graph:
     # ---- leaves ------------------------------------------------------------------
     def input(self, name: str, shape=(), dtype=None) -> Expr:
         """A run-time input: a scalar by default, any static ``shape``.  ``dtype`` is
-        float32 or float64, or an integer type for an index array (``x[idx]``), which is
-        checked against the sizes it indexes at every call."""
+        float32 or float64; an integer type for an index array (``x[idx]``), which is
+        checked against the sizes it indexes at every call; or bool for a mask
+        (``where(m, a, b)``, ``m * x``), which operators read as 0/1 in the graph's dtype,
+        as they read comparisons and bool constants."""
         if not isinstance(name, str) or not name.isidentifier():
             raise GraphError(f"input name must be a Python identifier, got {name!r}")
         if name in self._inputs:
             raise GraphError(f"input {name!r} already exists in this graph")
-        dtype = INDEX if _is_integer_dtype(dtype) else \
+        dtype = INDEX if _is_integer_dtype(dtype) else BOOL if _is_bool_dtype(dtype) else \
             as_dtype(dtype if dtype is not None else self.dtype)
         node = self._new("input", (), (), _check_shape(shape), dtype, name=name)
         self._inputs[name] = node
@@ -444,6 +447,8 @@ class Graph:
             if x.graph is not self:
                 raise GraphError(f"{x.name} belongs to another graph; build each expression "
                                  "from one Graph's inputs")
+            if x.dtype == BOOL:     # a bool input, read as a 0/1 mask (one node per input)
+                return Expr(self, self._intern("as_mask", (x.id,), (), x.shape, self.dtype))
             return x
         return self.const(x, dtype)
 
@@ -451,6 +456,10 @@ class Graph:
         """An integer index array (node or constant) for an axis of size ``n``: a constant
         is checked and wrapped now, an input at every call (its ``bound``)."""
         if isinstance(x, Expr):
+            if x.graph is self and x.dtype == BOOL:
+                raise IndexError(f"the bool input {x.name} cannot index: the result's shape "
+                                 "would depend on its values; select with where(m, x, 0.0) "
+                                 "or pass the positions as an int64 input")
             x = self._operand(x, self.dtype)
             if x.dtype != INDEX:
                 raise IndexError(f"{x.name} ({NAMES[x.dtype]}) cannot index: index arrays "
@@ -913,6 +922,13 @@ def _read_array(value) -> np.ndarray:
     if value.dtype.kind not in "biuf":
         raise TypeError(f"an array constant must hold real numbers, got dtype {value.dtype}")
     return value
+
+
+def _is_bool_dtype(dtype) -> bool:
+    try:
+        return dtype is not None and np.dtype(dtype) == BOOL
+    except TypeError:
+        return False
 
 
 def _is_integer_dtype(dtype) -> bool:

@@ -358,6 +358,10 @@ elementwise("copy", A, np.copy, partials=(sp.S.One,), torch=None, public=False)
 # the value, with no derivative (JAX's stop_gradient, PyTorch's detach)
 elementwise("stop_gradient", stop_gradient(A), lambda a: a, partials=(sp.S.Zero,), torch=None,
             libm=None)
+# a bool input read as 0/1 in the graph's dtype (the load converts; Graph._operand inserts
+# it): a mask, with no derivative
+elementwise("as_mask", stop_gradient(A), lambda a: a, partials=(sp.S.Zero,), torch=None,
+            libm=None, public=False)
 
 
 # ---- shapes ---------------------------------------------------------------------

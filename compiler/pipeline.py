@@ -167,6 +167,9 @@ def prepare(g: Graph, outputs, wrt, inputs=None, fast_math=False) -> CompilePlan
     for w in wrt:
         if w.op in ("const", "array"):
             raise GraphError(f"cannot differentiate with respect to the constant {w.name}")
+        if w.dtype.kind != "f":
+            raise GraphError(f"cannot differentiate with respect to {w.name}, an input of "
+                             f"dtype {w.dtype} (an index or a mask); list float inputs in wrt")
     work = g.copy()
     outs = [Expr(work, o.id) for o in outputs]
     seeds, grads = [], []

@@ -13,7 +13,7 @@ import numpy as np
 
 from . import jit
 
-C_TYPES = {"float64": "double", "float32": "float"}
+C_TYPES = {"float64": "double", "float32": "float", "bool": "uint8_t"}   # bool: 0 is false
 
 
 def _c_name(name: str) -> str:
@@ -61,6 +61,13 @@ def export(f, path: str, name: str = "symgrad_fn", kind: str = "shared",
     ``path`` is the caller's to overwrite; the header is not named by the caller, so an
     existing one is kept (FileExistsError) unless ``overwrite=True``."""
     name = _c_name(name)
+    index = [n for n, _, d in f.inputs if np.dtype(d).kind in "iu"]
+    if index:
+        # the Python call path checks every index against its axis; a C caller could not
+        # be checked, and a wrong index would read outside the arrays
+        raise ValueError(f"export does not take index inputs ({', '.join(index)}): their "
+                         "range is checked only on the Python call path; pass the indices as "
+                         "a constant array, or call the function from Python")
     if kind not in ("obj", "shared"):
         raise ValueError(f"export kind must be 'obj' or 'shared', got {kind!r}")
     path = os.fspath(path)

@@ -47,6 +47,21 @@ def _coerce_index(value, name: str, shape: tuple, bound) -> np.ndarray:
     return np.ascontiguousarray(read, dtype=np.int64)
 
 
+def _coerce_mask(value, name: str, shape: tuple) -> np.ndarray:
+    """A bool array (or a bool) of ``shape``: numbers are refused, not read as truth."""
+    if isinstance(value, np.ma.MaskedArray):
+        raise TypeError(f"{name}: masked arrays are not supported; pass value.filled(False)")
+    read = np.asarray(value) if isinstance(value, (np.ndarray, list, tuple, bool, np.bool_)) \
+        else None
+    if read is None or read.dtype.kind != "b":
+        got = f"dtype {read.dtype}" if read is not None else type(value).__name__
+        raise TypeError(f"{name}: a bool input takes bools, got {got}; for numbers, pass "
+                        "a comparison such as x != 0")
+    if read.shape != shape:
+        raise ArgumentError(f"{name}: expected shape {shape}, got {read.shape}")
+    return np.ascontiguousarray(read)
+
+
 def _coerce(value, name: str, shape: tuple, dtype: np.dtype) -> np.ndarray:
     """``value`` as a C-contiguous array of exactly ``shape`` and ``dtype``, or a clear error.
 
@@ -243,6 +258,7 @@ class NativeFunction:
             raise TypeError(f"missing input(s): {', '.join(missing)}")
         bounds = self.signature.bounds
         return [_coerce_index(v, n, s, bounds.get(n)) if np.dtype(d).kind == "i" else
+                _coerce_mask(v, n, s) if np.dtype(d).kind == "b" else
                 _coerce(v, n, s, d) for v, (n, s, d) in zip(values, self.inputs)]
 
     def _run(self, kind, arrays) -> dict:

@@ -149,3 +149,115 @@ def test_the_adjoint_of_slices_is_read_inside_the_loop_not_assembled():
     t = torch().tensor(xv, requires_grad=True)
     (t[1:].sin() * t[:-1] + t.flip(0)[1:] ** 2).sum().backward()
     np.testing.assert_allclose(f.vjp(xv)[1][0], t.grad.numpy(), rtol=1e-14, atol=1e-15)
+
+
+GATHERS = {
+    # name: (shape of x, symgrad expression, the same in torch)
+    "pairs": ((6, 3), lambda x, i, j: C.sqrt(((x[i] - x[j]) ** 2).sum(1)),
+              lambda x, i, j: ((x[i] - x[j]) ** 2).sum(1).sqrt()),
+    "negative and repeated": ((5,), lambda x, i, j: C.sin(x[j]) * x[i],
+                              lambda x, i, j: x[j].sin() * x[i]),
+    "two index arrays": ((4, 6), lambda x, i, j: C.exp(x[i % 4, j]) + x[i % 4, j] ** 2,
+                         lambda x, i, j: x[i % 4, j].exp() + x[i % 4, j] ** 2),
+    # its adjoint sums over the broadcast axis first, and a reduction's result is
+    # scattered by a step of its own
+    "broadcast index": ((5, 2), lambda x, i, j: x[i[:, None]] * x[j[None, :3]],
+                        lambda x, i, j: x[i[:, None]] * x[j[None, :3]]),
+    "reduced at once": ((7,), lambda x, i, j: x[i].sum() * x[j],
+                        lambda x, i, j: x[i].sum() * x[j]),
+    "scattered value used twice": ((4,), lambda x, i, j: C.tanh(x[i]) * C.tanh(x[i]) + x[j],
+                                   lambda x, i, j: x[i].tanh() * x[i].tanh() + x[j]),
+}
+
+
+@pytest.mark.parametrize("name", GATHERS)
+def test_gathers_and_their_scatters_run_inside_the_kernels_that_use_them(name):
+    """A gather read by kernels is loaded through its index arrays in their loops, and a
+    scatter_add of a kernel's value (the adjoint) is added in that kernel's loop: no
+    Gather step and no copies, with the values and gradients of torch."""
+    shape, build, reference = GATHERS[name]
+    rng = np.random.default_rng(5)
+    i = np.array([0, -1, 2, 2, 1, -3])
+    j = np.array([1, 0, -2, 3, 3, 0])
+    g = Graph()
+    x = g.input("x", shape)
+    out = build(x, i, j)
+    seed = rng.standard_normal(out.shape)
+    f = g.compile(out, wrt=[x])
+    xv = rng.standard_normal(shape)
+    value, (grad,) = f.vjp(xv, seed=seed)
+    t = torch().tensor(xv, requires_grad=True)
+    tout = reference(t, torch().tensor(i), torch().tensor(j))
+    tout.backward(torch().tensor(seed))
+    np.testing.assert_allclose(value, tout.detach().numpy(), rtol=1e-13, atol=1e-14)
+    np.testing.assert_allclose(grad, t.grad.numpy(), rtol=1e-12, atol=1e-13)
+    from symgrad.compiler.schedule import Gather, schedule
+    plan = f.plan
+    for kind in ("forward", "vjp") if name != "broadcast index" else ("forward",):
+        entry = plan.entries[kind]
+        prog = schedule(plan.work, entry.inputs, entry.outputs)
+        # what is left scatters an input (the seed) directly: no value goes through a
+        # buffer only to be gathered or scattered
+        left = [s for s in prog.steps if isinstance(s, Gather)]
+        assert all(prog.buffers[s.src.buffer].kind == "input" and s.scatter
+                   for s in left), (kind, left)
+    assert not [s for s in schedule(plan.work, plan.entries["forward"].inputs,
+                                    plan.entries["forward"].outputs).steps
+                if isinstance(s, Gather)]
+
+
+def test_an_output_gather_and_a_scatter_of_an_input_keep_their_own_steps():
+    g = Graph()
+    x = g.input("x", (4,))
+    i = g.input("i", (3,), dtype=np.int64)
+    f = g.compile([x[i], g.scatter_add(x[:3] * 1.0, i, (6,))])
+    out, added = f(np.arange(4.0), np.array([3, -1, 3]))
+    np.testing.assert_array_equal(out, [3.0, 3.0, 3.0])
+    np.testing.assert_array_equal(added, [0.0, 0.0, 0.0, 2.0, 0.0, 1.0])
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_bool_inputs_are_masks_read_as_zero_or_one(dtype):
+    g = Graph(dtype)
+    x = g.input("x", (2, 3))
+    m = g.input("m", (3,), dtype=bool)
+    assert m.dtype == np.bool_ and m.shape == (3,)
+    out = (C.where(m, C.sin(x), x * x) + m * x - (m[::-1] * 2.0)).sum()
+    f = g.compile(out, wrt=[x])
+    xv = np.array([[0.3, -1.2, 2.0], [1.5, 0.1, -0.7]])
+    mv = np.array([True, False, True])
+    t = torch().tensor(xv, requires_grad=True)
+    tm = torch().tensor(mv)
+    ref = (torch().where(tm, t.sin(), t * t) + tm * t - tm.flip(0) * 2.0).sum()
+    ref.backward()
+    value, (grad,) = f.vjp(xv, mv)
+    rtol = 1e-14 if dtype == np.float64 else 1e-6
+    np.testing.assert_allclose(value, ref.item(), rtol=rtol)
+    np.testing.assert_allclose(grad, t.grad.numpy(), rtol=rtol)
+    assert grad.dtype == dtype
+    assert f(xv, ~mv) != f(xv, mv)                 # a new mask is an argument, not code
+    # any nonzero byte is true, as numpy reads a bool array's memory
+    odd = np.frombuffer(bytes([2, 0, 255]), dtype=np.bool_)
+    assert f(xv, odd) == f(xv, mv)
+    with pytest.raises(TypeError, match="a bool input takes bools, got dtype float64"):
+        f(xv, np.ones(3))
+    with pytest.raises(TypeError, match="a bool input takes bools, got dtype int64"):
+        f(xv, [1, 0, 1])
+    with pytest.raises(ValueError, match=r"m: expected shape \(3,\)"):
+        f(xv, np.ones(2, dtype=bool))
+    with pytest.raises(C.GraphError, match="cannot differentiate with respect to m"):
+        g.compile(out, wrt=[m])
+    with pytest.raises(IndexError, match="m cannot index"):
+        g.take(x, m)
+
+
+def test_export_refuses_index_inputs_and_takes_bool_masks(tmp_path):
+    g = Graph()
+    x = g.input("x", (5,))
+    i = g.input("i", (3,), dtype=np.int64)
+    with pytest.raises(ValueError, match=r"export does not take index inputs \(i\)"):
+        g.compile(x[i].sum()).export(str(tmp_path / "f.so"))
+    m = g.input("m", (5,), dtype=bool)
+    f = g.compile(C.where(m, x, -x).sum())
+    f.export(str(tmp_path / "f.so"), kind="obj")
+    assert "uint8_t m[5]" in (tmp_path / "f.h").read_text()
