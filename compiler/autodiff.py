@@ -58,6 +58,61 @@ def vjp(op: str, params, adjoint, args, out, owner):
     return contributions
 
 
+def jvp(op: str, params, tangents, args, out, owner):
+    """``Σ_k J_{k→out} · u_k``: the tangent of ``out`` from its operands' (None where
+    constant), from the same table entries as :func:`vjp`."""
+    if op in STRUCTURED:
+        rule = STRUCTURED[op].jvp
+        if rule is not None:
+            return rule(tangents, args, out, params)
+        # linear in its float operands: the operator applied to their tangents (index
+        # operands stay as they are)
+        operands = [t if t is not None else _zeros(owner, a) if a.dtype.kind == "f" else a
+                    for t, a in zip(tangents, args)]
+        return owner.apply(op, *operands, params=params)
+    total = None
+    for slot, (arg, t) in enumerate(zip(args, tangents)):
+        if t is None or ELEMENTWISE[op].templates[slot] == 0.0:
+            continue
+        j = instantiate(op, slot, args, out, owner)
+        term = t if isinstance(j, float) and j == 1.0 else t * j
+        total = term if total is None else total + term
+    if total is not None and total.shape != out.shape:
+        total = total.broadcast_to(out.shape)
+    return total
+
+
+def _zeros(owner, like):
+    return owner.broadcast_to(owner.const(0.0, like.dtype), like.shape)
+
+
+# ---- the forward-mode pass on a Graph -------------------------------------------------------
+def tangents(g: Graph, outputs, wrt, inputs) -> list[Expr]:
+    """``J·u``: the tangents of ``outputs`` when each ``wrt`` node moves along its
+    tangent ``inputs`` (one per wrt node, of its shape) — one forward sweep."""
+    outputs, wrt, inputs = _as_list(outputs), _as_list(wrt), _as_list(inputs)
+    if len(inputs) != len(wrt):
+        raise GraphError(f"{len(wrt)} wrt nodes but {len(inputs)} tangents: give one each")
+    live = relevant_nodes(g, outputs, wrt)
+    tangent: dict[int, Expr] = {}
+    for w, u in zip(wrt, inputs):
+        if u.shape != w.shape:
+            raise GraphError(f"the tangent for {w.name} has shape {u.shape}; {w.name} has "
+                             f"shape {w.shape}")
+        tangent[w.id] = tangent[w.id] + u if w.id in tangent else u
+    for i in sorted(live):              # ids are a topological order
+        node = Expr(g, i)
+        if i in tangent or node.op in ("input", "const", "array"):
+            continue
+        args = node.args
+        moving = [tangent.get(a.id) for a in args]
+        if any(t is not None for t in moving):
+            t = jvp(node.op, node.params, moving, args, node, g)
+            if t is not None:
+                tangent[i] = t
+    return [tangent[o.id] if o.id in tangent else _zeros(g, o) for o in outputs]
+
+
 # ---- the reverse pass on a Graph ------------------------------------------------------------
 def _as_list(x):
     return list(x) if isinstance(x, (list, tuple)) else [x]

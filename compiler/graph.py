@@ -847,6 +847,16 @@ class Graph:
         from .autodiff import grad
         return grad(self, outputs, wrt, seeds)
 
+    def jvp(self, outputs, wrt, tangents):
+        """Forward mode: the tangents ``J·u`` of ``outputs`` as nodes of this graph, when
+        each ``wrt`` node moves along its tangent (a node of its shape)."""
+        from .autodiff import tangents as forward
+        single = isinstance(outputs, Expr)
+        out = forward(self, outputs, wrt, [self._operand(t, self.dtype) for t in
+                                           (tangents if isinstance(tangents, (list, tuple))
+                                            else [tangents])])
+        return out[0] if single else out
+
     def local_jacobian(self, source: Expr, target: Expr):
         """``J_{source→target} = ∂target/∂source`` along the edge(s) between them."""
         from .autodiff import local_jacobian

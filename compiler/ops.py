@@ -448,9 +448,13 @@ class Structured:
     view: Callable | None = None      # (offset, strides, out shape, params) -> (offset, strides)
     regions: Callable | None = None
     fill: Callable | None = None
+    # (tangents, operands, out, params) -> the tangent of out (forward mode); None: the
+    # operator is linear in its float operands, so it applies to their tangents
+    jvp: Callable | None = None
 
 
-def structured(name, kind, shape, numpy, vjp, show, rule, view=None, regions=None, fill=None):
+def structured(name, kind, shape, numpy, vjp, show, rule, view=None, regions=None, fill=None,
+               jvp=None):
     if kind not in ("reduction", "view", "contraction", "assemble", "gather", "scan"):
         raise GraphError(f"structured operator {name!r}: unknown kind {kind!r}")
     if kind == "view" and view is None:
@@ -458,7 +462,7 @@ def structured(name, kind, shape, numpy, vjp, show, rule, view=None, regions=Non
     if kind == "assemble" and (regions is None or fill is None):
         raise GraphError(f"operator {name!r} needs regions= and fill=")
     STRUCTURED[name] = Structured(name, kind, shape, numpy, vjp, show, rule, view, regions,
-                                  fill)
+                                  fill, jvp)
 
 
 def _sum_shape(shapes, params):
@@ -750,7 +754,9 @@ structured("pad", "assemble",
            lambda slot, P, x, p, shapes, tex: _indexed(
                P, _pad_regions(shapes, p)[0], tex,
                tuple(lo + n + hi for (lo, hi), n in zip(p[0], shapes[0]))),
-           regions=_pad_regions, fill=lambda p: p[1])
+           regions=_pad_regions, fill=lambda p: p[1],
+           # affine, not linear: the fill value is a constant, its tangent 0
+           jvp=lambda t, args, out, p: t[0].apply("pad", params=(p[0], 0.0)))
 
 
 # gather(x, i₀, …, i_{k−1}): out[b, r] = x[i₀[b], …, i_{k−1}[b], r], the index arrays
@@ -806,6 +812,15 @@ def _extreme_vjp(adjoint, args, out, params):
     return [share.broadcast_to(x.shape) * mask]
 
 
+def _extreme_jvp(tangents, args, out, params):
+    """The mean of the tangents at the entries equal to the result (J of the VJP above)."""
+    axes, keepdims = params
+    x = args[0]
+    kept = tuple(1 if i in axes else n for i, n in enumerate(x.shape))
+    mask = x.apply("eq", out.reshape(kept).broadcast_to(x.shape))
+    return (tangents[0] * mask).sum(axes, keepdims=keepdims) / mask.sum(axes, keepdims=keepdims)
+
+
 def _extreme(name, numpy):
     structured(name, "reduction", _sum_shape,
                lambda args, p: numpy(args[0], axis=p[0], keepdims=p[1]), _extreme_vjp,
@@ -813,24 +828,35 @@ def _extreme(name, numpy):
                lambda slot, P, x, p, shapes, tex: (
                    rf"\frac{{{P}}}{{\#\text{{ties}}}} \cdot \left[{x[0]}="
                    rf"\operatorname{{{name}}}\right]" if tex else
-                   f"broadcast({P}/ties, {shapes[0]})·[{x[0]} = {name}]"))
+                   f"broadcast({P}/ties, {shapes[0]})·[{x[0]} = {name}]"),
+               jvp=_extreme_jvp)
 
 
 _extreme("amax", np.amax)
 _extreme("amin", np.amin)
 
-def _prod_vjp(adjoint, args, out, params):
+def _prod_partials(x, out, params):
     """∂Π/∂x_i = Π_{j≠i} x_j: out/x_i where x_i ≠ 0; where x_i = 0, the product of the
     other entries if it is the only zero, else 0 (PyTorch's prod backward)."""
     axes, keepdims = params
-    x = args[0]
     kept = tuple(1 if i in axes else n for i, n in enumerate(x.shape))
     zero = x.apply("eq", 0.0)
     safe = zero.apply("where", 1.0, x)              # no division by zero, in any order
     others = safe.apply("prod", params=(axes, True))
     alone = zero.sum(axes, keepdims=True).apply("eq", 1.0)
-    local = zero.apply("where", others * alone, out.reshape(kept).broadcast_to(x.shape) / safe)
-    return [adjoint.reshape(kept).broadcast_to(x.shape) * local]
+    return zero.apply("where", others * alone, out.reshape(kept).broadcast_to(x.shape) / safe)
+
+
+def _prod_vjp(adjoint, args, out, params):
+    axes, keepdims = params
+    kept = tuple(1 if i in axes else n for i, n in enumerate(args[0].shape))
+    return [adjoint.reshape(kept).broadcast_to(args[0].shape)
+            * _prod_partials(args[0], out, params)]
+
+
+def _prod_jvp(tangents, args, out, params):
+    axes, keepdims = params
+    return (tangents[0] * _prod_partials(args[0], out, params)).sum(axes, keepdims=keepdims)
 
 
 structured("prod", "reduction", _sum_shape,
@@ -838,7 +864,8 @@ structured("prod", "reduction", _sum_shape,
            lambda x, p, shapes, tex: _sum_show(x, p, shapes, tex).replace("sum", "prod"),
            lambda slot, P, x, p, shapes, tex: (
                rf"\operatorname{{broadcast}}\left({P}\right) \cdot \prod_{{j \neq i}} {x[0]}_j"
-               if tex else f"broadcast({P}, {shapes[0]})·Π_(j≠i) {x[0]}_j"))
+               if tex else f"broadcast({P}, {shapes[0]})·Π_(j≠i) {x[0]}_j"),
+           jvp=_prod_jvp)
 
 
 def _cumsum_show(x, p, shapes, tex):
@@ -860,7 +887,13 @@ structured("matmul", "contraction", _matmul_shape,
            lambda adj, args, out, p: [adj @ args[1].transpose((1, 0)),
                                       args[0].transpose((1, 0)) @ adj],
            lambda x, p, shapes, tex: (r" \, " if tex else " @ ").join(x),
-           _matmul_rule)
+           _matmul_rule,
+           jvp=lambda t, args, out, p: _plus(t[0] @ args[1] if t[0] is not None else None,
+                                             args[0] @ t[1] if t[1] is not None else None))
+
+
+def _plus(a, b):
+    return b if a is None else a if b is None else a + b
 
 
 def evaluate(op: str, args: list, params: tuple, shape: tuple, dtype) -> np.ndarray:

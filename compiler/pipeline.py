@@ -48,7 +48,26 @@ class CompilePlan:
         return build(self.work, [self.entries[kind]], fast_math=self.fast_math)
 
     def export_ir(self, name: str) -> tuple[str, dict]:
-        return export_ir(self.work, list(self.entries.values()), name, self.fast_math)
+        return export_ir(self.work, [e for k, e in self.entries.items()
+                                     if k in ("forward", "vjp")], name, self.fast_math)
+
+    def add_tangents(self) -> dict:
+        """Forward mode, added to the work graph on first use: a tangent input per wrt
+        node, the entry "jvp" (outputs and J·u) and, for one scalar output, "hvp" (the
+        gradients and H·u, forward over reverse).  Returns the node ids of J·u and H·u."""
+        from .autodiff import tangents
+        work = self.work
+        ts = [work.input(_fresh(work, f"tangent_{w.name}"), w.shape, w.dtype) for w in self.wrt]
+        ins, t_ids = [i.id for i in self.inputs], [t.id for t in ts]
+        ids = {"jvp": _materialised(work, tangents(work, self.outputs, self.wrt, ts))}
+        self.entries["jvp"] = _entry(work, "jvp", ins + t_ids,
+                                     list(dict.fromkeys(self.out_ids + ids["jvp"])))
+        if len(self.outputs) == 1 and self.outputs[0].shape == ():
+            grads = [Expr(work, i) for i in self.grad_ids]
+            ids["hvp"] = _materialised(work, tangents(work, grads, self.wrt, ts))
+            self.entries["hvp"] = _entry(work, "hvp", ins + [s.id for s in self.seeds] + t_ids,
+                                         list(dict.fromkeys(self.grad_ids + ids["hvp"])))
+        return ids
 
     def signature(self) -> Signature:
         def slots(exprs):

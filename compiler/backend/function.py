@@ -117,7 +117,7 @@ class Signature:
 class EntrySpec:
     """One entry point: the keys of the results it writes, in pointer-table order after
     its arguments, and their (shape, dtype)."""
-    kind: str              # "forward" | "vjp"
+    kind: str              # "forward" | "vjp" | "jvp" | "hvp"
     results: tuple
     result_types: tuple
     constants: tuple = ()  # arrays passed after the arguments (the graph's array constants)
@@ -139,6 +139,8 @@ class NativeFunction:
         self._artifacts, self._entries, self._fast = {}, {}, {}
         self._engines = []               # CodeEngines holding this function's code
         self._lock = threading.Lock()
+        self._tangent_lock = threading.Lock()     # forward mode is added on first use
+        self._tangent_ids = {}
         self._default_seed = (1.0,) if len(self.seeds) == 1 and self.seeds[0][1] == () \
             and self.seeds[0][2] == np.float64 else None
         # compile what will be called: the VJP when there is one; the forward on first use
@@ -203,7 +205,8 @@ class NativeFunction:
 
     def _fast_entry(self, kind, address, spec: EntrySpec):
         """(builtin, array output specs, where each requested result is) or None."""
-        if any(np.dtype(d).kind != "f" for _, _, d in self.inputs) or \
+        if kind not in ("forward", "vjp") or \
+                any(np.dtype(d).kind != "f" for _, _, d in self.inputs) or \
                 any(c.ndim == 0 for c in spec.constants):
             return None          # index inputs are range-checked on the careful path
         params = [(s, d) for _, s, d in self.inputs]
@@ -322,25 +325,113 @@ class NativeFunction:
         return tuple(g.copy() if isinstance(g, np.ndarray) and
                      any(g is h for h in grads[:k]) else g for k, g in enumerate(grads))
 
-    def jacobian(self, *args, **kwargs):
-        """Dense Jacobians ∂output/∂wrt (one output), one vᵀJ per basis seed: for small shapes.
+    # ---- forward mode, Jacobians and Hessians ------------------------------------------
+    def _forward_mode(self, kind):
+        """Build (once) and load the forward-mode entry ``kind`` ("jvp" or "hvp")."""
+        with self._tangent_lock:
+            if "jvp" not in self._specs:
+                if not self.wrt:
+                    raise TypeError("this function was compiled without wrt=[...]: no "
+                                    "tangents to push; pass wrt to Graph.compile")
+                self._tangent_ids = self.source.add_tangents()
+                self._specs.update(self.source.entry_specs())
+        if kind not in self._specs:
+            raise TypeError("hvp() and hessian() take a function with one scalar "
+                            f"output; this one has outputs {[n for n, _, _ in self.outputs]}")
+        self._load(kind)
 
-        Row i of each result is ``e_iᵀJ``; shape ``output.shape + wrt.shape``.
-        """
-        if len(self.outputs) != 1:
-            raise TypeError("jacobian() takes a function with one output")
-        _, shape, dtype = self.outputs[0]
-        size = int(np.prod(shape))
-        if size > 4096:
-            raise ValueError(f"the output has {size} elements: a dense Jacobian would be "
-                             "large; use vjp() with the seeds you need")
-        rows = []
-        for i in range(size):
-            basis = np.zeros(size, dtype)
-            basis[i] = 1
-            rows.append(self.vjp(*args, seed=basis.reshape(shape), **kwargs)[1])
-        return tuple(np.array([np.asarray(r[k]) for r in rows]).reshape(shape + w[1])
-                     for k, w in enumerate(self.wrt))
+    def jvp(self, *args, tangent=None, **kwargs):
+        """Outputs and ``J·u`` (forward mode: one sweep), ``tangent`` = u: one array per
+        ``wrt`` node, of its shape (a list of them for several)."""
+        self._forward_mode("jvp")
+        results = self._run("jvp", self._bind(args, kwargs) + self._tangent_arrays(tangent))
+        values = self._unwrap([results[i] for i in self._out_ids])
+        return values, self._unwrap(list(self._grads([results[i] for i in
+                                                      self._tangent_ids["jvp"]])))
+
+    def hvp(self, *args, tangent=None, **kwargs):
+        """Gradients and Hessian–vector products ``H·u`` of a scalar output (forward mode
+        over the reverse pass), one per ``wrt`` node."""
+        self._forward_mode("hvp")
+        arrays = self._bind(args, kwargs) + self._seed_arrays(None)
+        results = self._run("hvp", arrays + self._tangent_arrays(tangent))
+        return (self._grads([results[i] for i in self._grad_ids]),
+                self._grads([results[i] for i in self._tangent_ids["hvp"]]))
+
+    def _tangent_arrays(self, tangent):
+        if tangent is None:
+            raise ArgumentError(f"pass tangent= one array per wrt node "
+                                f"({', '.join(n for n, _, _ in self.wrt)}), of its shape")
+        if len(self.wrt) == 1 and not (isinstance(tangent, (list, tuple)) and len(tangent) == 1
+                                       and np.shape(tangent[0]) == self.wrt[0][1]):
+            tangent = [tangent]
+        if len(tangent) != len(self.wrt):
+            raise ArgumentError(f"pass tangent= one array per wrt node "
+                                f"({', '.join(n for n, _, _ in self.wrt)}), of its shape")
+        return [_coerce(u, f"tangent for {name}", shape, dtype)
+                for u, (name, shape, dtype) in zip(tangent, self.wrt)]
+
+    def _basis(self, slots, k):
+        """Unit vectors: element ``k`` of the flattened ``slots`` set to 1, the rest 0."""
+        arrays = [np.zeros(shape, dtype) for _, shape, dtype in slots]
+        for a in arrays:
+            if k < a.size:
+                a.reshape(-1)[k] = 1
+                break
+            k -= a.size
+        return arrays
+
+    def jacobian(self, *args, **kwargs):
+        """Dense Jacobians ∂output/∂wrt, of shape ``output.shape + wrt.shape``: a tuple over
+        ``wrt`` for one output, a tuple over outputs of those for several (as jax.jacrev
+        with tuple argnums).  Forward mode (a column per sweep) when the wrt nodes have
+        fewer elements than the outputs, reverse mode (a row per sweep) otherwise."""
+        if not self.wrt:
+            raise TypeError("jacobian() needs wrt=[...] at compile time")
+        m = sum(int(np.prod(s)) for _, s, _ in self.outputs)
+        n = sum(int(np.prod(s)) for _, s, _ in self.wrt)
+        if min(m, n) > 4096:
+            raise ValueError(f"a dense Jacobian of {m}×{n} would take {min(m, n)} sweeps; use "
+                             "vjp() or jvp() with the vectors you need")
+        blocks = [[None] * len(self.wrt) for _ in self.outputs]
+        if n < m:
+            cols = [self.jvp(*args, tangent=self._basis(self.wrt, k), **kwargs)[1]
+                    for k in range(n)]
+            cols = [c if len(self.outputs) > 1 else (c,) for c in cols]
+            for i, (_, oshape, _) in enumerate(self.outputs):
+                full = np.stack([np.asarray(c[i]).reshape(-1) for c in cols], axis=1) if n \
+                    else np.zeros((int(np.prod(oshape)), 0))
+                for j, col in enumerate(np.split(full, self._offsets(self.wrt), axis=1)):
+                    blocks[i][j] = col.reshape(oshape + self.wrt[j][1])
+        else:
+            rows = [self.vjp(*args, seed=self._basis(self.outputs, k) if len(self.outputs) > 1
+                             else self._basis(self.outputs, k)[0], **kwargs)[1]
+                    for k in range(m)]
+            for j, (_, wshape, _) in enumerate(self.wrt):
+                full = np.stack([np.asarray(r[j]).reshape(-1) for r in rows]) if m \
+                    else np.zeros((0, int(np.prod(wshape))))
+                for i, row in enumerate(np.split(full, self._offsets(self.outputs))):
+                    blocks[i][j] = row.reshape(self.outputs[i][1] + wshape)
+        blocks = [tuple(b) for b in blocks]
+        return blocks[0] if len(self.outputs) == 1 else tuple(blocks)
+
+    def hessian(self, *args, **kwargs):
+        """The dense Hessian of a scalar output: ``H[i][j] = ∂²f/∂w_i∂w_j`` of shape
+        ``w_i.shape + w_j.shape`` (one array for one wrt node), one H·e per sweep."""
+        n = sum(int(np.prod(s)) for _, s, _ in self.wrt)
+        if n > 4096:
+            raise ValueError(f"a dense Hessian of {n}×{n} would take {n} sweeps; use hvp()")
+        cols = [self.hvp(*args, tangent=self._basis(self.wrt, k), **kwargs)[1] for k in range(n)]
+        blocks = [[None] * len(self.wrt) for _ in self.wrt]
+        for i, (_, ishape, _) in enumerate(self.wrt):
+            full = np.stack([np.asarray(c[i]).reshape(-1) for c in cols], axis=1)
+            for j, col in enumerate(np.split(full, self._offsets(self.wrt), axis=1)):
+                blocks[i][j] = col.reshape(ishape + self.wrt[j][1])
+        return blocks[0][0] if len(self.wrt) == 1 else tuple(tuple(b) for b in blocks)
+
+    @staticmethod
+    def _offsets(slots):
+        return np.cumsum([int(np.prod(s)) for _, s, _ in slots])[:-1]
 
     def _seed_arrays(self, seed):
         if len(self.seeds) == 1:
