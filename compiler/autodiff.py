@@ -160,8 +160,7 @@ def grad(g: Graph, outputs, wrt, seeds=None) -> list[Expr]:
                 continue
             prev = adjoint.get(arg.id)
             adjoint[arg.id] = contribution if prev is None else prev + contribution
-    return [adjoint[w.id] if w.id in adjoint else g.broadcast_to(g.const(0.0, w.dtype), w.shape)
-            for w in wrt]
+    return [adjoint[w.id] if w.id in adjoint else _zeros(g, w) for w in wrt]
 
 
 def _seeds(g, outputs, seeds):

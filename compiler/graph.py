@@ -372,7 +372,8 @@ class Graph:
             raise GraphError(f"input name must be a Python identifier, got {name!r}")
         if name in self._inputs:
             raise GraphError(f"input {name!r} already exists in this graph")
-        dtype = INDEX if _is_integer_dtype(dtype) else BOOL if _is_bool_dtype(dtype) else \
+        kind = _dtype_kind(dtype)
+        dtype = INDEX if kind in ("i", "u") else BOOL if kind == "b" else \
             as_dtype(dtype if dtype is not None else self.dtype)
         node = self._new("input", (), (), _check_shape(shape), dtype, name=name)
         self._inputs[name] = node
@@ -934,18 +935,12 @@ def _read_array(value) -> np.ndarray:
     return value
 
 
-def _is_bool_dtype(dtype) -> bool:
+def _dtype_kind(dtype) -> str:
+    """numpy's kind letter of ``dtype`` ("" for None or what is not a dtype)."""
     try:
-        return dtype is not None and np.dtype(dtype) == BOOL
+        return np.dtype(dtype).kind if dtype is not None else ""
     except TypeError:
-        return False
-
-
-def _is_integer_dtype(dtype) -> bool:
-    try:
-        return dtype is not None and np.dtype(dtype).kind in "iu"
-    except TypeError:
-        return False
+        return ""
 
 
 def _preview(value: np.ndarray) -> str:

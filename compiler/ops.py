@@ -465,19 +465,23 @@ def structured(name, kind, shape, numpy, vjp, show, rule, view=None, regions=Non
                                   fill, jvp)
 
 
+def _kept(shape, axes) -> tuple:
+    """``shape`` reduced over ``axes`` with the reduced dims kept as 1."""
+    return tuple(1 if i in axes else n for i, n in enumerate(shape))
+
+
 def _sum_shape(shapes, params):
     axes, keepdims = params
     (shape,) = shapes
     if keepdims:
-        return tuple(1 if i in axes else n for i, n in enumerate(shape))
+        return _kept(shape, axes)
     return tuple(n for i, n in enumerate(shape) if i not in axes)
 
 
 def _sum_vjp(adjoint, args, out, params):
     axes, keepdims = params
     shape = args[0].shape
-    kept = tuple(1 if i in axes else n for i, n in enumerate(shape))
-    return [adjoint.reshape(kept).broadcast_to(shape)]
+    return [adjoint.reshape(_kept(shape, axes)).broadcast_to(shape)]
 
 
 def _matmul_shape(shapes, params):
@@ -801,23 +805,25 @@ structured("scatter_add", "gather", _scatter_shape, _scatter_numpy,
            lambda slot, P, x, p, shapes, tex: _subscript(P, ", ".join(x[1:]), tex))
 
 
+def _ties(x, out, axes):
+    """1 where an entry of ``x`` equals its amax/amin ``out``, else 0."""
+    return x.apply("eq", out.reshape(_kept(x.shape, axes)).broadcast_to(x.shape))
+
+
 def _extreme_vjp(adjoint, args, out, params):
     """amax/amin: the adjoint goes to the entries equal to the result, split evenly among
     ties (PyTorch's amax/amin)."""
     axes, keepdims = params
     x = args[0]
-    kept = tuple(1 if i in axes else n for i, n in enumerate(x.shape))
-    mask = x.apply("eq", out.reshape(kept).broadcast_to(x.shape))
-    share = adjoint.reshape(kept) / mask.sum(axes, keepdims=True)
+    mask = _ties(x, out, axes)
+    share = adjoint.reshape(_kept(x.shape, axes)) / mask.sum(axes, keepdims=True)
     return [share.broadcast_to(x.shape) * mask]
 
 
 def _extreme_jvp(tangents, args, out, params):
     """The mean of the tangents at the entries equal to the result (J of the VJP above)."""
     axes, keepdims = params
-    x = args[0]
-    kept = tuple(1 if i in axes else n for i, n in enumerate(x.shape))
-    mask = x.apply("eq", out.reshape(kept).broadcast_to(x.shape))
+    mask = _ties(args[0], out, axes)
     return (tangents[0] * mask).sum(axes, keepdims=keepdims) / mask.sum(axes, keepdims=keepdims)
 
 
@@ -839,18 +845,17 @@ def _prod_partials(x, out, params):
     """∂Π/∂x_i = Π_{j≠i} x_j: out/x_i where x_i ≠ 0; where x_i = 0, the product of the
     other entries if it is the only zero, else 0 (PyTorch's prod backward)."""
     axes, keepdims = params
-    kept = tuple(1 if i in axes else n for i, n in enumerate(x.shape))
     zero = x.apply("eq", 0.0)
     safe = zero.apply("where", 1.0, x)              # no division by zero, in any order
     others = safe.apply("prod", params=(axes, True))
     alone = zero.sum(axes, keepdims=True).apply("eq", 1.0)
-    return zero.apply("where", others * alone, out.reshape(kept).broadcast_to(x.shape) / safe)
+    return zero.apply("where", others * alone,
+                      out.reshape(_kept(x.shape, axes)).broadcast_to(x.shape) / safe)
 
 
 def _prod_vjp(adjoint, args, out, params):
     axes, keepdims = params
-    kept = tuple(1 if i in axes else n for i, n in enumerate(args[0].shape))
-    return [adjoint.reshape(kept).broadcast_to(args[0].shape)
+    return [adjoint.reshape(_kept(args[0].shape, axes)).broadcast_to(args[0].shape)
             * _prod_partials(args[0], out, params)]
 
 

@@ -181,6 +181,13 @@ def schedule(g: Graph, inputs: list[int], outputs: list[int]) -> Program:
     out_index = {i: k for k, i in enumerate(outputs)}
     temps = 0
 
+    def own_buffer(node):     # an output's slot, or the next temporary
+        nonlocal temps
+        if node in out_index:
+            return new_buffer("output", out_index[node], node)
+        temps += 1
+        return new_buffer("temp", temps - 1, node)
+
     kernels: dict[tuple, Kernel] = {}
     producer: dict[int, object] = {}     # buffer -> step that writes it
     order = []
@@ -209,11 +216,7 @@ def schedule(g: Graph, inputs: list[int], outputs: list[int]) -> Program:
             c not in fused and (group.get(c) != group.get(i) or kind_of(attrs[c]["op"]) not in
                                 ("elementwise", "reduction")) for c in consumers[i])
         if materialise:
-            if i in out_index:
-                view[i] = new_buffer("output", out_index[i], i)
-            else:
-                view[i] = new_buffer("temp", temps, i)
-                temps += 1
+            view[i] = own_buffer(i)
         if kind in ("contraction", "assemble", "gather", "scan"):
             if kind == "scan":
                 step = Scan(view[a["args"][0]], view[i], a["params"][0])
@@ -250,11 +253,7 @@ def schedule(g: Graph, inputs: list[int], outputs: list[int]) -> Program:
                 kernel.stores[i] = view[i]
             for sc in scatters_of.get(i, ()):
                 _, *index = attrs[sc]["args"]
-                if sc in out_index:
-                    view[sc] = new_buffer("output", out_index[sc], sc)
-                else:
-                    view[sc] = new_buffer("temp", temps, sc)
-                    temps += 1
+                view[sc] = own_buffer(sc)
                 producer[view[sc].buffer] = kernel
                 kernel.scatters.append(
                     (i, _indirect(view[sc], a["shape"], [view[k] for k in index]),

@@ -30,6 +30,11 @@ class ArgumentError(ValueError):
 _MISSING = object()
 
 
+def _swap(block, lead: int) -> np.ndarray:
+    """``block`` of shape ``a + b`` (``a`` its first ``lead`` dims) as ``b + a``, contiguous."""
+    return np.transpose(block, [*range(lead, block.ndim), *range(lead)]).copy()
+
+
 def _coerce_index(value, name: str, shape: tuple, bound) -> np.ndarray:
     """An integer index array of ``shape`` whose entries lie in [-bound, bound)."""
     try:
@@ -359,13 +364,8 @@ class NativeFunction:
                 self._grads([results[i] for i in self._tangent_ids["hvp"]]))
 
     def _tangent_arrays(self, tangent):
-        if tangent is None:
-            raise ArgumentError(f"pass tangent= one array per wrt node "
-                                f"({', '.join(n for n, _, _ in self.wrt)}), of its shape")
-        if len(self.wrt) == 1 and not (isinstance(tangent, (list, tuple)) and len(tangent) == 1
-                                       and np.shape(tangent[0]) == self.wrt[0][1]):
-            tangent = [tangent]
-        if len(tangent) != len(self.wrt):
+        tangent = None if tangent is None else self._one_each(tangent, self.wrt)
+        if tangent is None or len(tangent) != len(self.wrt):
             raise ArgumentError(f"pass tangent= one array per wrt node "
                                 f"({', '.join(n for n, _, _ in self.wrt)}), of its shape")
         return [_coerce(u, f"tangent for {name}", shape, dtype)
@@ -393,25 +393,17 @@ class NativeFunction:
         if min(m, n) > 4096:
             raise ValueError(f"a dense Jacobian of {m}×{n} would take {min(m, n)} sweeps; use "
                              "vjp() or jvp() with the vectors you need")
-        blocks = [[None] * len(self.wrt) for _ in self.outputs]
-        if n < m:
+        if n < m:     # a column J·e_k per sweep
             cols = [self.jvp(*args, tangent=self._basis(self.wrt, k), **kwargs)[1]
                     for k in range(n)]
-            cols = [c if len(self.outputs) > 1 else (c,) for c in cols]
-            for i, (_, oshape, _) in enumerate(self.outputs):
-                full = np.stack([np.asarray(c[i]).reshape(-1) for c in cols], axis=1) if n \
-                    else np.zeros((int(np.prod(oshape)), 0))
-                for j, col in enumerate(np.split(full, self._offsets(self.wrt), axis=1)):
-                    blocks[i][j] = col.reshape(oshape + self.wrt[j][1])
-        else:
-            rows = [self.vjp(*args, seed=self._basis(self.outputs, k) if len(self.outputs) > 1
-                             else self._basis(self.outputs, k)[0], **kwargs)[1]
+            blocks = self._dense([c if len(self.outputs) > 1 else (c,) for c in cols],
+                                 self.outputs, self.wrt)
+        else:         # a row e_kᵀJ per sweep: the blocks of Jᵀ, each transposed back
+            rows = [self.vjp(*args, seed=self._basis(self.outputs, k), **kwargs)[1]
                     for k in range(m)]
-            for j, (_, wshape, _) in enumerate(self.wrt):
-                full = np.stack([np.asarray(r[j]).reshape(-1) for r in rows]) if m \
-                    else np.zeros((0, int(np.prod(wshape))))
-                for i, row in enumerate(np.split(full, self._offsets(self.outputs))):
-                    blocks[i][j] = row.reshape(self.outputs[i][1] + wshape)
+            transposed = self._dense(rows, self.wrt, self.outputs)
+            blocks = [[_swap(transposed[j][i], len(w)) for j, (_, w, _) in enumerate(self.wrt)]
+                      for i in range(len(self.outputs))]
         blocks = [tuple(b) for b in blocks]
         return blocks[0] if len(self.outputs) == 1 else tuple(blocks)
 
@@ -422,27 +414,40 @@ class NativeFunction:
         if n > 4096:
             raise ValueError(f"a dense Hessian of {n}×{n} would take {n} sweeps; use hvp()")
         cols = [self.hvp(*args, tangent=self._basis(self.wrt, k), **kwargs)[1] for k in range(n)]
-        blocks = [[None] * len(self.wrt) for _ in self.wrt]
-        for i, (_, ishape, _) in enumerate(self.wrt):
-            full = np.stack([np.asarray(c[i]).reshape(-1) for c in cols], axis=1)
-            for j, col in enumerate(np.split(full, self._offsets(self.wrt), axis=1)):
-                blocks[i][j] = col.reshape(ishape + self.wrt[j][1])
+        blocks = self._dense(cols, self.wrt, self.wrt)
         return blocks[0][0] if len(self.wrt) == 1 else tuple(tuple(b) for b in blocks)
+
+    def _dense(self, sweeps, results, swept) -> list:
+        """Blocks ``[r][s]`` of the matrix whose column k is ``sweeps[k]`` (one array per
+        ``results`` slot), k running over the elements of the ``swept`` slots: of shape
+        ``results[r].shape + swept[s].shape``."""
+        blocks = []
+        for r, (_, shape, _) in enumerate(results):
+            size = int(np.prod(shape))
+            full = np.array([np.asarray(s[r]).reshape(-1) for s in sweeps]).reshape(
+                len(sweeps), size).T
+            blocks.append([np.ascontiguousarray(c).reshape(shape + cshape) for c, (_, cshape, _) in
+                           zip(np.split(full, self._offsets(swept), axis=1), swept)])
+        return blocks
 
     @staticmethod
     def _offsets(slots):
         return np.cumsum([int(np.prod(s)) for _, s, _ in slots])[:-1]
 
+    @staticmethod
+    def _one_each(value, slots) -> list:
+        """``value`` as one entry per slot: for one slot, the value itself or a one-element
+        list of it — a list is the latter exactly when its element has the slot's shape."""
+        if len(slots) == 1:
+            listed = (isinstance(value, (list, tuple)) and len(value) == 1
+                      and np.shape(value[0]) == slots[0][1])
+            return list(value) if listed else [value]
+        return list(value)
+
     def _seed_arrays(self, seed):
-        if len(self.seeds) == 1:
-            # one output: ``seed`` is its seed, or a one-element list of seeds; a list is
-            # the latter exactly when its element already has the output's shape
-            listed = (isinstance(seed, (list, tuple)) and len(seed) == 1
-                      and np.shape(seed[0]) == self.seeds[0][1])
-            seed = list(seed) if listed else [seed]
-        elif seed is None:
+        if seed is None and len(self.seeds) > 1:
             seed = [None] * len(self.seeds)
-        seed = list(seed)
+        seed = self._one_each(seed, self.seeds)
         if len(seed) != len(self.seeds):
             raise ArgumentError(f"{len(self.seeds)} outputs need {len(self.seeds)} seeds, "
                                 f"got {len(seed)}")

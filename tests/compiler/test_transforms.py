@@ -61,21 +61,20 @@ def test_hvp_and_hessian_match_torch_func():
     np.testing.assert_allclose(H[0][1], np.moveaxis(H[1][0], 2, 0), rtol=1e-12)   # symmetric
 
 
-@pytest.mark.parametrize("wide", [False, True])
-def test_jacobians_of_several_outputs_choose_the_cheaper_mode(wide):
+@pytest.mark.parametrize("n", [2, 6])
+def test_jacobians_of_several_outputs_choose_the_cheaper_mode(n):
     g = Graph()
-    n = 2 if wide else 6
     a = g.input("a", (n,))
-    outs = [C.sin(a) * 2.0, C.exp(a).sum(), C.cumsum(a * a, 0)]
-    f = g.compile(outs, wrt=[a])
+    f = g.compile([C.exp(a).sum(), C.cumsum(a * a, 0)[:2].reshape(1, 2)], wrt=[a])
     av = np.linspace(-0.4, 0.7, n)
     J = f.jacobian(av)
-    t_J = torch().func.jacrev(lambda t: (t.sin() * 2.0, t.exp().sum(), (t * t).cumsum(0)))(
+    t_J = torch().func.jacrev(lambda t: (t.exp().sum(), (t * t).cumsum(0)[:2].reshape(1, 2)))(
         torch().tensor(av))
     for (mine,), theirs in zip(J, t_J):
+        assert mine.shape == tuple(theirs.shape) and mine.flags.c_contiguous
         np.testing.assert_allclose(mine, theirs.numpy(), rtol=1e-13, atol=1e-15)
-    # outputs have 2n + 1 elements: n < 2n + 1, so forward mode, n sweeps
-    assert ("jvp" in f._artifacts) is True
+    # the outputs have 3 elements: forward mode (n sweeps) for n = 2, reverse (3) for n = 6
+    assert ("jvp" in f._artifacts) == (n < 3)
 
 
 def test_graph_jvp_nodes_differentiate_again():
