@@ -42,6 +42,7 @@ class CompilePlan:
     grad_ids: list           # the node holding each gradient
     entries: dict = field(default_factory=dict)     # kind -> Entry
     fast_math: bool = False  # let SymPy rewrite algebraically and LLVM contract to FMA
+    _patterns: dict = field(default_factory=dict)    # "jacobian"/"hessian" -> Pattern
 
     def build(self, kind: str) -> "Artifact":
         """Native code for one entry point (called by the compiled function on first use)."""
@@ -68,6 +69,20 @@ class CompilePlan:
             self.entries["hvp"] = _entry(work, "hvp", ins + [s.id for s in self.seeds] + t_ids,
                                          list(dict.fromkeys(self.grad_ids + ids["hvp"])))
         return ids
+
+    def sparsity(self, kind: str, arrays: list) -> tuple:
+        """The structural nonzeros (rows, columns, (m, n)) of the stacked Jacobian of the
+        outputs ("jacobian") or of the gradients ("hessian") with respect to wrt, at the
+        index and mask inputs among ``arrays`` (the bound inputs, in order), and how to
+        sweep it: ("forward", a colour per column) or ("reverse", a colour per row)."""
+        from .sparsity import Pattern, sweeps
+        if kind not in self._patterns:
+            rows = self.out_ids if kind == "jacobian" else self.grad_ids
+            self._patterns[kind] = Pattern(self.work, rows, [w.id for w in self.wrt])
+        given = {e.id: a for e, a in zip(self.inputs, arrays) if e.dtype.kind != "f"}
+        rows, cols, shape = self._patterns[kind].pairs(given)
+        # a Hessian is swept by H·u only (forward over reverse)
+        return rows, cols, shape, sweeps(rows, cols, shape, reverse=kind == "jacobian")
 
     def signature(self) -> Signature:
         def slots(exprs):

@@ -105,3 +105,107 @@ def test_forward_mode_errors_name_the_fix():
         g.compile(x.sum()).jvp(np.ones(3), tangent=np.ones(3))
     with pytest.raises(C.GraphError, match="the tangent for x has shape"):
         g.jvp(x.sum(), [x], [g.input("u", (2,))])
+
+
+# ---- sparsity ----------------------------------------------------------------------------
+def _nan_equal(a, b):
+    np.testing.assert_allclose(a, b, rtol=1e-13, atol=1e-15, equal_nan=True)
+
+
+@pytest.mark.parametrize("row", ROWS, ids=ids)
+def test_sparse_jacobian_of_every_operator_equals_the_dense_one(row):
+    """The pattern read off the table holds every nonzero, and the compressed sweeps
+    (one per colour) give the dense Jacobian's values."""
+    rng = _rng(row)
+    g = Graph()
+    xs = [g.input(f"x{k}", s) for k, s in enumerate(row.shapes)]
+    f = g.compile(row.build(*xs), wrt=xs)
+    values = _values(row.shapes, row.domain, rng)
+    dense = np.concatenate([np.asarray(b).reshape(int(np.prod(f.outputs[0][1])), -1)
+                            for b in f.jacobian(*values)], axis=1)
+    pattern = f.jacobian_sparsity(*values).toarray()
+    assert not np.any((dense != 0) & ~pattern), "a nonzero outside the pattern"
+    sparse = np.concatenate([b.toarray() for b in f.jacobian(*values, sparse=True)], axis=1)
+    _nan_equal(sparse, np.where(pattern, dense, 0.0))
+
+
+def _heat(n):
+    """A discretised 1-D heat equation's right-hand side with a cubic source: banded."""
+    g = Graph()
+    u = g.input("u", (n,))
+    p = C.pad(u, ((1, 1),))
+    return g, u, (p[:-2] - 2.0 * p[1:-1] + p[2:]) * float((n + 1) ** 2) - u ** 3
+
+
+def test_a_banded_jacobian_takes_three_sweeps_and_matches_torch():
+    g, u, rhs = _heat(200)
+    f = g.compile(rhs, wrt=[u])
+    uv = np.sin(np.linspace(0, 3, 200))
+    pattern = f.jacobian_sparsity()
+    assert pattern.nnz == 3 * 200 - 2
+    (J,) = f.jacobian(uv, sparse=True)
+    t = torch()
+
+    def t_rhs(v):
+        p = t.nn.functional.pad(v, (1, 1))
+        return (p[:-2] - 2.0 * p[1:-1] + p[2:]) * float(201 ** 2) - v ** 3
+    t_J = t.func.jacfwd(t_rhs)(t.tensor(uv)).numpy()
+    np.testing.assert_allclose(J.toarray(), t_J, rtol=1e-13, atol=1e-9)
+    # three colours, so three J·u sweeps: the forward entry was added, no reverse sweep ran
+    (_, _, _, (direction, colour)), = f._patterns.values()
+    assert direction == "forward" and colour.max() == 2
+
+
+def test_sparse_hessian_matches_torch_and_the_dense_one():
+    g, u, rhs = _heat(30)
+    f = g.compile((rhs * rhs).sum() + C.amax(u) * u[0], wrt=[u])
+    uv = np.cos(np.linspace(0, 2, 30))
+    H = f.hessian(uv, sparse=True)
+    t = torch()
+
+    def t_f(v):
+        p = t.nn.functional.pad(v, (1, 1))
+        r = (p[:-2] - 2.0 * p[1:-1] + p[2:]) * float(31 ** 2) - v ** 3
+        return (r * r).sum() + v.amax() * v[0]
+    np.testing.assert_allclose(H.toarray(), t.func.hessian(t_f)(t.tensor(uv)).numpy(),
+                               rtol=1e-12, atol=1e-6)
+    _nan_equal(H.toarray(), f.hessian(uv))
+    pattern = f.hessian_sparsity().toarray()
+    # the five bands of (rhs·rhs), and the row and column of u[0]·amax(u)
+    assert pattern[5, 7] and not pattern[5, 8] and pattern[0].all() and pattern[:, 0].all()
+
+
+def test_sparsity_follows_index_inputs_and_several_outputs():
+    g = Graph()
+    A, v = g.input("A", (3, 4)), g.input("v", (4,))
+    i = g.input("i", (2,), dtype=np.int64)
+    y = C.concatenate([A @ v, v[i] * A.sum(0)[i], C.cumsum(v, 0)], 0)
+    f = g.compile([y, (A * A).max()], wrt=[A, v])
+    Av, vv = np.arange(12.0).reshape(3, 4) / 7, np.linspace(1, 2, 4)
+    for iv in (np.array([0, 3]), np.array([-1, 1])):
+        P = f.jacobian_sparsity(Av, vv, iv).toarray()
+        cols = np.arange(4)[iv]
+        assert set(np.flatnonzero(P[3, 12:])) == {cols[0]}            # ∂y[3]/∂v
+        assert set(np.flatnonzero(P[3, :12])) == {cols[0], cols[0] + 4, cols[0] + 8}
+        Js, Jd = f.jacobian(Av, vv, iv, sparse=True), f.jacobian(Av, vv, iv)
+        for o in range(2):
+            for w in range(2):
+                _nan_equal(Js[o][w].toarray(), Jd[o][w].reshape(Js[o][w].shape))
+
+
+def test_sparse_and_dense_errors_name_the_fix():
+    g = Graph()
+    x = g.input("x", (20000,))
+    f = g.compile(C.sin(x), wrt=[x])
+    with pytest.raises(ValueError, match="pass sparse=True"):
+        f.jacobian(np.zeros(20000))
+    (J,) = f.jacobian(np.zeros(20000), sparse=True)          # diagonal: one sweep
+    np.testing.assert_array_equal(J.diagonal(), np.ones(20000))
+    assert J.nnz == 20000
+    with pytest.raises(TypeError, match="needs wrt"):
+        g.compile(C.sin(x)).jacobian_sparsity()
+    h = Graph()
+    k = h.input("k", (2,), dtype=np.int64)
+    z = h.input("z", (3,))
+    with pytest.raises(TypeError, match="missing input"):
+        h.compile(z[k], wrt=[z]).jacobian_sparsity()
