@@ -43,6 +43,7 @@ class CompilePlan:
     entries: dict = field(default_factory=dict)     # kind -> Entry
     fast_math: bool = False  # let SymPy rewrite algebraically and LLVM contract to FMA
     _patterns: dict = field(default_factory=dict)    # "jacobian"/"hessian" -> Pattern
+    tangent_ids: dict = field(default_factory=dict)  # "jvp"/"hvp" -> nodes of J·u, H·u
 
     def build(self, kind: str) -> "Artifact":
         """Native code for one entry point (called by the compiled function on first use)."""
@@ -57,17 +58,20 @@ class CompilePlan:
         node, the entry "jvp" (outputs and J·u) and, for one scalar output, "hvp" (the
         gradients and H·u, forward over reverse).  Returns the node ids of J·u and H·u."""
         from .autodiff import tangents
+        if "jvp" in self.entries:
+            return self.tangent_ids
         work = self.work
         ts = [work.input(_fresh(work, f"tangent_{w.name}"), w.shape, w.dtype) for w in self.wrt]
         ins, t_ids = [i.id for i in self.inputs], [t.id for t in ts]
         ids = {"jvp": _materialised(work, tangents(work, self.outputs, self.wrt, ts))}
         self.entries["jvp"] = _entry(work, "jvp", ins + t_ids,
                                      list(dict.fromkeys(self.out_ids + ids["jvp"])))
-        if len(self.outputs) == 1 and self.outputs[0].shape == ():
+        if len(self.outputs) == 1 and self.outputs[0].shape == () and self.seeds:
             grads = [Expr(work, i) for i in self.grad_ids]
             ids["hvp"] = _materialised(work, tangents(work, grads, self.wrt, ts))
             self.entries["hvp"] = _entry(work, "hvp", ins + [s.id for s in self.seeds] + t_ids,
                                          list(dict.fromkeys(self.grad_ids + ids["hvp"])))
+        self.tangent_ids = ids
         return ids
 
     def sparsity(self, kind: str, arrays: list) -> tuple:
@@ -82,7 +86,8 @@ class CompilePlan:
         given = {e.id: a for e, a in zip(self.inputs, arrays) if e.dtype.kind != "f"}
         rows, cols, shape = self._patterns[kind].pairs(given)
         # a Hessian is swept by H·u only (forward over reverse)
-        return rows, cols, shape, sweeps(rows, cols, shape, reverse=kind == "jacobian")
+        return rows, cols, shape, sweeps(rows, cols, shape,
+                                       reverse=kind == "jacobian" and bool(self.seeds))
 
     def signature(self) -> Signature:
         def slots(exprs):
@@ -176,8 +181,10 @@ def _as_list(x):
     return list(x) if isinstance(x, (list, tuple)) else [x]
 
 
-def prepare(g: Graph, outputs, wrt, inputs=None, fast_math=False) -> CompilePlan:
-    """Copy the graph and add what compiling needs: seeds, adjoints, output copies."""
+def prepare(g: Graph, outputs, wrt, inputs=None, fast_math=False,
+            mode="reverse") -> CompilePlan:
+    """Copy the graph and add what compiling needs: seeds, adjoints, output copies —
+    with ``mode="jvp"``, tangents instead of seeds and adjoints."""
     outputs, wrt = _as_list(outputs), _as_list(wrt)
     if not outputs:
         raise GraphError("compile needs at least one output")
@@ -207,7 +214,7 @@ def prepare(g: Graph, outputs, wrt, inputs=None, fast_math=False) -> CompilePlan
     work = g.copy()
     outs = [Expr(work, o.id) for o in outputs]
     seeds, grads = [], []
-    if wrt:
+    if wrt and mode == "reverse":
         for k, o in enumerate(outs):
             seeds.append(work.input(_fresh(work, f"seed_{o.name}"), o.shape, o.dtype))
         grads = work.grad(outs, [Expr(work, w.id) for w in wrt], seeds)
@@ -219,9 +226,11 @@ def prepare(g: Graph, outputs, wrt, inputs=None, fast_math=False) -> CompilePlan
                        fast_math=fast_math)
     ins = [i.id for i in inputs]
     plan.entries["forward"] = _entry(work, "forward", ins, list(dict.fromkeys(out_ids)))
-    if wrt:
+    if wrt and mode == "reverse":
         plan.entries["vjp"] = _entry(work, "vjp", ins + [s.id for s in seeds],
                                      list(dict.fromkeys(out_ids + grad_ids)))
+    elif wrt:
+        plan.add_tangents()
     return plan
 
 
@@ -267,17 +276,22 @@ def _collector_paused():
             gc.enable()
 
 
-def compile_graph(g: Graph, outputs, wrt=(), inputs=None, fast_math=False):
+def compile_graph(g: Graph, outputs, wrt=(), inputs=None, fast_math=False, mode="reverse"):
     """Compile ``outputs`` (and their VJP for ``wrt``); returns a CompiledFunction.
 
     The function takes ``inputs`` (default: the inputs the outputs use, in graph order).
     ``fast_math=True`` lets SymPy apply real-number identities and LLVM fuse a·b + c into
-    FMA: fewer operations, results that may differ from IEEE evaluation of the graph."""
+    FMA: fewer operations, results that may differ from IEEE evaluation of the graph.
+    ``mode="jvp"`` compiles forward mode (``f.jvp``) instead of the reverse pass: no
+    adjoints are built, and ``f.jacobian`` sweeps columns."""
     from .function import CompiledFunction
     if not isinstance(fast_math, bool):
         raise TypeError(f"fast_math must be True or False, got {fast_math!r}")
+    if mode not in ("reverse", "jvp"):
+        raise ValueError(f"mode must be 'reverse' (vjp, and jvp on first use) or 'jvp' "
+                         f"(forward mode only), got {mode!r}")
     with _collector_paused():
-        return CompiledFunction(prepare(g, outputs, wrt, inputs, fast_math))
+        return CompiledFunction(prepare(g, outputs, wrt, inputs, fast_math, mode))
 
 
 def export_ir(work: Graph, entries: list, name: str, fast_math=False) -> tuple[str, dict]:

@@ -177,8 +177,9 @@ class NativeFunction:
         self._patterns = {}               # sparsity key -> pattern and its colouring
         self._default_seed = (1.0,) if len(self.seeds) == 1 and self.seeds[0][1] == () \
             and self.seeds[0][2] == np.float64 else None
-        # compile what will be called: the VJP when there is one; the forward on first use
-        self._load("vjp" if "vjp" in entries else "forward")
+        # compile what will be called: the VJP (or, compiled for forward mode, the JVP)
+        # when there is one; the forward on first use
+        self._load("vjp" if "vjp" in entries else "jvp" if "jvp" in entries else "forward")
 
     def _load(self, kind):
         """Compile (or take from the cache) one entry point and set up its call paths."""
@@ -239,13 +240,15 @@ class NativeFunction:
 
     def _fast_entry(self, kind, address, spec: EntrySpec):
         """(builtin, array output specs, where each requested result is) or None."""
-        if kind not in ("forward", "vjp") or \
+        if kind not in ("forward", "vjp", "jvp") or \
                 any(np.dtype(d).kind != "f" for _, _, d in self.inputs) or \
                 any(c.ndim == 0 for c in spec.constants):
             return None          # index inputs are range-checked on the careful path
         params = [(s, d) for _, s, d in self.inputs]
         if kind == "vjp":
             params += [(s, d) for _, s, d in self.seeds]
+        if kind == "jvp":
+            params += [(s, d) for _, s, d in self.wrt]
         params += [(c.shape, c.dtype) for c in spec.constants]
         outputs = list(spec.result_types)
         try:
@@ -344,6 +347,9 @@ class NativeFunction:
     def _vjp(self, *args, seed=None, **kwargs):
         """The careful path: converts and checks every argument, explains what is wrong."""
         if "vjp" not in self._entries:
+            if self.wrt:
+                raise TypeError("this function was compiled with mode='jvp' (forward mode "
+                                "only): use jvp(), or compile without mode= for vjp()")
             raise TypeError("this function was compiled without wrt=[...]: nothing to "
                             "differentiate; pass wrt to Graph.compile")
         arrays = self._bind(args, kwargs)
@@ -363,12 +369,16 @@ class NativeFunction:
     def _forward_mode(self, kind):
         """Build (once) and load the forward-mode entry ``kind`` ("jvp" or "hvp")."""
         with self._tangent_lock:
-            if "jvp" not in self._specs:
+            if not self._tangent_ids:
                 if not self.wrt:
                     raise TypeError("this function was compiled without wrt=[...]: no "
                                     "tangents to push; pass wrt to Graph.compile")
                 self._tangent_ids = self.source.add_tangents()
                 self._specs.update(self.source.entry_specs())
+        if kind not in self._specs and not self.seeds:
+            raise TypeError("hvp() and hessian() differentiate the reverse pass, and this "
+                            "function was compiled with mode='jvp' (no reverse pass); "
+                            "compile without mode= for them")
         if kind not in self._specs:
             raise TypeError("hvp() and hessian() take a function with one scalar "
                             f"output; this one has outputs {[n for n, _, _ in self.outputs]}")
@@ -378,7 +388,13 @@ class NativeFunction:
         """Outputs and ``J·u`` (forward mode: one sweep), ``tangent`` = u: one array per
         ``wrt`` node, of its shape (a list of them for several)."""
         self._forward_mode("jvp")
-        results = self._run("jvp", self._bind(args, kwargs) + self._tangent_arrays(tangent))
+        results = None
+        if not kwargs and len(args) == len(self.inputs) and tangent is not None:
+            tangents = self._one_each(tangent, self.wrt)
+            if len(tangents) == len(self.wrt):
+                results = self._try_fast("jvp", (*args, *tangents))
+        if results is None:
+            results = self._run("jvp", self._bind(args, kwargs) + self._tangent_arrays(tangent))
         values = self._unwrap([results[i] for i in self._out_ids])
         return values, self._unwrap(list(self._grads([results[i] for i in
                                                       self._tangent_ids["jvp"]])))
@@ -427,7 +443,7 @@ class NativeFunction:
         m = sum(int(np.prod(s)) for _, s, _ in self.outputs)
         n = sum(int(np.prod(s)) for _, s, _ in self.wrt)
         _check_dense(m, n, "jacobian")
-        if n < m:     # a column J·e_k per sweep
+        if n < m or "vjp" not in self._specs:     # a column J·e_k per sweep
             cols = [self.jvp(*args, tangent=self._basis(self.wrt, k), **kwargs)[1]
                     for k in range(n)]
             blocks = self._dense([c if len(self.outputs) > 1 else (c,) for c in cols],

@@ -209,3 +209,44 @@ def test_sparse_and_dense_errors_name_the_fix():
     z = h.input("z", (3,))
     with pytest.raises(TypeError, match="missing input"):
         h.compile(z[k], wrt=[z]).jacobian_sparsity()
+
+
+def test_mode_jvp_compiles_forward_mode_only():
+    g = Graph()
+    x, y = g.input("x", (4,)), g.input("y")
+    out = [C.sin(x) * y, (x * x).sum()]
+    f = g.compile(out, wrt=[x, y], mode="jvp")
+    assert f.kinds == ["forward", "jvp"] and not f.seeds
+    xv, u = np.linspace(-1, 1, 4), [np.arange(4.0), 0.5]
+    value, tangent = f.jvp(xv, 2.0, tangent=u)
+    reverse = g.compile(out, wrt=[x, y])
+    r_value, r_tangent = reverse.jvp(xv, 2.0, tangent=u)
+    for a, b in zip([*value, *tangent], [*r_value, *r_tangent]):
+        np.testing.assert_array_equal(a, b)
+    # the fast path (positional) and the careful one (by name) agree bit for bit
+    k_value, k_tangent = f.jvp(x=xv, y=2.0, tangent=u)
+    for a, b in zip([*tangent], [*k_tangent]):
+        np.testing.assert_array_equal(a, b)
+    # the Jacobian sweeps columns: there is no reverse pass to sweep rows
+    (jx, jy), (sx, sy) = f.jacobian(xv, 2.0)
+    np.testing.assert_allclose(jx, np.diag(np.cos(xv) * 2.0), rtol=1e-15)
+    np.testing.assert_allclose(sx, 2 * xv, rtol=1e-15)
+    (sparse_x, _), _ = f.jacobian(xv, 2.0, sparse=True)
+    np.testing.assert_allclose(sparse_x.toarray(), jx, rtol=1e-15)
+    with pytest.raises(TypeError, match="compiled with mode='jvp'"):
+        f.vjp(xv, 2.0, seed=[np.ones(4), 1.0])
+    with pytest.raises(TypeError, match="mode='jvp' \\(no reverse pass\\)"):
+        g.compile((x * x).sum(), wrt=[x], mode="jvp").hessian(xv)
+    with pytest.raises(ValueError, match="mode must be 'reverse'"):
+        g.compile(out, wrt=[x], mode="forward")
+
+
+def test_jvp_fast_path_never_takes_inputs_from_the_tangents():
+    g = Graph()
+    x, y = g.input("x"), g.input("y")
+    f = g.compile([x * y, x + y], wrt=[x, y], mode="jvp")
+    assert f.jvp(2.0, 3.0, tangent=[1.0, 0.0]) == ((6.0, 5.0), (3.0, 1.0))
+    with pytest.raises(TypeError, match="missing input"):     # not y = 1.0 from the tangents
+        f.jvp(2.0, tangent=[1.0, 0.0, 1.0])
+    with pytest.raises(ValueError, match="one array per wrt node"):
+        f.jvp(2.0, 3.0, tangent=[1.0])
