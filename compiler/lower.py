@@ -40,7 +40,9 @@ def new_module(name: str) -> ir.Module:
 
 @contextmanager
 def loop(b: ir.IRBuilder, count: int, name: str):
-    """``for i in range(count)`` (count ≥ 1) as a do-while loop; yields ``i``."""
+    """``for i in range(count)`` (count ≥ 1, a number or an i64 value) as a do-while
+    loop; yields ``i``."""
+    count = ir.Constant(I64, count) if isinstance(count, int) else count
     pre = b.block
     body = b.append_basic_block(f"{name}.body")
     done = b.append_basic_block(f"{name}.done")
@@ -51,7 +53,7 @@ def loop(b: ir.IRBuilder, count: int, name: str):
     yield i
     nxt = b.add(i, ir.Constant(I64, 1))
     i.add_incoming(nxt, b.block)
-    b.cbranch(b.icmp_unsigned("<", nxt, ir.Constant(I64, count)), body, done)
+    b.cbranch(b.icmp_unsigned("<", nxt, count), body, done)
     b.position_at_end(done)
 
 
@@ -146,6 +148,7 @@ class Lowerer:
         self.module = module
         self.blas = blas
         self.arith = FAST_ARITH if fast_math else ()
+        self.inline_steps = False    # a batch loop inlines a short program's steps
 
     # ---- helpers ---------------------------------------------------------------
     def _fn(self, name, ret, params):
@@ -205,6 +208,37 @@ class Lowerer:
             b.call(free, [workspace])
         b.ret(ir.Constant(I32, 0))
 
+    def batched(self, name: str, prog: Program) -> None:
+        """``i32 name(ptr table, i64 count, ptr steps)``: the program once per batch element
+        (count ≥ 1), each of its pointers advanced by ``steps[k]`` bytes per element (0 for
+        an argument every element shares); returns the first nonzero status.  The loop is
+        native, so a batch runs without the interpreter (and without its lock)."""
+        slots = len(prog.inputs) + len(prog.outputs)
+        self.inline_steps = len(prog.steps) <= 16     # small programs: one tight loop
+        self.program(f"{name}.one", prog)
+        one = self.module.globals[f"{name}.one"]
+        one.linkage = "internal"
+        fn = self._fn(name, I32, [PTR, I64, PTR])
+        table, count, steps = fn.args
+        b = ir.IRBuilder(fn.append_basic_block("entry"))
+        local = b.alloca(PTR, slots, name="local")
+        failed = fn.append_basic_block("failed")
+        with loop(b, count, "element") as i:
+            for k in range(slots):
+                base = b.load(b.gep(table, [ir.Constant(I64, k)], source_etype=PTR), typ=PTR)
+                step = b.load(b.gep(steps, [ir.Constant(I64, k)], source_etype=I64), typ=I64)
+                here = b.gep(base, [b.mul(i, step)], source_etype=I8)
+                b.store(here, b.gep(local, [ir.Constant(I64, k)], source_etype=PTR))
+            # llvmlite types an alloca's pointer; the entry takes an opaque one
+            status = b.call(one, [b.inttoptr(b.ptrtoint(local, I64), PTR)])
+            go = fn.append_basic_block("go")
+            b.cbranch(b.icmp_signed("!=", status, ir.Constant(I32, 0)), failed, go)
+            b.position_at_end(go)
+        b.ret(ir.Constant(I32, 0))
+        b.position_at_end(failed)
+        b.ret(ir.Constant(I32, 1))
+        self.inline_steps = False
+
     def _begin(self, name, views):
         """A step function over the buffers of ``views``: (function, buffers, buffer ->
         pointer argument, builder at its entry)."""
@@ -219,7 +253,8 @@ class Lowerer:
         fn.attributes.add("nounwind")
         # each step is optimised on its own: inlined into the entry, a program of many
         # steps would become one huge function, which LLVM's passes digest slowly
-        fn.attributes.add("noinline")
+        if not self.inline_steps:
+            fn.attributes.add("noinline")
         for arg in fn.args:
             arg.add_attribute("noalias")
         return fn

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import gc
 import hashlib
 from dataclasses import dataclass, field
@@ -26,6 +27,7 @@ class Entry:
     name: str = ""           # its symbol in the module
     address: int = 0
     constants: list = field(default_factory=list)   # the array constants among inputs
+    batched: bool = False    # the entry as a native loop over a batch (``Lowerer.batched``)
 
 
 @dataclass
@@ -46,7 +48,11 @@ class CompilePlan:
     tangent_ids: dict = field(default_factory=dict)  # "jvp"/"hvp" -> nodes of J·u, H·u
 
     def build(self, kind: str) -> "Artifact":
-        """Native code for one entry point (called by the compiled function on first use)."""
+        """Native code for one entry point (called by the compiled function on first use);
+        "batch:<kind>" is that entry as a loop over a batch (see ``Lowerer.batched``)."""
+        if kind.startswith("batch:"):
+            entry = dataclasses.replace(self.entries[kind[6:]], kind=kind, batched=True)
+            return build(self.work, [entry], fast_math=self.fast_math)
         return build(self.work, [self.entries[kind]], fast_math=self.fast_math)
 
     def export_ir(self, name: str) -> tuple[str, dict]:
@@ -139,7 +145,7 @@ class Artifact:
             for k in kernels:
                 k.scalar = to_sympy(self.graph, k, evaluate)
             self._kernels[entry.kind] = [k.scalar for k in kernels]
-            lowerer.program(entry.name, prog)
+            (lowerer.batched if entry.batched else lowerer.program)(entry.name, prog)
         return str(module)
 
     @property
@@ -312,8 +318,8 @@ def build(work: Graph, entries: list, name=None, fast_math=False) -> Artifact:
     blas = jit.blas() is not None
     key = structural_key(work, entries, fast_math)
     prefix = f"{name or 'sg'}_{key[:24]}"
-    named = [Entry(e.kind, e.inputs, e.outputs, f"{prefix}_{e.kind}", constants=e.constants)
-             for e in entries]
+    named = [Entry(e.kind, e.inputs, e.outputs, f"{prefix}_{e.kind.replace(':', '_')}",
+                   constants=e.constants, batched=e.batched) for e in entries]
     artifact = Artifact(work, named, prefix, blas, fast_math)
     names = [e.name for e in named]
     loaded = jit.lookup(key, names)

@@ -296,10 +296,16 @@ class NativeFunction:
         missing = [n for (n, _, _), v in zip(self.inputs, values) if v is _MISSING]
         if missing:
             raise TypeError(f"missing input(s): {', '.join(missing)}")
-        bounds = self.signature.bounds
-        return [_coerce_index(v, n, s, bounds.get(n)) if np.dtype(d).kind == "i" else
-                _coerce_mask(v, n, s) if np.dtype(d).kind == "b" else
-                _coerce(v, n, s, d) for v, (n, s, d) in zip(values, self.inputs)]
+        return [self._coerce_input(k, v) for k, v in enumerate(values)]
+
+    def _coerce_input(self, k, value, lead=()) -> np.ndarray:
+        """Input ``k`` checked and converted; ``lead``: axes in front of its shape (a batch)."""
+        name, shape, dtype = self.inputs[k]
+        shape = tuple(lead) + tuple(shape)
+        kind = np.dtype(dtype).kind
+        return _coerce_index(value, name, shape, self.signature.bounds.get(name)) \
+            if kind == "i" else _coerce_mask(value, name, shape) if kind == "b" else \
+            _coerce(value, name, shape, dtype)
 
     def _run(self, kind, arrays) -> dict:
         fn, spec = self._entries[kind]
@@ -312,6 +318,32 @@ class NativeFunction:
             out = results[i] = np.empty(shape, dtype)
             table[len(arrays) + k] = out.ctypes.data
         if fn(table) != 0:
+            raise MemoryError("the compiled function could not allocate its workspace")
+        return results
+
+    def _run_batch(self, kind, arrays, steps, count) -> dict:
+        """Entry ``kind`` over a batch of ``count`` elements in one native call: argument k
+        advances ``steps[k]`` bytes per element, every result is ``(count,) + shape``."""
+        with self._lock:
+            key = "batch:" + kind
+            if key not in self._artifacts:
+                artifact = self.source.build(key)
+                self._entries[key] = (jit.BATCH(artifact.address), self._specs[kind])
+                self._artifacts[key] = artifact
+        fn, spec = self._entries[key]
+        arrays = list(arrays) + list(spec.constants)
+        steps = list(steps) + [0] * len(spec.constants)
+        results = {}
+        for i, (shape, dtype) in zip(spec.results, spec.result_types):
+            results[i] = np.empty((count,) + tuple(shape), dtype)
+        outs = [results[i] for i in spec.results]
+        if count == 0:
+            return results
+        table = (ctypes.c_void_p * (len(arrays) + len(outs)))(
+            *[a.ctypes.data for a in arrays + outs])
+        step_table = (ctypes.c_int64 * len(table))(
+            *steps, *[o.itemsize * (o.size // count) for o in outs])
+        if fn(table, count, step_table) != 0:
             raise MemoryError("the compiled function could not allocate its workspace")
         return results
 

@@ -37,6 +37,8 @@ LARGE_MODULE = 20_000
 OBJECTS_PER_ENGINE = 64
 _MAPPINGS_EVERY = 128          # loads between two counts of the process's memory mappings
 ENTRY = ctypes.CFUNCTYPE(ctypes.c_int32, ctypes.c_void_p)
+# a batched entry: (table, count, steps); ctypes releases the GIL for the call
+BATCH = ctypes.CFUNCTYPE(ctypes.c_int32, ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p)
 
 
 # ---- libm and its SIMD variants (glibc's libmvec) ------------------------------------------

@@ -250,3 +250,90 @@ def test_jvp_fast_path_never_takes_inputs_from_the_tangents():
         f.jvp(2.0, tangent=[1.0, 0.0, 1.0])
     with pytest.raises(ValueError, match="one array per wrt node"):
         f.jvp(2.0, 3.0, tangent=[1.0])
+
+
+# ---- vmap ----------------------------------------------------------------------------------
+@pytest.mark.parametrize("row", ROWS, ids=ids)
+def test_vmap_of_every_operator_matches_torch_func(row):
+    """A batch of 3 in one native call: the values torch.func.vmap gives, and value, vᵀJ
+    and J·u as three separate calls give them (to the last bits: the batch loop may call
+    the scalar libm where the single call's loop took its SIMD variant)."""
+    rng = _rng(row)
+    g = Graph()
+    xs = [g.input(f"x{k}", s) for k, s in enumerate(row.shapes)]
+    f = g.compile(row.build(*xs), wrt=xs)
+    elements = [_values(row.shapes, row.domain, rng) for _ in range(3)]
+    batch = [np.stack([e[k] for e in elements]) for k in range(len(row.shapes))]
+    mine = C.vmap(f)(*batch)
+    theirs = torch().func.vmap(row.tbuild)(*_torch(batch))
+    np.testing.assert_allclose(mine, theirs.numpy(), rtol=1e-12, atol=1e-14)
+    seeds = rng.standard_normal((3,) + np.shape(mine)[1:])
+    tangents = [rng.standard_normal((3,) + tuple(s)) for s in row.shapes]
+    values, grads = C.vmap(f).vjp(*batch, seed=seeds)
+    _, jus = C.vmap(f).jvp(*batch, tangent=tangents)
+    for b, e in enumerate(elements):
+        value, grad = f.vjp(*e, seed=seeds[b])
+        _, ju = f.jvp(*e, tangent=[t[b] for t in tangents])
+        close = dict(rtol=1e-13, atol=1e-15)
+        np.testing.assert_allclose(values[b], value, **close)
+        np.testing.assert_allclose(jus[b], ju, **close)
+        for mine_g, one in zip(grads, grad):
+            np.testing.assert_allclose(mine_g[b], one, **close)
+
+
+def test_vmap_axes_shared_inputs_and_seeds():
+    g = Graph()
+    W, x = g.input("W", (3, 4)), g.input("x", (4,))
+    i = g.input("i", (2,), dtype=np.int64)
+    f = g.compile([C.tanh(W @ x)[i].sum(), W @ x], wrt=[W, x])
+    rng = np.random.default_rng(5)
+    Ws, xs, iv = rng.standard_normal((5, 3, 4)), rng.standard_normal((4, 5)), np.array([0, -1])
+    batched = C.vmap(f, in_axes=(0, 1, None))
+    # the scalar output's seed is shared (default 1), the vector output's one per element
+    seeds = rng.standard_normal((5, 3))
+    (s, y), (gW, gx) = batched.vjp(Ws, xs, iv, seed=[None, seeds])
+    for b in range(5):
+        (s1, y1), (gW1, gx1) = f.vjp(Ws[b], xs[:, b], iv, seed=[1.0, seeds[b]])
+        assert s[b] == s1 and np.array_equal(y[b], y1)
+        assert np.array_equal(gW[b], gW1) and np.array_equal(gx[b], gx1)
+    t = torch()
+    t_y = t.func.vmap(lambda w, v: w @ v, in_dims=(0, 1))(t.tensor(Ws), t.tensor(xs))
+    np.testing.assert_allclose(y, t_y.numpy(), rtol=1e-14)
+    columns = C.vmap(g.compile(W @ x), in_axes=(None, 1), out_axes=1)(Ws[0], xs)
+    np.testing.assert_allclose(columns, Ws[0] @ xs, rtol=1e-14)
+    assert C.vmap(g.compile(W @ x))(np.zeros((0, 3, 4)), np.zeros((0, 4))).shape == (0, 3)
+
+
+def test_vmap_runs_in_threads_and_names_bad_arguments():
+    import threading
+    g = Graph()
+    u1, u2 = g.input("u1"), g.input("u2")
+    f = C.vmap(g.compile(u2 * (u1 + u2), wrt=[u1, u2]))      # document 002
+    a, b = np.linspace(0, 1, 100_000), np.linspace(2, 3, 100_000)
+    out = {}
+    threads = [threading.Thread(target=lambda k=k: out.update({k: f.vjp(a + k, b)}))
+               for k in range(4)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    for k in range(4):
+        value, (p1, p2) = out[k]
+        np.testing.assert_array_equal(value, b * ((a + k) + b))
+        np.testing.assert_array_equal(p1, b)
+        np.testing.assert_array_equal(p2, (a + k + b) + b)
+    with pytest.raises(ValueError, match="batch sizes differ: u1 has 3 elements along its "
+                                         "batch axis, u2 2"):
+        f(np.ones(3), np.ones(2))
+    with pytest.raises(ValueError, match="u1: batch axis 1 is out of range"):
+        C.vmap(f.f, in_axes=1)(np.ones(3), np.ones(3))
+    with pytest.raises(ValueError, match="at least one batched input"):
+        C.vmap(f.f, in_axes=None)
+    with pytest.raises(TypeError, match="in_axes: an int, None, or one of them per input"):
+        C.vmap(f.f, in_axes=(0,))
+    with pytest.raises(ValueError, match=r"seed for u2·\(u1\+u2\)|seed for .*: expected shape"):
+        f.vjp(np.ones(3), np.ones(3), seed=np.ones(2))
+    with pytest.raises(ValueError, match="out_axes=1 is out of range"):
+        C.vmap(f.f, out_axes=1)(np.ones(3), np.ones(3))
+    with pytest.raises(TypeError, match="vmap takes a compiled function"):
+        C.vmap(lambda x: x)
