@@ -6,8 +6,11 @@ import w3_elementwise
 import w4_mlp
 import w5_compile_scaling
 import w6_training
+import w7_selection
+import w8_transforms
 
 if __name__ == "__main__":
     for module in (w1_tiny, w2_lennard_jones, w3_elementwise, w4_mlp, w5_compile_scaling,
-                   w6_training, cache_second_process):
+                   w6_training, w7_selection, w8_transforms,
+                   cache_second_process):
         module.main()
