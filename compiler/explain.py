@@ -505,3 +505,116 @@ def operator_table() -> str:
                           for k, x in enumerate(names) if not (s.kind == "gather" and k))
         lines.append(f"  {name:<11} {s.show(names, params, shapes, False):<22} {rules}")
     return "\n".join(lines)
+
+
+# ---- assembled Jacobians and Hessians ------------------------------------------------------
+def closed_form(g: Graph, node: Expr, cache=None):
+    """A scalar node as one sympy formula of the inputs (the table's formulas substituted
+    along the graph), or None when a tensor lies on the way."""
+    cache = {} if cache is None else cache
+    for i in sorted(ancestors(g, [node.id])):
+        a = g.nx.nodes[i]
+        op = a["op"]
+        if a["shape"] != () or any(cache.get(k) is None for k in a["args"]):
+            cache[i] = None
+        elif op == "input":
+            cache[i] = g.symbol(i)
+        elif op == "const":
+            cache[i] = sp.nsimplify(a["params"][0]) if float(a["params"][0]).is_integer() \
+                else sp.Float(a["params"][0])
+        elif op in ops.ELEMENTWISE:
+            formula = ops.ELEMENTWISE[op].formula
+            cache[i] = formula.xreplace(dict(zip(ops.OPERANDS, [cache[k] for k in a["args"]])))
+        elif len(a["args"]) == 1 and ops.kind_of(op) == "view":   # a scalar reshaped
+            cache[i] = cache[a["args"][0]]
+        else:
+            cache[i] = None
+    return cache[node.id]
+
+
+@dataclass
+class Assembled:
+    """The Jacobian (or Hessian) of one output by every input, assembled: symbolic entries
+    (scalar graphs), values at a point, and the sparsity pattern the graph gives."""
+    title: str
+    inputs: list                     # names, in column order
+    symbolic: object = None          # sympy Matrix, or None for tensor graphs
+    value: object = None             # numpy array (rows: output elements; columns: inputs)
+    pattern: object = None           # bool array of the same shape
+
+    def text(self, full=False) -> str:
+        lines = [f"{self.title}, columns ({', '.join(self.inputs)}):"]
+        if self.symbolic is not None:
+            lines += ["  " + r for r in sp.pretty(self.symbolic, use_unicode=True).splitlines()]
+        nnz, size = int(self.pattern.sum()), self.pattern.size
+        lines.append(f"  sparsity: {nnz} of {size} entries can be nonzero")
+        if self.value is not None:
+            limit = sys.maxsize if full else 400
+            lines.append("  at the given values:")
+            lines += ["    " + r for r in np.array2string(
+                self.value, precision=6, threshold=limit, max_line_width=200).splitlines()]
+        return "\n".join(lines)
+
+
+def assembled(g: Graph, of: Expr, at=None, hessian=False, names=None) -> Assembled:
+    """∂of/∂inputs (or, with ``hessian``, ∂²of/∂inputs² of a scalar ``of``), with every
+    float input the output reads as a column block, flattened in order."""
+    label = (names or {}).get(of.id, of.name)
+    used = ancestors(g, [of.id])
+    inputs = [i for i in g.inputs if i.id in used and i.dtype.kind == "f"]
+    if not inputs:
+        raise ValueError(f"{label} reads no float input: nothing to differentiate")
+    if hessian and of.shape != ():
+        raise ValueError(f"the Hessian is of a scalar output; {label} has shape {of.shape}")
+    f = g.compile([of], wrt=inputs)
+    args = [np.asarray(at[i.name], dtype=i.dtype) for i in f.plan.inputs] if at else \
+        [np.zeros(i.shape, i.dtype) for i in f.plan.inputs]
+    kind = "hessian" if hessian else "jacobian"
+    rows, cols, shape, _ = f.plan.sparsity(kind, args)
+    pattern = np.zeros(shape, bool)
+    pattern[rows, cols] = True
+    value = None
+    if at:
+        if hessian:
+            H = f.hessian(*args)
+            blocks, row_slots = ([[H]] if len(inputs) == 1 else H), inputs
+        else:
+            blocks, row_slots = [f.jacobian(*args)], [of]
+        value = np.block([[np.asarray(b).reshape(_size(r), _size(i)) for b, i in
+                           zip(row, inputs)] for row, r in zip(blocks, row_slots)])
+    symbolic = None
+    if of.shape == () and all(i.shape == () for i in inputs):
+        cache = {}
+        grads = g.grad([of], inputs)
+        if hessian:
+            symbolic = sp.Matrix([[ops.readable(closed_form(g, h, cache))
+                                   for h in g.grad([gr], inputs)] for gr in grads])
+        else:
+            symbolic = sp.Matrix([[ops.readable(closed_form(g, gr, cache)) for gr in grads]])
+        if any(e is None for e in symbolic):
+            symbolic = None
+    what = f"Hessian ∂²{label}/∂x²" if hessian else f"Jacobian ∂{label}/∂x"
+    return Assembled(what, [i.name for i in inputs], symbolic, value, pattern)
+
+
+def _size(e: Expr) -> int:
+    return int(np.prod(e.shape))
+
+
+def pattern_png(pattern: np.ndarray, path: str, cell: int = 0) -> None:
+    """The sparsity pattern as a PNG: a black pixel block per entry that can be nonzero
+    (no dependency: the format is a zlib stream of rows, written here)."""
+    import struct
+    import zlib
+    m, n = pattern.shape
+    cell = cell or max(1, min(16, 512 // max(m, n, 1)))
+    image = np.where(np.repeat(np.repeat(pattern, cell, 0), cell, 1), 0, 255).astype(np.uint8)
+    raw = b"".join(b"\x00" + row.tobytes() for row in image)     # filter 0 per row
+
+    def chunk(tag, data):
+        return struct.pack(">I", len(data)) + tag + data + \
+            struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF)
+    header = struct.pack(">IIBBBBB", image.shape[1], image.shape[0], 8, 0, 0, 0, 0)
+    with open(path, "wb") as fh:
+        fh.write(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) +
+                 chunk(b"IDAT", zlib.compress(raw, 9)) + chunk(b"IEND", b""))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import runpy
 import sys
 
@@ -123,10 +124,24 @@ def _graph_and_values(args):
 
 
 def _jacobian(args) -> int:
-    from symgrad.compiler.explain import jacobian_report
+    from symgrad.compiler.explain import assembled, jacobian_report, pattern_png
+    if args.out and not args.out.lower().endswith(".png"):
+        raise UsageError(f"--out {args.out!r}: the sparsity pattern is drawn as a .png")
+    if args.out and not os.path.isdir(os.path.dirname(os.path.abspath(args.out))):
+        raise UsageError(f"--out {args.out!r}: no such directory")
+    if args.out and not (args.full or args.hessian):
+        raise UsageError("--out draws the pattern of --full's Jacobian or of --hessian; "
+                         "give one of them")
     g, names, out, at, labels = _graph_and_values(args)
     report = jacobian_report(g, out, at=at, names=labels, full=args.full)
     print({"json": report.json, "latex": report.latex, "text": report.text}[args.format]())
+    matrices = [assembled(g, out, at, hessian=h, names=labels)
+                for h in ([False] if args.full else []) + ([True] if args.hessian else [])]
+    for m in matrices:
+        print(m.text(full=args.full))
+    if args.out:
+        pattern_png(matrices[-1].pattern, args.out)
+        print(f"wrote {args.out} (the pattern of the {matrices[-1].title.split()[0]})")
     return 0
 
 
@@ -216,10 +231,19 @@ def build_parser() -> argparse.ArgumentParser:
     jac = _subcommand(sub, "jacobian", _jacobian,
                       "dump local Jacobians J and adjoints P of expressions",
                       ['"u3 = u1 + u2; u4 = u2*u3" --at u1=2,u2=3',
-                       '"z = x*y" --shape x=3 --shape y=3 --at "x=[0,2,8],y=[5,1,7]"'])
+                       '"z = x*y" --shape x=3 --shape y=3 --at "x=[0,2,8],y=[5,1,7]"',
+                       '"f = x*x*y + sin(y)" --at x=1,y=2 --hessian',
+                       '"d = u[2:] - 2*u[1:-1] + u[:-2]" --shape u=12 --full --out pattern.png'])
     jac.add_argument("--format", choices=["text", "latex", "json"], default="text")
     jac.add_argument("--full", action="store_true",
-                     help="print large tensors, long adjoint rows and dense Jacobians whole")
+                     help="print large tensors, long adjoint rows and dense Jacobians whole, "
+                          "then the assembled Jacobian of the output by every input "
+                          "(symbolic for scalars, at --at, and its sparsity)")
+    jac.add_argument("--hessian", action="store_true",
+                     help="print the Hessian of a scalar output (symbolic for scalars, at "
+                          "--at, and its sparsity)")
+    jac.add_argument("--out", help="with --full or --hessian: draw the sparsity pattern "
+                                   "(the Hessian's when given) into this .png")
     gr = _subcommand(sub, "graph", _graph,
                      "draw the forward or reverse graph (DOT, or SVG/PNG with Graphviz)",
                      ['"u3 = u1 + u2; u4 = u2*u3" --at u1=2,u2=3 --out graph.svg',

@@ -1,7 +1,9 @@
 """Issue 4: Jacobian/adjoint dumps, pictures, kernels and IR, ahead-of-time export."""
 import json
 import shutil
+import struct
 import subprocess
+import zlib
 import xml.etree.ElementTree as ET
 
 import numpy as np
@@ -326,3 +328,40 @@ def test_a_5000_node_report_with_values_is_right_and_leaves_the_graph_alone():
     _, (dx, dy) = g.compile([e], [x, y]).vjp(0.3, 0.5)
     by_name = {row.name: row.value for row in report.adjoints}
     assert by_name["P_x"] == dx and by_name["P_y"] == dy
+
+
+def test_cli_full_and_hessian_assemble_the_matrices(capsys, tmp_path):
+    assert main(["jacobian", DOC002, "--at", "u1=2,u2=3", "--full"]) == 0
+    out = capsys.readouterr().out
+    # document 002: ∂u4/∂(u1, u2) = [u2, u1 + 2·u2] = [3, 8]
+    assert "Jacobian ∂u4/∂x, columns (u1, u2):" in out
+    assert "[u₂  u₁ + 2⋅u₂]" in out and "[[3. 8.]]" in out
+    assert main(["jacobian", "f = x*x*y + sin(y)", "--at", "x=1,y=2", "--hessian"]) == 0
+    out = capsys.readouterr().out
+    assert "⎡2⋅y    2⋅x  ⎤" in out and "⎣2⋅x  -sin(y)⎦" in out
+    assert "[[ 4.        2.      ]" in out and "[ 2.       -0.909297]]" in out
+    # a tensor output: values and the banded pattern, drawn as a PNG of 12×10 cells
+    png = tmp_path / "pattern.png"
+    assert main(["jacobian", "d = u[2:] - 2*u[1:-1] + u[:-2]", "--shape", "u=12", "--full",
+                 "--out", str(png)]) == 0
+    out = capsys.readouterr().out
+    assert "sparsity: 30 of 120 entries can be nonzero" in out
+    data = png.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    width, height = struct.unpack(">II", data[16:24])
+    assert (width, height) == (12 * 16, 10 * 16)     # 16 pixels a cell
+    pixels = np.frombuffer(zlib.decompress(data[data.index(b"IDAT") + 4:-16]), np.uint8)
+    rows = pixels.reshape(height, width + 1)[:, 1:]
+    assert rows[0, 0] == 0 and rows[0, 3 * 16] == 255 and rows[9 * 16, 11 * 16] == 0
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["f = x*y", "--out", "p.svg", "--hessian"], "the sparsity pattern is drawn as a .png"),
+    (["f = x*y", "--out", "p.png"], "give one of them"),
+    (["f = x*y", "--out", "/nonexistent-dir/p.png", "--hessian"], "no such directory"),
+    (["z = x*y", "--shape", "x=3", "--hessian"], "the Hessian is of a scalar output"),
+])
+def test_cli_hessian_and_pattern_errors_are_one_line(capsys, argv, message):
+    assert main(["jacobian", *argv]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
