@@ -91,6 +91,58 @@ def test_compiled_graphs_match_torch(recipe, dtype, data_seed):
                    finite_differences=data_seed % 8 == 0)
 
 
+def check_transform(recipe, transform, rng):
+    """One transform of a random graph against torch.func, float64: forward mode (jvp),
+    the sparse Jacobian (its pattern holds every nonzero of torch's Jacobian, and its
+    values equal them), or vmap over a batch of 3 (values and vᵀJ)."""
+    import symgrad.compiler as C
+    g = Graph()
+    xs = [g.input(f"x{k}", s) for k, s in enumerate(recipe[0])]
+    outs = replay(recipe, xs, SymgradOps())
+    f = g.compile(outs, xs)
+    values = _data(recipe, rng, np.float64)
+    fn = torch.func
+
+    def t_fn(*ts):
+        return tuple(replay(recipe, list(ts), TorchOps()))
+    tol = TOL[np.float64]
+    if transform == "jvp":
+        tangents = [rng.standard_normal(s) for s in recipe[0]]
+        mine, ju = f.jvp(*values, tangent=tangents)
+        _, t_ju = fn.jvp(t_fn, tuple(map(torch.tensor, values)),
+                         tuple(map(torch.tensor, tangents)))
+        for a, b in zip(ju if len(outs) > 1 else (ju,), t_ju):
+            np.testing.assert_allclose(a, b.numpy(), **tol)
+    elif transform == "sparse":
+        t_J = fn.jacrev(t_fn, argnums=tuple(range(len(xs))))(*map(torch.tensor, values))
+        dense = np.block([[np.asarray(b).reshape(int(np.prod(o.shape)), int(np.prod(x.shape)))
+                           for b, x in zip(row, xs)] for row, o in zip(t_J, outs)])
+        pattern = f.jacobian_sparsity().toarray()
+        assert not np.any((dense != 0) & ~pattern), "a nonzero outside the pattern"
+        blocks = f.jacobian(*values, sparse=True)
+        blocks = [blocks] if len(outs) == 1 else blocks
+        mine = np.block([[b.toarray() for b in row] for row in blocks])
+        np.testing.assert_allclose(mine, dense, **tol)
+    else:
+        batch = [np.stack([rng.standard_normal(s) for _ in range(3)]) for s in recipe[0]]
+        seeds = [rng.standard_normal((3,) + o.shape) for o in outs]
+        mine, grads = C.vmap(f).vjp(*batch, seed=seeds)
+        theirs = fn.vmap(t_fn)(*map(torch.tensor, batch))
+        for a, b in zip(mine if len(outs) > 1 else (mine,), theirs):
+            np.testing.assert_allclose(a, b.numpy(), **tol)
+        for k in range(3):
+            _, one = f.vjp(*[b[k] for b in batch], seed=[s[k] for s in seeds])
+            for a, b in zip(grads, one):
+                np.testing.assert_allclose(a[k], b, **tol)
+
+
+@settings(FUZZ, max_examples=max(EXAMPLES // 3, 20))
+@given(recipe=recipes(max_steps=6), transform=st.sampled_from(["jvp", "sparse", "vmap"]),
+       data_seed=st.integers(0, 2**32 - 1))
+def test_transforms_match_torch_func(recipe, transform, data_seed):
+    check_transform(recipe, transform, np.random.default_rng(data_seed))
+
+
 @settings(FUZZ, max_examples=max(EXAMPLES // 3, 20))
 @given(recipe=recipes(max_steps=6), data_seed=st.integers(0, 2**32 - 1))
 def test_runtime_matches_torch(recipe, data_seed):
