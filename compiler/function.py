@@ -6,8 +6,22 @@ with its adjoints, the simplified kernels and the generated IR.
 """
 from __future__ import annotations
 
+import hashlib
+import threading
+
+import numpy as np
+
 from .backend import NativeFunction
 from .pipeline import CompilePlan
+
+
+def _scipy_sparse():
+    try:
+        import scipy.sparse
+    except ImportError:
+        raise ImportError("sparse Jacobians and patterns are scipy.sparse arrays: "
+                          "pip install 'symgrad[sparse]' (or scipy)") from None
+    return scipy.sparse
 
 
 class CompiledFunction(NativeFunction):
@@ -19,6 +33,8 @@ class CompiledFunction(NativeFunction):
 
     def __init__(self, plan: CompilePlan):
         self.plan = plan
+        self._patterns = {}               # sparsity key -> pattern and its colouring
+        self._pattern_lock = threading.Lock()
         super().__init__(plan.signature(), plan.entry_specs(), plan)
 
     @property
@@ -51,3 +67,84 @@ class CompiledFunction(NativeFunction):
         it; an existing header is replaced only with ``overwrite=True``."""
         from .backend.aot import export
         return export(self, path, name=name, kind=kind, overwrite=overwrite)
+
+    # ---- Jacobians and Hessians, sparse where they are ------------------------------------
+    def jacobian(self, *args, sparse=False, **kwargs):
+        """Jacobians ∂output/∂wrt: a tuple over ``wrt`` for one output, a tuple over outputs
+        of those for several (as jax.jacrev with tuple argnums).
+
+        Dense (the default): arrays of shape ``output.shape + wrt.shape``; forward mode (a
+        column per sweep) when the wrt nodes have fewer elements than the outputs, reverse
+        mode (a row per sweep) otherwise.  ``sparse=True``: ``scipy.sparse`` CSR arrays of
+        shape ``(output.size, wrt.size)`` holding the structural nonzeros the graph gives
+        (see :meth:`jacobian_sparsity`), one sweep per colour of that pattern, forward or
+        reverse, whichever needs fewer."""
+        if not sparse:
+            return super().jacobian(*args, **kwargs)
+        if not self.wrt:
+            raise TypeError("jacobian() needs wrt=[...] at compile time")
+        return self._blocks(self._sparse("jacobian", args, kwargs), self.outputs)
+
+    def hessian(self, *args, sparse=False, **kwargs):
+        """The Hessian of a scalar output: ``H[i][j] = ∂²f/∂w_i∂w_j`` of shape
+        ``w_i.shape + w_j.shape`` (one array for one wrt node), one H·e per sweep;
+        ``sparse=True``: ``scipy.sparse`` CSR blocks of shape ``(w_i.size, w_j.size)``,
+        one H·u per colour of the pattern (see :meth:`hessian_sparsity`)."""
+        if not sparse:
+            return super().hessian(*args, **kwargs)
+        self._forward_mode("hvp")
+        blocks = self._blocks(self._sparse("hessian", args, kwargs), self.wrt)
+        return blocks[0] if len(self.wrt) == 1 else blocks
+
+    def jacobian_sparsity(self, *args, **kwargs):
+        """Where the stacked Jacobian (all outputs flattened × all wrt flattened) can be
+        nonzero, from the graph: a boolean ``scipy.sparse`` CSR array.  Arguments are only
+        needed for index and mask inputs (the pattern depends on the indices)."""
+        return self._pattern_matrix("jacobian", args, kwargs)
+
+    def hessian_sparsity(self, *args, **kwargs):
+        """Where the Hessian of a scalar output (all wrt flattened, both ways) can be
+        nonzero, from the graph of its gradient."""
+        self._forward_mode("hvp")
+        return self._pattern_matrix("hessian", args, kwargs)
+
+    def _pattern_matrix(self, kind, args, kwargs):
+        sparse = _scipy_sparse()
+        if not self.wrt:
+            raise TypeError(f"{kind}_sparsity() needs wrt=[...] at compile time")
+        arrays = [np.zeros(s, d) for _, s, d in self.inputs] if not args and not kwargs and \
+            all(np.dtype(d).kind == "f" for _, _, d in self.inputs) else self._bind(args, kwargs)
+        rows, cols, shape, _ = self._pattern(kind, arrays)
+        return sparse.csr_array((np.ones(rows.size, bool), (rows, cols)), shape=shape)
+
+    def _pattern(self, kind, arrays) -> tuple:
+        """The plan's (rows, columns, shape, (direction, colours)) at these index values,
+        cached: a pattern and its colouring cost more than the sweeps they save."""
+        key = (kind,) + tuple(hashlib.sha256(a.tobytes()).hexdigest() for a, (_, _, d) in
+                              zip(arrays, self.inputs) if np.dtype(d).kind != "f")
+        with self._pattern_lock:
+            found = self._patterns.get(key)
+        if found is None:
+            found = self.plan.sparsity(kind, arrays)
+            with self._pattern_lock:
+                if len(self._patterns) > 16:
+                    self._patterns.clear()
+                self._patterns[key] = found
+        return found
+
+    def _sparse(self, kind, args, kwargs):
+        """The stacked Jacobian or Hessian as a CSR array, by compressed sweeps."""
+        sparse = _scipy_sparse()
+        arrays = self._bind(args, kwargs)
+        pattern = self._pattern(kind, arrays)
+        rows, cols, shape, _ = pattern
+        return sparse.csr_array((self._compressed(kind, arrays, pattern), (rows, cols)),
+                                shape=shape)
+
+    def _blocks(self, matrix, row_slots):
+        """A stacked CSR matrix cut into blocks [row slot][wrt], nested as the dense ones."""
+        r = np.concatenate([[0], np.cumsum([int(np.prod(s)) for _, s, _ in row_slots])])
+        c = np.concatenate([[0], np.cumsum([int(np.prod(s)) for _, s, _ in self.wrt])])
+        blocks = [tuple(matrix[r[i]:r[i + 1], c[j]:c[j + 1]] for j in range(len(self.wrt)))
+                  for i in range(len(row_slots))]
+        return blocks[0] if len(row_slots) == 1 else tuple(blocks)

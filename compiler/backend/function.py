@@ -9,7 +9,6 @@ graph's side (kernels, IR, the work graph).
 from __future__ import annotations
 
 import ctypes
-import hashlib
 import numbers
 import reprlib
 import threading
@@ -22,15 +21,6 @@ from . import fastcall, jit
 
 def _dtype_name(dtype) -> str:
     return np.dtype(dtype).name
-
-
-def _scipy_sparse():
-    try:
-        import scipy.sparse
-    except ImportError:
-        raise ImportError("sparse Jacobians and patterns are scipy.sparse arrays: "
-                          "pip install 'symgrad[sparse]' (or scipy)") from None
-    return scipy.sparse
 
 
 # A dense Jacobian or Hessian past this many elements (2 GiB of float64) is refused.
@@ -174,7 +164,6 @@ class NativeFunction:
         self._lock = threading.Lock()
         self._tangent_lock = threading.Lock()     # forward mode is added on first use
         self._tangent_ids = {}
-        self._patterns = {}               # sparsity key -> pattern and its colouring
         self._default_seed = (1.0,) if len(self.seeds) == 1 and self.seeds[0][1] == () \
             and self.seeds[0][2] == np.float64 else None
         # compile what will be called: the VJP (or, compiled for forward mode, the JVP)
@@ -458,20 +447,13 @@ class NativeFunction:
             k -= a.size
         return arrays
 
-    def jacobian(self, *args, sparse=False, **kwargs):
-        """Jacobians ∂output/∂wrt: a tuple over ``wrt`` for one output, a tuple over outputs
-        of those for several (as jax.jacrev with tuple argnums).
-
-        Dense (the default): arrays of shape ``output.shape + wrt.shape``; forward mode (a
-        column per sweep) when the wrt nodes have fewer elements than the outputs, reverse
-        mode (a row per sweep) otherwise.  ``sparse=True``: ``scipy.sparse`` CSR arrays of
-        shape ``(output.size, wrt.size)`` holding the structural nonzeros the graph gives
-        (see :meth:`jacobian_sparsity`), one sweep per colour of that pattern, forward or
-        reverse, whichever needs fewer."""
+    def jacobian(self, *args, **kwargs):
+        """Dense Jacobians ∂output/∂wrt, of shape ``output.shape + wrt.shape``: a tuple over
+        ``wrt`` for one output, a tuple over outputs of those for several (as jax.jacrev
+        with tuple argnums).  Forward mode (a column per sweep) when the wrt nodes have
+        fewer elements than the outputs, reverse mode (a row per sweep) otherwise."""
         if not self.wrt:
             raise TypeError("jacobian() needs wrt=[...] at compile time")
-        if sparse:
-            return self._blocks(self._compressed("jacobian", args, kwargs), self.outputs)
         m = sum(int(np.prod(s)) for _, s, _ in self.outputs)
         n = sum(int(np.prod(s)) for _, s, _ in self.wrt)
         _check_dense(m, n, "jacobian")
@@ -489,71 +471,22 @@ class NativeFunction:
         blocks = [tuple(b) for b in blocks]
         return blocks[0] if len(self.outputs) == 1 else tuple(blocks)
 
-    def hessian(self, *args, sparse=False, **kwargs):
-        """The Hessian of a scalar output: ``H[i][j] = ∂²f/∂w_i∂w_j`` of shape
-        ``w_i.shape + w_j.shape`` (one array for one wrt node), one H·e per sweep;
-        ``sparse=True``: ``scipy.sparse`` CSR blocks of shape ``(w_i.size, w_j.size)``,
-        one H·u per colour of the pattern (see :meth:`hessian_sparsity`)."""
-        if sparse:
-            self._forward_mode("hvp")
-            blocks = self._blocks(self._compressed("hessian", args, kwargs), self.wrt)
-            return blocks[0] if len(self.wrt) == 1 else blocks
+    def hessian(self, *args, **kwargs):
+        """The dense Hessian of a scalar output: ``H[i][j] = ∂²f/∂w_i∂w_j`` of shape
+        ``w_i.shape + w_j.shape`` (one array for one wrt node), one H·e per sweep."""
         n = sum(int(np.prod(s)) for _, s, _ in self.wrt)
         _check_dense(n, n, "hessian")
         cols = [self.hvp(*args, tangent=self._basis(self.wrt, k), **kwargs)[1] for k in range(n)]
         blocks = self._dense(cols, self.wrt, self.wrt)
         return blocks[0][0] if len(self.wrt) == 1 else tuple(tuple(b) for b in blocks)
 
-    # ---- sparsity ----------------------------------------------------------------------
-    def jacobian_sparsity(self, *args, **kwargs):
-        """Where the stacked Jacobian (all outputs flattened × all wrt flattened) can be
-        nonzero, from the graph: a boolean ``scipy.sparse`` CSR array.  Arguments are only
-        needed for index and mask inputs (the pattern depends on the indices)."""
-        return self._pattern_matrix("jacobian", args, kwargs)
-
-    def hessian_sparsity(self, *args, **kwargs):
-        """Where the Hessian of a scalar output (all wrt flattened, both ways) can be
-        nonzero, from the graph of its gradient."""
-        self._forward_mode("hvp")
-        return self._pattern_matrix("hessian", args, kwargs)
-
-    def _pattern_matrix(self, kind, args, kwargs):
-        sparse = _scipy_sparse()
-        if not self.wrt:
-            raise TypeError(f"{kind}_sparsity() needs wrt=[...] at compile time")
-        rows, cols, shape, _ = self._colouring(kind, self._pattern_inputs(args, kwargs))
-        return sparse.csr_array((np.ones(rows.size, bool), (rows, cols)), shape=shape)
-
-    def _pattern_inputs(self, args, kwargs) -> list:
-        """The bound arguments; float ones may be left out (the pattern reads none)."""
-        if not args and not kwargs and all(np.dtype(d).kind == "f" for _, _, d in self.inputs):
-            return [np.zeros(s, d) for _, s, d in self.inputs]
-        return self._bind(args, kwargs)
-
-    def _colouring(self, kind, arrays) -> tuple:
-        """(rows, columns, shape, (direction, colours)) for the pattern at these index
-        values, cached: the sweeps go "forward" (colours of columns, J·u) or "reverse"
-        (colours of rows, vᵀJ), whichever has fewer colours."""
-        key = (kind,) + tuple(hashlib.sha256(a.tobytes()).hexdigest() for a, (_, _, d) in
-                              zip(arrays, self.inputs) if np.dtype(d).kind != "f")
-        with self._tangent_lock:
-            found = self._patterns.get(key)
-        if found is not None:
-            return found
-        found = self.source.sparsity(kind, arrays)
-        with self._tangent_lock:
-            if len(self._patterns) > 16:
-                self._patterns.clear()
-            self._patterns[key] = found
-        return found
-
-    def _compressed(self, kind, args, kwargs):
-        """The stacked Jacobian or Hessian as a CSR array, one sweep per colour: the
-        columns (rows) of one colour share no row (column), so each nonzero is read off
-        the one sweep of its column's (row's) colour."""
-        sparse = _scipy_sparse()
-        arrays = self._bind(args, kwargs)
-        rows, cols, (m, n), (direction, colour) = self._colouring(kind, arrays)
+    # ---- compressed sweeps (the sparse Jacobians of CompiledFunction) --------------------
+    def _compressed(self, kind, arrays, pattern) -> np.ndarray:
+        """The values at ``pattern`` = (rows, columns, (m, n), (direction, colour)) of the
+        stacked Jacobian ("jacobian") or Hessian, one sweep per colour: the columns (rows)
+        of one colour share no row (column), so each nonzero is read off the one sweep of
+        its column's (row's) colour."""
+        rows, cols, (m, n), (direction, colour) = pattern
         count = int(colour.max()) + 1 if colour.size else 0
         if direction == "forward":
             entry = "jvp" if kind == "jacobian" else "hvp"
@@ -564,28 +497,18 @@ class NativeFunction:
                 u = self._split((colour == c).astype(np.float64), self.wrt)
                 results = self._run(entry, lead + u)
                 swept[:, c] = _stacked([results[i] for i in self._tangent_ids[entry]], m)
-            data = swept[rows, colour[cols]]
-        else:
-            swept = np.zeros((count, n))
-            for c in range(count):
-                v = self._split((colour == c).astype(np.float64), self.seeds)
-                results = self._run("vjp", arrays + v)
-                swept[c] = _stacked([results[i] for i in self._grad_ids], n)
-            data = swept[colour[rows], cols]
-        return sparse.csr_array((data, (rows, cols)), shape=(m, n))
+            return swept[rows, colour[cols]]
+        swept = np.zeros((count, n))
+        for c in range(count):
+            v = self._split((colour == c).astype(np.float64), self.seeds)
+            results = self._run("vjp", arrays + v)
+            swept[c] = _stacked([results[i] for i in self._grad_ids], n)
+        return swept[colour[rows], cols]
 
     def _split(self, flat, slots) -> list:
         """A flat vector as one array per slot (its shape and dtype)."""
         return [np.ascontiguousarray(part.reshape(shape), dtype) for part, (_, shape, dtype)
                 in zip(np.split(flat, self._offsets(slots)), slots)]
-
-    def _blocks(self, matrix, row_slots):
-        """A stacked CSR matrix cut into blocks [row slot][wrt], nested as the dense ones."""
-        r = np.concatenate([[0], np.cumsum([int(np.prod(s)) for _, s, _ in row_slots])])
-        c = np.concatenate([[0], np.cumsum([int(np.prod(s)) for _, s, _ in self.wrt])])
-        blocks = [tuple(matrix[r[i]:r[i + 1], c[j]:c[j + 1]] for j in range(len(self.wrt)))
-                  for i in range(len(row_slots))]
-        return blocks[0] if len(row_slots) == 1 else tuple(blocks)
 
     def _dense(self, sweeps, results, swept) -> list:
         """Blocks ``[r][s]`` of the matrix whose column k is ``sweeps[k]`` (one array per
