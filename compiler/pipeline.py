@@ -7,6 +7,7 @@ import gc
 import hashlib
 from dataclasses import dataclass, field
 
+from . import progress
 from .backend import EntrySpec, Signature, jit
 from .backend.stats import logger, stats
 from .graph import Expr, Graph, GraphError, ancestors
@@ -221,6 +222,7 @@ def prepare(g: Graph, outputs, wrt, inputs=None, fast_math=False,
     outs = [Expr(work, o.id) for o in outputs]
     seeds, grads = [], []
     if wrt and mode == "reverse":
+        progress.stage("reverse pass")
         for k, o in enumerate(outs):
             seeds.append(work.input(_fresh(work, f"seed_{o.name}"), o.shape, o.dtype))
         grads = work.grad(outs, [Expr(work, w.id) for w in wrt], seeds)
@@ -296,7 +298,7 @@ def compile_graph(g: Graph, outputs, wrt=(), inputs=None, fast_math=False, mode=
     if mode not in ("reverse", "jvp"):
         raise ValueError(f"mode must be 'reverse' (vjp, and jvp on first use) or 'jvp' "
                          f"(forward mode only), got {mode!r}")
-    with _collector_paused():
+    with _collector_paused(), progress.compiling(len(g)):
         return CompiledFunction(prepare(g, outputs, wrt, inputs, fast_math, mode))
 
 
@@ -324,7 +326,11 @@ def build(work: Graph, entries: list, name=None, fast_math=False) -> Artifact:
     names = [e.name for e in named]
     loaded = jit.lookup(key, names)
     if loaded is None:
-        loaded = jit.load(artifact.llvm_ir, names, key=key)
+        with progress.compiling(len(work)):
+            progress.stage("schedule, simplify, lower")
+            ir_text = artifact.llvm_ir
+            progress.stage("LLVM")
+            loaded = jit.load(ir_text, names, key=key)
         stats.compiles += 1
         log.info("compiled %s: %d nodes, entries %s", prefix, len(work),
                  [e.kind for e in entries])
