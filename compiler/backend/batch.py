@@ -100,6 +100,8 @@ class Batched:
         """Seeds or tangents: of the slot's shape (shared) or with a leading batch axis."""
         arrays, steps = [], []
         for v, (name, shape, dtype) in zip(given, slots):
+            if np.asarray(v).dtype.kind not in "iuf":     # strings, bools, objects
+                raise TypeError(f"{what} for {name}: cannot read {v!r:.60} as numbers")
             a = np.asarray(v, dtype=dtype)
             if a.shape == tuple(shape):
                 arrays.append(np.ascontiguousarray(a))
