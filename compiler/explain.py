@@ -580,25 +580,22 @@ def assembled(g: Graph, of: Expr, at=None, hessian=False, names=None) -> Assembl
             blocks, row_slots = ([[H]] if len(inputs) == 1 else H), inputs
         else:
             blocks, row_slots = [f.jacobian(*args)], [of]
-        value = np.block([[np.asarray(b).reshape(_size(r), _size(i)) for b, i in
+        value = np.block([[np.asarray(b).reshape(r.size, i.size) for b, i in
                            zip(row, inputs)] for row, r in zip(blocks, row_slots)])
     symbolic = None
     if of.shape == () and all(i.shape == () for i in inputs):
-        cache = {}
-        grads = g.grad([of], inputs)
+        work = g.copy()              # the gradient nodes stay out of the user's graph
+        cache, wrt = {}, [Expr(work, i.id) for i in inputs]
+        grads = work.grad([Expr(work, of.id)], wrt)
         if hessian:
-            symbolic = sp.Matrix([[ops.readable(closed_form(g, h, cache))
-                                   for h in g.grad([gr], inputs)] for gr in grads])
+            symbolic = sp.Matrix([[ops.readable(closed_form(work, h, cache))
+                                   for h in work.grad([gr], wrt)] for gr in grads])
         else:
-            symbolic = sp.Matrix([[ops.readable(closed_form(g, gr, cache)) for gr in grads]])
+            symbolic = sp.Matrix([[ops.readable(closed_form(work, gr, cache)) for gr in grads]])
         if any(e is None for e in symbolic):
             symbolic = None
     what = f"Hessian ∂²{label}/∂x²" if hessian else f"Jacobian ∂{label}/∂x"
     return Assembled(what, [i.name for i in inputs], symbolic, value, pattern)
-
-
-def _size(e: Expr) -> int:
-    return int(np.prod(e.shape))
 
 
 def pattern_png(pattern: np.ndarray, path: str, cell: int = 0) -> None:

@@ -215,7 +215,10 @@ class Lowerer:
         native, so a batch runs without the interpreter (and without its lock)."""
         slots = len(prog.inputs) + len(prog.outputs)
         self.inline_steps = len(prog.steps) <= 16     # small programs: one tight loop
-        self.program(f"{name}.one", prog)
+        try:
+            self.program(f"{name}.one", prog)
+        finally:
+            self.inline_steps = False
         one = self.module.globals[f"{name}.one"]
         one.linkage = "internal"
         fn = self._fn(name, I32, [PTR, I64, PTR])
@@ -237,7 +240,6 @@ class Lowerer:
         b.ret(ir.Constant(I32, 0))
         b.position_at_end(failed)
         b.ret(ir.Constant(I32, 1))
-        self.inline_steps = False
 
     def _begin(self, name, views):
         """A step function over the buffers of ``views``: (function, buffers, buffer ->

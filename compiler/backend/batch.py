@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .function import ArgumentError, NativeFunction
+from .function import ArgumentError, NativeFunction, _coerce
 
 
 def vmap(f: NativeFunction, in_axes=0, out_axes=0) -> "Batched":
@@ -45,24 +45,12 @@ class Batched:
     def _bind(self, args, kwargs) -> tuple[list, list, int]:
         """(arrays, byte steps, batch size): batched inputs with the batch axis first."""
         f = self.f
-        if len(args) > len(f.inputs):
-            raise TypeError(f"takes {len(f.inputs)} inputs, got {len(args)}")
-        values = dict(enumerate(args))
-        for key, v in kwargs.items():
-            if key not in f._names:
-                raise TypeError(f"unknown input {key!r}; inputs are "
-                                f"{', '.join(n for n, _, _ in f.inputs)}")
-            if f._names[key] in values:
-                raise TypeError(f"input {key!r} given twice (by position and by name)")
-            values[f._names[key]] = v
-        missing = [n for k, (n, _, _) in enumerate(f.inputs) if k not in values]
-        if missing:
-            raise TypeError(f"missing input(s): {', '.join(missing)}")
+        values = f._given(args, kwargs)
         count, moved = None, {}
         for k, axis in enumerate(self.in_axes):
             if axis is None:
                 continue
-            name, shape, _ = f.inputs[k]
+            name = f.inputs[k][0]
             value = np.asarray(values[k])
             if not -value.ndim <= axis < max(value.ndim, 1):
                 raise ArgumentError(f"{name}: batch axis {axis} is out of range for an "
@@ -74,45 +62,27 @@ class Batched:
                 raise ArgumentError(f"batch sizes differ: {first} has {count} elements "
                                     f"along its batch axis, {name} {moved[k].shape[0]}")
         arrays, steps = [], []
-        for k in range(len(f.inputs)):
+        for k, value in enumerate(values):
             if k in moved:
                 a = f._coerce_input(k, moved[k], lead=(count,))
                 arrays.append(a)
                 steps.append(a.itemsize * (a.size // count) if count else 0)
             else:
-                arrays.append(f._coerce_input(k, values[k]))
+                arrays.append(f._coerce_input(k, value))
                 steps.append(0)
         return arrays, steps, count
-
-    @staticmethod
-    def _each(value, slots, count) -> list:
-        """``value`` as one entry per slot (``NativeFunction._one_each`` with batches): for
-        one slot, a one-element list is a list exactly when its element is shaped as the
-        slot, or as a batch of it."""
-        if len(slots) == 1:
-            shape = tuple(slots[0][1])
-            listed = isinstance(value, (list, tuple)) and len(value) == 1 and \
-                np.shape(value[0]) in (shape, (count,) + shape)
-            return list(value) if listed else [value]
-        return list(value)
 
     def _vectors(self, given, slots, count, what) -> tuple[list, list]:
         """Seeds or tangents: of the slot's shape (shared) or with a leading batch axis."""
         arrays, steps = [], []
         for v, (name, shape, dtype) in zip(given, slots):
-            if np.asarray(v).dtype.kind not in "iuf":     # strings, bools, objects
-                raise TypeError(f"{what} for {name}: cannot read {v!r:.60} as numbers")
-            a = np.asarray(v, dtype=dtype)
-            if a.shape == tuple(shape):
-                arrays.append(np.ascontiguousarray(a))
-                steps.append(0)
-            elif a.shape == (count,) + tuple(shape):
-                arrays.append(np.ascontiguousarray(a))
-                steps.append(a.itemsize * (a.size // count) if count else 0)
-            else:
-                raise ArgumentError(f"{what} for {name}: expected shape {tuple(shape)} "
-                                    f"(shared) or {(count,) + tuple(shape)} (one per element), "
-                                    f"got {a.shape}")
+            shape, batch = tuple(shape), (count,) + tuple(shape)
+            if np.shape(v) not in (shape, batch):
+                raise ArgumentError(f"{what} for {name}: expected shape {shape} (shared) or "
+                                    f"{batch} (one per element), got {np.shape(v)}")
+            a = _coerce(v, f"{what} for {name}", np.shape(v), dtype)
+            arrays.append(a)
+            steps.append(a.itemsize * (a.size // count) if a.shape == batch and count else 0)
         return arrays, steps
 
     def _out(self, results, ids):
@@ -138,18 +108,7 @@ class Batched:
         if "vjp" not in f._specs:
             f._vjp()                      # raises the reason
         arrays, steps, count = self._bind(args, kwargs)
-        if seed is None and len(f.seeds) > 1:
-            seed = [None] * len(f.seeds)
-        seeds = self._each(seed, f.seeds, count)
-        if len(seeds) != len(f.seeds):
-            raise ArgumentError(f"{len(f.seeds)} outputs need {len(f.seeds)} seeds, "
-                                f"got {len(seeds)}")
-        for k, (s, (name, shape, _)) in enumerate(zip(seeds, f.seeds)):
-            if s is None:
-                if shape != ():
-                    raise ArgumentError(f"output {f.outputs[k][0]} has shape {shape}: pass "
-                                        "seed= an array of that shape, or one per element")
-                seeds[k] = 1.0
+        seeds = f._seeds_given(seed, count)
         s_arrays, s_steps = self._vectors(seeds, f.seeds, count, "seed")
         results = f._run_batch("vjp", arrays + s_arrays, steps + s_steps, count)
         grads = self._out(results, f._grad_ids)
@@ -161,10 +120,7 @@ class Batched:
         f = self.f
         f._forward_mode("jvp")
         arrays, steps, count = self._bind(args, kwargs)
-        tangents = None if tangent is None else self._each(tangent, f.wrt, count)
-        if tangents is None or len(tangents) != len(f.wrt):
-            raise ArgumentError(f"pass tangent= one array per wrt node "
-                                f"({', '.join(n for n, _, _ in f.wrt)})")
-        t_arrays, t_steps = self._vectors(tangents, f.wrt, count, "tangent")
+        t_arrays, t_steps = self._vectors(f._tangents_given(tangent, count), f.wrt, count,
+                                          "tangent")
         results = f._run_batch("jvp", arrays + t_arrays, steps + t_steps, count)
         return self._out(results, f._out_ids), self._out(results, f._tangent_ids["jvp"])

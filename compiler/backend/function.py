@@ -24,11 +24,11 @@ def _dtype_name(dtype) -> str:
 
 
 # A dense Jacobian or Hessian past this many elements (2 GiB of float64) is refused.
-DENSE_LIMIT = 2**28
+MAX_DENSE = 2**28
 
 
 def _check_dense(m: int, n: int, what: str) -> None:
-    if m * n > DENSE_LIMIT:
+    if m * n > MAX_DENSE:
         raise ValueError(f"a dense {what} of {m}×{n} would hold {m * n:.3g} numbers; pass "
                          "sparse=True for the structural nonzeros only, or use vjp()/jvp() "
                          "with the vectors you need")
@@ -172,6 +172,8 @@ class NativeFunction:
 
     def _load(self, kind):
         """Compile (or take from the cache) one entry point and set up its call paths."""
+        if kind in self._artifacts:       # set last: a loaded entry takes no lock
+            return
         with self._lock:
             if kind in self._artifacts:
                 return
@@ -271,6 +273,10 @@ class NativeFunction:
 
     # ---- calling ---------------------------------------------------------------------
     def _bind(self, args, kwargs) -> list:
+        return [self._coerce_input(k, v) for k, v in enumerate(self._given(args, kwargs))]
+
+    def _given(self, args, kwargs) -> list:
+        """The arguments as one value per input, in order (by position or by name)."""
         if len(args) > len(self.inputs):
             raise TypeError(f"takes {len(self.inputs)} inputs "
                             f"({', '.join(n for n, _, _ in self.inputs)}), got {len(args)}")
@@ -285,7 +291,7 @@ class NativeFunction:
         missing = [n for (n, _, _), v in zip(self.inputs, values) if v is _MISSING]
         if missing:
             raise TypeError(f"missing input(s): {', '.join(missing)}")
-        return [self._coerce_input(k, v) for k, v in enumerate(values)]
+        return values
 
     def _coerce_input(self, k, value, lead=()) -> np.ndarray:
         """Input ``k`` checked and converted; ``lead``: axes in front of its shape (a batch)."""
@@ -313,12 +319,13 @@ class NativeFunction:
     def _run_batch(self, kind, arrays, steps, count) -> dict:
         """Entry ``kind`` over a batch of ``count`` elements in one native call: argument k
         advances ``steps[k]`` bytes per element, every result is ``(count,) + shape``."""
-        with self._lock:
-            key = "batch:" + kind
-            if key not in self._artifacts:
-                artifact = self.source.build(key)
-                self._entries[key] = (jit.BATCH(artifact.address), self._specs[kind])
-                self._artifacts[key] = artifact
+        key = "batch:" + kind
+        if key not in self._entries:
+            with self._lock:
+                if key not in self._artifacts:
+                    artifact = self.source.build(key)
+                    self._artifacts[key] = artifact
+                    self._entries[key] = (jit.BATCH(artifact.address), self._specs[kind])
         fn, spec = self._entries[key]
         arrays = list(arrays) + list(spec.constants)
         steps = list(steps) + [0] * len(spec.constants)
@@ -389,6 +396,8 @@ class NativeFunction:
     # ---- forward mode, Jacobians and Hessians ------------------------------------------
     def _forward_mode(self, kind):
         """Build (once) and load the forward-mode entry ``kind`` ("jvp" or "hvp")."""
+        if kind in self._entries and self._tangent_ids:    # loaded: no lock per call
+            return
         with self._tangent_lock:
             if not self._tangent_ids:
                 if not self.wrt:
@@ -429,13 +438,17 @@ class NativeFunction:
         return (self._grads([results[i] for i in self._grad_ids]),
                 self._grads([results[i] for i in self._tangent_ids["hvp"]]))
 
-    def _tangent_arrays(self, tangent):
-        tangent = None if tangent is None else self._one_each(tangent, self.wrt)
+    def _tangents_given(self, tangent, count=None) -> list:
+        """One tangent per wrt node."""
+        tangent = None if tangent is None else self._one_each(tangent, self.wrt, count)
         if tangent is None or len(tangent) != len(self.wrt):
             raise ArgumentError(f"pass tangent= one array per wrt node "
                                 f"({', '.join(n for n, _, _ in self.wrt)}), of its shape")
+        return tangent
+
+    def _tangent_arrays(self, tangent):
         return [_coerce(u, f"tangent for {name}", shape, dtype)
-                for u, (name, shape, dtype) in zip(tangent, self.wrt)]
+                for u, (name, shape, dtype) in zip(self._tangents_given(tangent), self.wrt)]
 
     def _basis(self, slots, k):
         """Unit vectors: element ``k`` of the flattened ``slots`` set to 1, the rest 0."""
@@ -528,29 +541,35 @@ class NativeFunction:
         return np.cumsum([int(np.prod(s)) for _, s, _ in slots])[:-1]
 
     @staticmethod
-    def _one_each(value, slots) -> list:
+    def _one_each(value, slots, count=None) -> list:
         """``value`` as one entry per slot: for one slot, the value itself or a one-element
-        list of it — a list is the latter exactly when its element has the slot's shape."""
+        list of it — a list is the latter exactly when its element has the slot's shape
+        (or, for a batch of ``count``, that shape with a leading batch axis)."""
         if len(slots) == 1:
+            shape = tuple(slots[0][1])
             listed = (isinstance(value, (list, tuple)) and len(value) == 1
-                      and np.shape(value[0]) == slots[0][1])
+                      and np.shape(value[0]) in (shape, (count,) + shape))
             return list(value) if listed else [value]
         return list(value)
 
-    def _seed_arrays(self, seed):
+    def _seeds_given(self, seed, count=None) -> list:
+        """One seed per output, the default 1 filled in for scalar outputs."""
         if seed is None and len(self.seeds) > 1:
             seed = [None] * len(self.seeds)
-        seed = self._one_each(seed, self.seeds)
+        seed = self._one_each(seed, self.seeds, count)
         if len(seed) != len(self.seeds):
             raise ArgumentError(f"{len(self.seeds)} outputs need {len(self.seeds)} seeds, "
                                 f"got {len(seed)}")
-        arrays = []
-        for s, (name, shape, dtype), (oname, _, _) in zip(seed, self.seeds, self.outputs):
+        for k, (s, (_, shape, _), (oname, _, _)) in enumerate(
+                zip(seed, self.seeds, self.outputs)):
             if s is None:
                 if shape != ():
                     raise ArgumentError(
                         f"output {oname} has shape {shape}: pass seed= an array of that shape "
                         "(the v of vᵀJ); only a scalar output has the default seed 1")
-                s = 1.0
-            arrays.append(_coerce(s, f"seed for {oname}", shape, dtype))
-        return arrays
+                seed[k] = 1.0
+        return seed
+
+    def _seed_arrays(self, seed):
+        return [_coerce(s, f"seed for {oname}", shape, dtype) for s, (_, shape, dtype),
+                (oname, _, _) in zip(self._seeds_given(seed), self.seeds, self.outputs)]
