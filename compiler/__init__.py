@@ -21,6 +21,7 @@ from .functions import (amax, amin, broadcast_to, clamp, clip, concatenate, cums
                         reshape, softmax, squeeze, stack, std, sum, take, take_along_axis,
                         transpose, unsqueeze, var)
 from .graph import Expr, Graph, as_dtype
+from .loops import fori_loop, scan
 from .ops import ELEMENTWISE, STRUCTURED
 from .parsing import ParseError, Program, parse
 
@@ -28,7 +29,7 @@ globals().update({name: getattr(functions, name) for name in functions.PUBLIC})
 
 __all__ = ["Graph", "Expr", "GraphError", "ShapeError", "Adjoint", "LinearMap",
            "CompiledFunction", "ELEMENTWISE", "STRUCTURED", "as_dtype", "parse", "ParseError",
-           "Program", "vmap", "Batched",
+           "Program", "vmap", "Batched", "scan", "fori_loop",
            *functions.STRUCTURED_FUNCTIONS, *functions.PUBLIC]
 
 

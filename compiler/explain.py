@@ -78,6 +78,7 @@ class Report:
     notation: Notation = None
     full: bool = False               # print every entry, every term, every dense matrix
     shown: dict = field(default_factory=dict)    # 1-D matmuls shown as written (W @ x)
+    loops: list = field(default_factory=list)    # (loop node, the report of its body)
 
     def name(self, e: Expr) -> str:
         return self.notation.label(e)
@@ -118,7 +119,22 @@ class Report:
             if row.value is not None:
                 text += f" = {_fmt(row.value, self.full)}"
             lines.append(text)
+        for node, body in self.loops:
+            lines += self._loop_text(node, body)
         return "\n".join(lines)
+
+    def _loop_text(self, node, body) -> list:
+        b = node.params[0]
+        nc = len(b.carry)
+        carry = ", ".join(body.notation.label(Expr(b.graph, i)) for i in b.carry)
+        out = ", ".join(body.notation.label(Expr(b.graph, i)) for i in b.carry_out)
+        head = [f"Loop {self.name(node)}: its body, once; run {b.length} times"
+                f"{' backwards' if b.reverse else ''}, the carry ({carry}) entering each "
+                f"step is ({out}) of the step before.",
+                f"  Its reverse pass runs the other way: the carry leaving a step is "
+                f"seeded with its row of P_{self.name(node)} plus the P of the carry "
+                f"entering the next step{'' if nc else ' (no carry)'}."]
+        return head + ["  " + line for line in body.text().splitlines()]
 
     __str__ = text
 
@@ -348,10 +364,11 @@ def _along(path, source, v, values):
 def jacobian_report(g: Graph, of, at=None, seed=None, names=None, full=False) -> Report:
     """The nodes, every ``J`` on the edges feeding ``of`` and every adjoint ``P``,
     optionally at values (``at``).  Large tensors print summarised unless ``full``."""
-    if seed is None and of.shape != ():
+    outputs = list(of) if isinstance(of, (list, tuple)) else [of]
+    if seed is None and len(outputs) == 1 and of.shape != ():
         seed = 1.0   # a tensor output is seeded with ones, as document 000's v = [1, 1, 1]
     n = Notation(names)
-    live = relevant_nodes(g, [of], g.inputs) | {of.id}
+    live = relevant_nodes(g, outputs, g.inputs) | {o.id for o in outputs}
     live = {i for i in live if Expr(g, i).op != "const"}
     shown, hidden = _collapsed_matmuls(g, live)
     report = Report(notation=n, full=full, shown=shown)
@@ -364,7 +381,14 @@ def jacobian_report(g: Graph, of, at=None, seed=None, names=None, full=False) ->
         report.adjoints.append(row)
         report.edges += row.edges
     if at is not None:
+        if len(outputs) > 1:
+            raise ValueError("values (at=) are given for the report of one output")
         _add_values(g, report, of, at, seed, live)
+    for row in report.nodes:         # a loop's body, once, with its own J and P
+        if row.node.op == "loop":
+            body = row.node.params[0]
+            report.loops.append((row.node, jacobian_report(
+                body.graph, [Expr(body.graph, i) for i in body.outputs], full=full)))
     return report
 
 
@@ -497,7 +521,7 @@ def operator_table() -> str:
                 "concatenate": (((3, 2), (1, 2)), (0,)), "pad": (((3, 2),), (((1, 0), (0, 2)),
                                                                               0.0)),
                 "gather": (((3, 2), (4,)), ()), "scatter_add": (((4, 2), (4,)), ((3, 2),)),
-                "cumsum": (((3, 2),), (1,))}
+                "cumsum": (((3, 2),), (1,)), "loop": _example_loop()}
     for name, s in ops.STRUCTURED.items():
         shapes, params = examples.get(name) or examples[s.kind]
         names = list("ai" if s.kind == "gather" else "ab")[:len(shapes)]
@@ -505,6 +529,15 @@ def operator_table() -> str:
                           for k, x in enumerate(names) if not (s.kind == "gather" and k))
         lines.append(f"  {name:<11} {s.show(names, params, shapes, False):<22} {rules}")
     return "\n".join(lines)
+
+
+def _example_loop():
+    """(operand shapes, params) of a small scan: c ↦ sin(c)·x over 5 slices x."""
+    from .loops import scan
+    g = Graph()
+    scan(lambda c, x: (c.apply("sin") * x, None), g.input("c", (2,)), g.input("xs", (5, 2)))
+    loop = next(Expr(g, i) for i in g.nx if g.nx.nodes[i]["op"] == "loop")
+    return [a.shape for a in loop.args], loop.params
 
 
 # ---- assembled Jacobians and Hessians ------------------------------------------------------

@@ -8,6 +8,7 @@ operands) are folded as nodes are made, so the reverse graph starts lean.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 import numbers
@@ -304,6 +305,33 @@ class Expr:
                                             for d, n in enumerate(self.shape)))
 
 
+def _innermost(method):
+    """Build in the innermost graph among the operands: a loop body reads the nodes of
+    the graphs around it (``W * c`` with ``W`` outside and ``c`` a body node is a body
+    node), never the other way round."""
+    @functools.wraps(method)
+    def redirected(self, *args, **kwargs):
+        for a in args:          # the common case, every operand here, costs one pass
+            if isinstance(a, (list, tuple)) or (isinstance(a, Expr) and a.graph is not self):
+                inner = self
+                for e in _exprs_in(args):
+                    if e.graph._depth > inner._depth:
+                        inner = e.graph
+                if inner is not self:
+                    return getattr(inner, method.__name__)(*args, **kwargs)
+                break
+        return method(self, *args, **kwargs)
+    return redirected
+
+
+def _exprs_in(args):
+    for a in args:
+        if isinstance(a, Expr):
+            yield a
+        elif isinstance(a, (list, tuple)):
+            yield from _exprs_in(a)
+
+
 class Graph:
     """A DAG of operator nodes ``u_i``, numbered 1, 2, … in creation order.
 
@@ -324,6 +352,8 @@ class Graph:
         self._inputs: dict[str, int] = {}
         self._user_names: set = set()       # names given by the user (inputs, named nodes)
         self._symbols: dict[int, sp.Symbol] = {}
+
+    _depth = 0      # how many loop bodies this graph is nested in (``loops.BodyGraph``)
 
     def __len__(self):
         return self.nx.number_of_nodes()
@@ -480,9 +510,12 @@ class Graph:
             raise IndexError(f"index {bad} is out of bounds for axis {axis} with size {n}")
         return self.array(np.where(value < 0, value + n, value).astype(INDEX))
 
+    @_innermost
     def apply(self, op: str, *args, params=()) -> Expr:
         """Apply operator ``op`` (a name from the operator table) to ``args``."""
         if op in STRUCTURED:
+            if op == "loop":             # a loop's operands, then its body (``loops.py``)
+                return self._structured("loop", args, params, params[0].graph.dtype)
             if op == "matmul":
                 return self.matmul(*args)
             if op == "concatenate":
@@ -527,11 +560,11 @@ class Graph:
             raise ShapeError(f"cannot broadcast {x.name} of shape {x.shape} to {shape}")
         return self.apply("broadcast", x, params=(shape,))
 
-    def _structured(self, op, args, params) -> Expr:
+    def _structured(self, op, args, params, dtype=None) -> Expr:
         args = [self._operand(a, self.dtype) for a in args]
         spec = STRUCTURED[op]
         shape = spec.shape([a.shape for a in args], params)
-        dtype = np.result_type(*[a.dtype for a in args if a.dtype != INDEX])
+        dtype = dtype or np.result_type(*[a.dtype for a in args if a.dtype != INDEX])
         return Expr(self, self._intern(op, [a.id for a in args], params, shape, dtype))
 
     def sum(self, x: Expr, axes=None, keepdims=False) -> Expr:
@@ -609,6 +642,7 @@ class Graph:
         return self._structured("transpose", [x], (perm,))
 
     # ---- indexing and assembling -----------------------------------------------------------
+    @_innermost
     def getitem(self, x: Expr, index) -> Expr:
         """``x[index]``: basic indices (a view) and integer-array indices (a gather)."""
         items = index if isinstance(index, tuple) else (index,)
@@ -625,6 +659,7 @@ class Graph:
             return x
         return self._structured("index", [x], (spec,))
 
+    @_innermost
     def gather(self, x: Expr, *indices) -> Expr:
         """``x[i₀, …, i_{k−1}]`` with integer index arrays on the leading k axes (numpy's
         advanced indexing): result shape ``broadcast(i…) + x.shape[k:]``."""
@@ -634,6 +669,7 @@ class Graph:
         idx = [self._index_operand(i, x.shape[d], d) for d, i in enumerate(indices)]
         return self._structured("gather", [x, *idx], ())
 
+    @_innermost
     def scatter_add(self, p: Expr, *rest) -> Expr:
         """Zeros of ``shape`` with ``p`` added at ``[i₀, …]`` (repeats add): the adjoint of
         gather.  Called as ``scatter_add(p, i₀, …, shape)``."""
@@ -643,6 +679,7 @@ class Graph:
         idx = [self._index_operand(i, shape[d], d) for d, i in enumerate(indices)]
         return self._structured("scatter_add", [p, *idx], (shape,))
 
+    @_innermost
     def take(self, x: Expr, indices, axis=None) -> Expr:
         """numpy's take: ``x[..., indices, ...]`` along ``axis`` (of x flattened if None)."""
         x = self._operand(x, self.dtype)
@@ -651,6 +688,7 @@ class Graph:
         (axis,) = ops.normalize_axes(axis, x.ndim)
         return self.getitem(x, (slice(None),) * axis + (indices,))
 
+    @_innermost
     def take_along_axis(self, x: Expr, indices, axis) -> Expr:
         """numpy's take_along_axis: ``out[…, j, …] = x[…, indices[…, j, …], …]``."""
         x = self._operand(x, self.dtype)
@@ -723,6 +761,7 @@ class Graph:
             return self.embed(x.args[0], shape, spec)
         return self._structured("embed", [x], (shape, spec))
 
+    @_innermost
     def concatenate(self, xs, axis=0) -> Expr:
         """numpy's concatenate: the operands joined along an existing ``axis``."""
         xs = [self._operand(x, self.dtype) for x in xs]
@@ -750,6 +789,7 @@ class Graph:
             return x
         return self._structured("pad", [x], (pairs, float(value)))
 
+    @_innermost
     def matmul(self, a, b) -> Expr:
         """``a @ b`` as numpy's matmul: 1-D operands as vectors, leading dimensions as
         batches (broadcast)."""

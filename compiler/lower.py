@@ -19,7 +19,7 @@ import sympy as sp
 from llvmlite import ir
 
 from .ops import ELEMENTWISE, SYMPY_OPS
-from .schedule import Assemble, Gather, Kernel, MatMul, Program, Scan
+from .schedule import Assemble, Gather, Kernel, Loop, MatMul, Program, Scan
 
 I8, I32, I64, PTR = ir.IntType(8), ir.IntType(32), ir.IntType(64), ir.PointerType()
 FLOAT = {np.dtype(np.float64): ir.DoubleType(), np.dtype(np.float32): ir.FloatType()}
@@ -169,44 +169,55 @@ class Lowerer:
         entry = self._fn(name, I32, [PTR])
         entry.args[0].name = "table"
         b = ir.IRBuilder(entry.append_basic_block("entry"))
-        pointers = {}
-        n_in = len(prog.inputs)
-        offsets, total = [], 0
+        offsets, total = _temporaries(name, prog)
+        workspace = self._malloc(b, total) if total else None
+        status = self._run(b, name, prog, entry.args[0], workspace, offsets)
+        if workspace is not None:
+            self._free(b, workspace)
+        b.ret(status)
+
+    def _malloc(self, b, size):
+        """``malloc(size)``; the function returns 1 where it fails."""
+        malloc = self.module.globals.get("malloc") or ir.Function(
+            self.module, ir.FunctionType(PTR, [I64]), name="malloc")
+        workspace = b.call(malloc, [size if isinstance(size, ir.Value) else
+                                    ir.Constant(I64, size)], name="workspace")
+        ok = b.block.function.append_basic_block("ok")
+        fail = b.block.function.append_basic_block("oom")
+        b.cbranch(b.icmp_unsigned("==", workspace, ir.Constant(PTR, None)), fail, ok)
+        b.position_at_end(fail)
+        b.ret(ir.Constant(I32, 1))
+        b.position_at_end(ok)
+        return workspace
+
+    def _free(self, b, pointer):
+        free = self.module.globals.get("free") or ir.Function(
+            self.module, ir.FunctionType(ir.VoidType(), [PTR]), name="free")
+        b.call(free, [pointer])
+
+    def _run(self, b, name, prog: Program, table, workspace, offsets):
+        """Every step of ``prog`` over the buffers in ``table`` (inputs, then outputs) and
+        the temporaries at ``offsets`` in ``workspace``; returns the status (0, or 1 when a
+        loop's body could not allocate its workspace)."""
+        pointers, n_in = {}, len(prog.inputs)
         for k, buf in enumerate(prog.buffers):
-            if buf.kind == "temp":
-                offsets.append((k, total))
-                total += -(-buf.size * buf.dtype.itemsize // ALIGN) * ALIGN
-            else:
+            if buf.kind != "temp":
                 slot = buf.index + (n_in if buf.kind == "output" else 0)
-                p = b.gep(entry.args[0], [ir.Constant(I64, slot)], source_etype=PTR)
+                p = b.gep(table, [ir.Constant(I64, slot)], source_etype=PTR)
                 pointers[k] = b.load(p, typ=PTR, name=f"buf{k}")
-        workspace = None
-        if total >= 2**62:   # a 64-bit size must not wrap (each buffer is checked smaller)
-            raise MemoryError(f"{name}: the temporaries need {total:.3g} bytes")
-        if total:
-            malloc = self.module.globals.get("malloc") or ir.Function(
-                self.module, ir.FunctionType(PTR, [I64]), name="malloc")
-            workspace = b.call(malloc, [ir.Constant(I64, total)], name="workspace")
-            ok = b.block.function.append_basic_block("ok")
-            fail = b.block.function.append_basic_block("oom")
-            b.cbranch(b.icmp_unsigned("==", workspace, ir.Constant(PTR, None)), fail, ok)
-            b.position_at_end(fail)
-            b.ret(ir.Constant(I32, 1))
-            b.position_at_end(ok)
-            for k, off in offsets:
-                pointers[k] = b.gep(workspace, [ir.Constant(I64, off)],
-                                    source_etype=ir.IntType(8), name=f"tmp{k}")
+        for k, off in offsets:
+            pointers[k] = b.gep(workspace, [ir.Constant(I64, off)],
+                                source_etype=ir.IntType(8), name=f"tmp{k}")
+        status = ir.Constant(I32, 0)
         for n, step in enumerate(prog.steps):
             fname = f"{name}.step{n}"
-            used = {Kernel: self.kernel, MatMul: self.matmul, Assemble: self.assemble,
-                    Gather: self.gather, Scan: self.scan}[type(step)](fname, step)
-            fn, buffers = used
-            b.call(fn, [pointers[k] for k in buffers])
-        if workspace is not None:
-            free = self.module.globals.get("free") or ir.Function(
-                self.module, ir.FunctionType(ir.VoidType(), [PTR]), name="free")
-            b.call(free, [workspace])
-        b.ret(ir.Constant(I32, 0))
+            fn, buffers = {Kernel: self.kernel, MatMul: self.matmul, Assemble: self.assemble,
+                           Gather: self.gather, Scan: self.scan,
+                           Loop: self.loop}[type(step)](fname, step)
+            result = b.call(fn, [pointers[k] for k in buffers])
+            if isinstance(step, Loop):
+                status = b.or_(status, result)
+        return status
 
     def batched(self, name: str, prog: Program) -> None:
         """``i32 name(ptr table, i64 count, ptr steps)``: the program once per batch element
@@ -494,6 +505,110 @@ class Lowerer:
                 acc.add_incoming(total, b.block)
         b.ret_void()
         return fn, buffers
+
+
+    # ---- a loop: its body program run once per step ------------------------------------------
+    def loop(self, name, step: Loop):
+        """``i32 name(buffers…)``: the body is a function ``i32 (table, workspace)`` of its own,
+        called once per step with the table pointing into this step's rows; one workspace
+        serves every step.  Returns 1 when that workspace cannot be allocated."""
+        body = self._body(f"{name}.body", step.body)
+        views = [*step.inits, *step.xs, *step.consts, step.out]
+        buffers = sorted({v.buffer for v in views})
+        fn = self._fn(name, I32, [PTR] * len(buffers))
+        fn.linkage = "internal"
+        fn.attributes.add("noinline")
+        fn.attributes.add("nounwind")
+        ptr = dict(zip(buffers, fn.args))
+        b = ir.IRBuilder(fn.append_basic_block("entry"))
+
+        def at(view, elements):       # the address ``elements`` on from the view's start
+            size = view.dtype.itemsize
+            offset = b.add(b.mul(elements, ir.Constant(I64, size)),
+                           ir.Constant(I64, view.offset * size)) \
+                if isinstance(elements, ir.Value) else \
+                ir.Constant(I64, (view.offset + elements) * size)
+            return b.gep(ptr[view.buffer], [offset], source_etype=I8)
+
+        n_in = len(step.body.inputs)
+        slots = n_in + len(step.body.outputs)
+        table = b.inttoptr(b.ptrtoint(b.alloca(PTR, slots, name="table"), I64), PTR)
+
+        def put(slot, pointer):
+            b.store(pointer, b.gep(table, [ir.Constant(I64, slot)], source_etype=PTR))
+        offsets, total = _temporaries(name, step.body)
+        workspace = self._malloc(b, total) if total else ir.Constant(PTR, None)
+        n_c, n_x = len(step.inits), len(step.xs)
+        for k, v in enumerate(step.consts):
+            put(n_c + n_x + k, at(v, 0))
+        width = sum(size for _, size in step.parts)
+        length = ir.Constant(I64, step.length)
+        failed = fn.append_basic_block("failed")
+        with loop(b, step.length, "t") as t:
+            s = b.sub(b.sub(length, ir.Constant(I64, 1)), t) if step.reverse else t
+            row = b.mul(s, ir.Constant(I64, width))
+            previous = b.mul(b.add(s, ir.Constant(I64, 1 if step.reverse else -1)),
+                             ir.Constant(I64, width))
+            first = b.icmp_unsigned("==", t, ir.Constant(I64, 0))
+            for j, v in enumerate(step.inits):
+                entering = at(step.out, b.add(previous, ir.Constant(I64, step.parts[j][0])))
+                put(j, b.select(first, at(v, 0), entering))
+            for j, v in enumerate(step.xs):
+                put(n_c + j, at(v, b.mul(s, ir.Constant(I64, math.prod(v.shape[1:])))))
+            written = {}
+            for p, ((offset, size), u) in enumerate(zip(step.parts, step.first)):
+                if u not in written:
+                    written[u] = at(step.out, b.add(row, ir.Constant(I64, offset)))
+                    put(n_in + u, written[u])
+            status = b.call(body, [table, workspace])
+            go = fn.append_basic_block("go")
+            b.cbranch(b.icmp_signed("!=", status, ir.Constant(I32, 0)), failed, go)
+            b.position_at_end(go)
+            done = set()
+            for (offset, size), u in zip(step.parts, step.first):
+                if u in done:          # an output given twice: copied from its first place
+                    b.call(self._memcpy(), [
+                        at(step.out, b.add(row, ir.Constant(I64, offset))), written[u],
+                        ir.Constant(I64, size * step.out.dtype.itemsize),
+                        ir.Constant(ir.IntType(1), 0)])
+                done.add(u)
+        if total:
+            self._free(b, workspace)
+        b.ret(ir.Constant(I32, 0))
+        b.position_at_end(failed)
+        if total:
+            self._free(b, workspace)
+        b.ret(ir.Constant(I32, 1))
+        return fn, buffers
+
+    def _body(self, name, prog: Program):
+        """``i32 name(ptr table, ptr workspace)``: a loop body's steps over the table's
+        buffers and the temporaries in the caller's workspace."""
+        fn = self._fn(name, I32, [PTR, PTR])
+        fn.linkage = "internal"
+        fn.attributes.add("nounwind")
+        b = ir.IRBuilder(fn.append_basic_block("entry"))
+        offsets, _ = _temporaries(name, prog)
+        b.ret(self._run(b, name, prog, fn.args[0], fn.args[1], offsets))
+        return fn
+
+    def _memcpy(self):
+        name = "llvm.memcpy.p0.p0.i64"
+        return self.module.globals.get(name) or ir.Function(
+            self.module, ir.FunctionType(ir.VoidType(), [PTR, PTR, I64, ir.IntType(1)]),
+            name=name)
+
+
+def _temporaries(name, prog: Program):
+    """Where each temporary buffer starts in the workspace, and the workspace's size."""
+    offsets, total = [], 0
+    for k, buf in enumerate(prog.buffers):
+        if buf.kind == "temp":
+            offsets.append((k, total))
+            total += -(-buf.size * buf.dtype.itemsize // ALIGN) * ALIGN
+    if total >= 2**62:   # a 64-bit size must not wrap (each buffer is checked smaller)
+        raise MemoryError(f"{name}: the temporaries need {total:.3g} bytes")
+    return offsets, total
 
 
 def _reduction_strides(domain, r):

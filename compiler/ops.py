@@ -432,7 +432,9 @@ class Structured:
       the rest filled with ``fill(params)`` (None: the regions cover it);
     * "gather" — reads (``gather``) or accumulates into (``scatter_add``) positions given
       by integer index operands;
-    * "scan" — a running sum along ``params[0]``, the axis.
+    * "scan" — a running sum along ``params[0]``, the axis;
+    * "loop" — a body graph iterated over a carry (``loops.py``: ``scan``, ``fori_loop``);
+      ``params[0]`` is the ``Body``.
 
     How it reads, beside what it does: ``show(x, params, shapes, tex)`` writes the forward
     application on operands named ``x``; ``rule(slot, P, x, params, shapes, tex)`` writes
@@ -455,7 +457,7 @@ class Structured:
 
 def structured(name, kind, shape, numpy, vjp, show, rule, view=None, regions=None, fill=None,
                jvp=None):
-    if kind not in ("reduction", "view", "contraction", "assemble", "gather", "scan"):
+    if kind not in ("reduction", "view", "contraction", "assemble", "gather", "scan", "loop"):
         raise GraphError(f"structured operator {name!r}: unknown kind {kind!r}")
     if kind == "view" and view is None:
         raise GraphError(f"view operator {name!r} needs its stride rule (view=)")

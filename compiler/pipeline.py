@@ -13,7 +13,7 @@ from .backend.stats import logger, stats
 from .graph import Expr, Graph, GraphError, ancestors
 from .lower import Lowerer, new_module
 from .ops import kind_of
-from .schedule import Kernel, schedule
+from .schedule import Kernel, Loop, schedule
 from .simplify import SYMPY_BUDGET, to_sympy
 
 log = logger("symgrad.compile")
@@ -136,16 +136,16 @@ class Artifact:
         lowerer = Lowerer(module, blas=blas, fast_math=self.fast_math)
         for entry in self.entries:
             prog = schedule(self.graph, entry.inputs, entry.outputs)
-            kernels = [st for st in prog.steps if isinstance(st, Kernel)]
+            kernels = list(_kernels(self.graph, prog))
             # Faithful by default: the kernels are the graph's own operations, unevaluated,
             # so the code computes what IEEE arithmetic gives for them.  SymPy's algebra
             # (x + c − c → x, log(exp(z)) → z) only under fast_math, and within budget:
             # its evaluation is the costly part of a compile.
             evaluate = self.fast_math and \
-                sum(len(k.members) for k in kernels) <= SYMPY_BUDGET
-            for k in kernels:
-                k.scalar = to_sympy(self.graph, k, evaluate)
-            self._kernels[entry.kind] = [k.scalar for k in kernels]
+                sum(len(k.members) for _, k in kernels) <= SYMPY_BUDGET
+            for graph, k in kernels:
+                k.scalar = to_sympy(graph, k, evaluate)
+            self._kernels[entry.kind] = [k.scalar for _, k in kernels]
             (lowerer.batched if entry.batched else lowerer.program)(entry.name, prog)
         return str(module)
 
@@ -165,6 +165,15 @@ class Artifact:
         if not self._optimized:
             self._optimized = jit.optimized(self.llvm_ir)
         return self._optimized
+
+
+def _kernels(graph: Graph, prog):
+    """(graph, kernel) for every kernel of ``prog``, loop bodies' included."""
+    for step in prog.steps:
+        if isinstance(step, Kernel):
+            yield graph, step
+        elif isinstance(step, Loop):
+            yield from _kernels(step.graph, step.body)
 
 
 def structural_key(work: Graph, entries: list, fast_math: bool = False) -> str:

@@ -151,6 +151,29 @@ class Scan:
 
 
 @dataclass
+class Loop:
+    """A loop node: ``body`` (a program of its own, over the body graph ``graph``) run
+    ``length`` times, backwards with ``reverse``.  Step ``s`` reads the carry from row
+    ``s∓1`` of ``out`` (``inits`` at the first step), row ``s`` of each of ``xs`` and all of
+    ``consts``, and writes the body's outputs into row ``s`` of ``out``: part ``p`` at
+    ``parts[p] = (offset, size)`` of the row, written by body output ``first[p]``'s
+    slot; a part that repeats an earlier output is copied from it."""
+    body: "Program"
+    graph: Graph
+    inits: list
+    xs: list
+    consts: list
+    out: View
+    length: int
+    reverse: bool
+    parts: list
+    first: list
+
+    def reads(self):
+        return [*self.inits, *self.xs, *self.consts]
+
+
+@dataclass
 class Program:
     inputs: list                   # node ids, in pointer-table order
     outputs: list                  # node ids, in pointer-table order
@@ -217,6 +240,27 @@ def schedule(g: Graph, inputs: list[int], outputs: list[int]) -> Program:
                                 ("elementwise", "reduction")) for c in consumers[i])
         if materialise:
             view[i] = own_buffer(i)
+        if kind == "loop":
+            if not materialise:
+                view[i] = own_buffer(i)
+            operands = []
+            for x in a["args"]:         # the body reads whole contiguous buffers
+                v = view.get(x)
+                if v is None or not _plain(v):     # a constant, or a strided view: copied
+                    shape, dtype = attrs[x]["shape"], attrs[x]["dtype"]
+                    temps += 1
+                    prog.buffers.append(Buffer("temp", temps - 1, math.prod(shape), dtype))
+                    copy = View(len(prog.buffers) - 1, shape, contiguous_strides(shape), dtype)
+                    step = Assemble(copy, attrs[x]["params"][0], []) if v is None else \
+                        Assemble(copy, None, [(v, copy)])
+                    producer[copy.buffer] = step
+                    order.append(step)
+                    v = copy
+                operands.append(v)
+            step = _loop(a["params"][0], operands, view[i])
+            producer[view[i].buffer] = step
+            order.append(step)
+            continue
         if kind in ("contraction", "assemble", "gather", "scan"):
             if kind == "scan":
                 step = Scan(view[a["args"][0]], view[i], a["params"][0])
@@ -262,6 +306,22 @@ def schedule(g: Graph, inputs: list[int], outputs: list[int]) -> Program:
             producer[view[i].buffer] = kernel
     prog.steps = _order_steps(order, producer)
     return prog
+
+
+def _plain(v: View) -> bool:
+    """Whether ``v`` is one contiguous block, row-major (size-1 axes may have any stride)."""
+    return not v.mask and not v.indirect and all(
+        n == 1 or st == c for n, st, c in zip(v.shape, v.strides, contiguous_strides(v.shape)))
+
+
+def _loop(body, operands: list, out: View) -> Loop:
+    """The Loop step of a loop node: its body scheduled as a program of its own."""
+    nc, nx_ = len(body.carry), len(body.xs)
+    unique = list(dict.fromkeys(body.outputs))
+    program = schedule(body.graph, [*body.carry, *body.xs, *body.consts], unique)
+    return Loop(program, body.graph, operands[:nc], operands[nc:nc + nx_],
+                operands[nc + nx_:], out, body.length, body.reverse, list(body.slices),
+                [unique.index(o) for o in body.outputs])
 
 
 def _fusable_embed(i, a, consumers, attrs, out_index) -> bool:
@@ -368,7 +428,7 @@ def _stages(g: Graph, need: set):
             group[i] = group[x] if fused else \
                 (stage[x], attrs[x]["shape"], attrs[x]["dtype"].char, "sum", i)
             stage[i] = stage[x] + 1
-        elif kind in ("contraction", "assemble", "gather", "scan"):
+        elif kind in ("contraction", "assemble", "gather", "scan", "loop"):
             stage[i] = max(stage[x] for x in args) + 1
         else:  # a view is readable when its base buffer is
             (x,) = args

@@ -56,6 +56,8 @@ def _structured(op, args, params, shape):
         return np.bitwise_or.accumulate(args[0], axis=params[0])
     if entry.kind == "contraction":
         return _contraction(args[0], args[1])
+    if entry.kind == "loop":
+        return _loop(args, params[0], shape)
     if entry.kind == "assemble":     # the operands' bits placed in their regions, 0 around
         out = np.zeros(shape, np.uint64)
         for spec, a in zip(entry.regions([a.shape for a in args], params), args):
@@ -67,6 +69,24 @@ def _structured(op, args, params, shape):
         return out
     # views and gathers move elements: the operator itself moves their bits
     return np.asarray(entry.numpy(args, params), np.uint64)
+
+
+def _loop(args, body, shape):
+    """A loop's row t reads every element of the inits and of what the body reads, and the
+    xs of the steps up to t (from t on, backwards): conservative within a row, exact in
+    which steps' xs reach it."""
+    nc, nx_ = len(body.carry), len(body.xs)
+    every = np.uint64(0)                 # index operands come as their values, not bits
+    for k, a in enumerate(args):
+        if a.dtype == np.uint64 and not nc <= k < nc + nx_:
+            every |= np.bitwise_or.reduce(a, axis=None)
+    steps = np.zeros(shape[0], np.uint64)
+    for a in args[nc:nc + nx_]:
+        if a.dtype == np.uint64:
+            steps |= np.bitwise_or.reduce(a.reshape(a.shape[0], -1), axis=1)
+    steps = np.bitwise_or.accumulate(steps[::-1])[::-1] if body.reverse else \
+        np.bitwise_or.accumulate(steps)
+    return np.broadcast_to((steps | every)[:, None], shape)
 
 
 class Pattern:

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import sympy as sp
 
+import symgrad.compiler as C
 from symgrad.compiler import Graph
 from symgrad.compiler.explain import jacobian_report, render, to_dot
 from symgrad.runtime.cli import main
@@ -187,7 +188,8 @@ def _operator_table_reports():
     z = z + (W[1:, ::-1] * W[0, None]).sum() + g.embed(v, (4,), (slice(1, 3),)).sum() \
         + concatenate([W, W[:1]], 0).sum() + pad(v, (1, 2), constant_values=0.5).sum() \
         + W[np.array([0, 2, 2])].sum() + g.scatter_add(v, np.array([1, 1]), (3,)).sum() \
-        + prod(W, axis=0).sum() + cumsum(M, 1).sum()
+        + prod(W, axis=0).sum() + cumsum(M, 1).sum() \
+        + C.scan(lambda c, x: (C.sin(c) * x, c.sum()), v, W)[1].sum()
     used = {g.nx.nodes[i]["op"] for i in g.nx}
     assert set(ops.STRUCTURED) <= used, set(ops.STRUCTURED) - used
     reports.append(jacobian_report(g, z.named("z")))

@@ -167,6 +167,8 @@ INDEXING_ROWS = [
         [(3, 4)]),
     Row("cumsum", "cumsum", lambda a: C.cumsum(a * a, 1) * C.cumsum(a).reshape(3, 4),
         lambda a: (a * a).cumsum(1) * a.reshape(-1).cumsum(0).reshape(3, 4), [(3, 4)]),
+    Row("scan", "loop", lambda a, b: _scan_row(a, b, C.sin, C.scan),
+        lambda a, b: _scan_row(a, b, torch().sin, _torch_scan), [(3,), (4, 3)]),
     Row("norm", "norm_root", lambda a: C.norm(a, axis=1) ** 3 * C.norm(a),
         lambda a: torch().linalg.vector_norm(a, dim=1) ** 3 * torch().linalg.vector_norm(a),
         [(3, 4)]),
@@ -264,6 +266,20 @@ def test_float32_within_1e_5(row):
 
 # entries the rows cannot reach (their inputs are float and all differentiated): tested
 # where they are made
+def _scan_row(a, b, sin, scan):
+    """A scan of 4 steps: the carry through sin, the step's slice and a read value."""
+    final, ys = scan(lambda c, x: (sin(c) * x + 0.5 * c * b[0], c * x), a, b)
+    return ys * final
+
+
+def _torch_scan(f, carry, xs):
+    ys = []
+    for x in xs:
+        carry, y = f(carry, x)
+        ys.append(y)
+    return carry, torch().stack(ys)
+
+
 ELSEWHERE = {"as_mask": "test_indexing.py::test_bool_inputs_are_masks_read_as_zero_or_one"}
 
 
