@@ -20,7 +20,9 @@
   consecutive loops (fission).  LLVM's loop vectoriser grows quadratically with
   the size of a loop body (a 19,000-member kernel took 10 s to vectorise; in
   chunks of 400 it takes well under one), while a chunk boundary only stores
-  the few values that cross it — which reverse mode keeps anyway.
+  the few values that cross it — which reverse mode keeps anyway.  Straight-line
+  scalar code (a graph of scalars) is split the same way, ``MAX_SCALAR`` members per
+  function: LLVM's code generator is super-linear in the size of one function.
 """
 from __future__ import annotations
 
@@ -34,6 +36,7 @@ from .graph import Graph, ancestors
 from .ops import STRUCTURED, contiguous_strides, kind_of
 
 MAX_KERNEL = 400
+MAX_SCALAR = 500       # straight-line scalar members per function (see _stages)
 
 
 @dataclass(frozen=True)
@@ -420,8 +423,9 @@ def _stages(g: Graph, need: set):
             stage[i] = max(stage[x] for x in args)
             base = (stage[i], a["shape"], a["dtype"].char)
             count = size[base] = size.get(base, 0) + 1
-            # a loop is split; a scalar kernel has no loop to vectorise, and stays whole
-            group[i] = base + ((count - 1) // MAX_KERNEL if a["shape"] else 0,)
+            # a loop is split (fission); straight-line scalar code too, into functions of
+            # bounded size, as LLVM's code generator is super-linear in a function's size
+            group[i] = base + ((count - 1) // (MAX_KERNEL if a["shape"] else MAX_SCALAR),)
         elif kind == "reduction":
             (x,) = args
             fused = x in group and kind_of(attrs[x]["op"]) == "elementwise"  # in x's loop
