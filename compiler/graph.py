@@ -564,6 +564,10 @@ class Graph:
         args = [self._operand(a, self.dtype) for a in args]
         spec = STRUCTURED[op]
         shape = spec.shape([a.shape for a in args], params)
+        if dtype is None and all(a.dtype == INDEX for a in args):
+            raise TypeError(f"{op} of the integer index array {args[0].name}: index arrays "
+                            "index (x[i]) as they are; select from the numpy array before "
+                            "passing it, or pass the selection as an int64 input")
         dtype = dtype or np.result_type(*[a.dtype for a in args if a.dtype != INDEX])
         return Expr(self, self._intern(op, [a.id for a in args], params, shape, dtype))
 

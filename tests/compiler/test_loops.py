@@ -257,3 +257,29 @@ def test_bad_scans_raise_clear_errors():
     other = Graph().input("y")
     with pytest.raises(GraphError, match="not inside"):
         scan(lambda c, _: (c * other, None), x, length=2)
+
+
+def test_strided_operands_are_copied_for_the_body():
+    g = Graph()
+    table = g.input("table", (5, 2))
+    labels = g.input("labels", (4,), dtype=np.int64)
+    x = g.input("x", (3, 4))
+    final, picked = scan(lambda c, ix: (c + table[ix[0]] * ix[1].sum(), c.sum()),
+                         g.const(0.0) * table[0], (labels, x.T))
+    f = g.compile([final.sum() + picked.sum()], wrt=[table, x])
+    tab, lab = np.arange(10.0).reshape(5, 2), np.array([4, 0, -1, 2])
+    x0 = np.arange(12.0).reshape(3, 4)
+    value, (d_table, d_x) = f.vjp(tab, lab, x0, seed=1.0)
+    t = torch()
+    tt, tx = t.tensor(tab, requires_grad=True), t.tensor(x0, requires_grad=True)
+    c, total = t.zeros(2, dtype=t.float64), 0.0
+    for k in range(4):
+        total = total + c.sum()
+        c = c + tt[int(lab[k])] * tx.T[k].sum()
+    out = c.sum() + total
+    np.testing.assert_allclose(value, out.item(), rtol=1e-14)
+    for mine, theirs in zip((d_table, d_x), t.autograd.grad(out, (tt, tx))):
+        np.testing.assert_allclose(mine, theirs.numpy(), rtol=1e-13)
+    # an index array is not sliced in the graph (its bound is checked on the input)
+    with pytest.raises(TypeError, match="index arrays index"):
+        labels[::2]

@@ -26,14 +26,16 @@ def _broadcasts(a, b) -> bool:
 
 
 @st.composite
-def recipes(draw, max_steps=8):
+def recipes(draw, max_steps=8, loops=False):
+    """``loops``: draw scans too (3 steps of a carry reading another value)."""
     n_inputs = draw(st.integers(1, 3))
     shapes = [draw(st.sampled_from(SHAPES)) for _ in range(n_inputs)]
     pool = list(shapes)
     steps = []
     for _ in range(draw(st.integers(1, max_steps))):
         kind = draw(st.sampled_from(["unary", "binary", "binary", "sum", "view", "matmul",
-                                     "slice", "where", "cat", "amax", "gather", "cumsum"]))
+                                     "slice", "where", "cat", "amax", "gather", "cumsum"]
+                                    + ["loop"] * loops))
         i = draw(st.integers(0, len(pool) - 1))
         shape = pool[i]
         if kind == "unary":
@@ -94,6 +96,10 @@ def recipes(draw, max_steps=8):
                 continue
             axis = draw(st.integers(0, len(shape) - 1))
             steps.append(("cumsum", i, axis))
+        elif kind == "loop":          # 3 steps of a carry, reading another value each step
+            fits = [k for k in range(len(pool)) if _broadcasts(pool[k], shape)
+                    and np.broadcast_shapes(pool[k], shape) == shape]
+            steps.append(("loop", i, draw(st.sampled_from(fits)), draw(st.sampled_from(UNARY))))
         else:  # x @ xᵀ always fits
             if len(shape) != 2:
                 continue
@@ -136,6 +142,8 @@ def replay(recipe, inputs, F):
             pool.append(pool[step[1]][[0, -1, 0]])
         elif kind == "cumsum":
             pool.append(F.cumsum(pool[step[1]], step[2]))
+        elif kind == "loop":
+            pool.append(F.loop(pool[step[1]], pool[step[2]], step[3]))
         else:
             x = pool[step[1]]
             pool.append(F.matmul(x, F.T(x)))
@@ -172,10 +180,29 @@ class _Common:
     def cumsum(self, x, axis): return x.cumsum(axis)
 
 
+    def loop_step(self, c, y, name):
+        n = getattr(self, name)(c) * 0.5 + y * 0.25
+        return n, n * c
+
+    def loop(self, x, y, name):
+        """The final carry plus the sum of the steps' ys; written as a Python loop here
+        (torch, the runtime) and as a scan for the compiler."""
+        total = None
+        for _ in range(3):
+            x, out = self.loop_step(x, y, name)
+            total = out if total is None else total + out
+        return x + total
+
+
 class SymgradOps(_Common):
     def __init__(self):
         from symgrad.compiler import functions
         super().__init__(functions)
+
+    def loop(self, x, y, name):
+        from symgrad.compiler import scan
+        final, ys = scan(lambda c, _: self.loop_step(c, y, name), x, length=3)
+        return final + ys.sum(0)
 
     def sum(self, x, axes, keep): return x.sum(axes, keepdims=keep)
     def amax(self, x, axes, keep): return x.max(axes, keepdims=keep)

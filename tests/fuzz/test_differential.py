@@ -83,7 +83,7 @@ def check_compiled(recipe, dtype, rng, second_order=True, finite_differences=Fal
 
 
 @FUZZ
-@given(recipe=recipes(), dtype=st.sampled_from([np.float64, np.float32]),
+@given(recipe=recipes(loops=True), dtype=st.sampled_from([np.float64, np.float32]),
        data_seed=st.integers(0, 2**32 - 1))
 def test_compiled_graphs_match_torch(recipe, dtype, data_seed):
     rng = np.random.default_rng(data_seed)
@@ -137,14 +137,14 @@ def check_transform(recipe, transform, rng):
 
 
 @settings(FUZZ, max_examples=max(EXAMPLES // 3, 20))
-@given(recipe=recipes(max_steps=6), transform=st.sampled_from(["jvp", "sparse", "vmap"]),
+@given(recipe=recipes(max_steps=6, loops=True), transform=st.sampled_from(["jvp", "sparse", "vmap"]),
        data_seed=st.integers(0, 2**32 - 1))
 def test_transforms_match_torch_func(recipe, transform, data_seed):
     check_transform(recipe, transform, np.random.default_rng(data_seed))
 
 
 @settings(FUZZ, max_examples=max(EXAMPLES // 3, 20))
-@given(recipe=recipes(max_steps=6), data_seed=st.integers(0, 2**32 - 1))
+@given(recipe=recipes(max_steps=6, loops=True), data_seed=st.integers(0, 2**32 - 1))
 def test_runtime_matches_torch(recipe, data_seed):
     import symgrad.runtime as rt
     rng = np.random.default_rng(data_seed)
