@@ -546,9 +546,13 @@ class Lowerer:
         failed = fn.append_basic_block("failed")
         with loop(b, step.length, "t") as t:
             s = b.sub(b.sub(length, ir.Constant(I64, 1)), t) if step.reverse else t
-            row = b.mul(s, ir.Constant(I64, width))
-            previous = b.mul(b.add(s, ir.Constant(I64, 1 if step.reverse else -1)),
-                             ir.Constant(I64, width))
+            here = s
+            before = b.add(s, ir.Constant(I64, 1 if step.reverse else -1))
+            if step.ring:       # two rows in turn (before is never read at t = 0)
+                here = b.urem(s, ir.Constant(I64, 2))
+                before = b.urem(before, ir.Constant(I64, 2))
+            row = b.mul(here, ir.Constant(I64, width))
+            previous = b.mul(before, ir.Constant(I64, width))
             first = b.icmp_unsigned("==", t, ir.Constant(I64, 0))
             for j, v in enumerate(step.inits):
                 entering = at(step.out, b.add(previous, ir.Constant(I64, step.parts[j][0])))

@@ -160,7 +160,8 @@ class Loop:
     ``s∓1`` of ``out`` (``inits`` at the first step), row ``s`` of each of ``xs`` and all of
     ``consts``, and writes the body's outputs into row ``s`` of ``out``: part ``p`` at
     ``parts[p] = (offset, size)`` of the row, written by body output ``first[p]``'s
-    slot; a part that repeats an earlier output is copied from it."""
+    slot; a part that repeats an earlier output is copied from it.  With ``ring``, ``out``
+    has two rows, step ``s`` writing row ``s % 2`` (only the last step's row is read)."""
     body: "Program"
     graph: Graph
     inits: list
@@ -171,6 +172,7 @@ class Loop:
     reverse: bool
     parts: list
     first: list
+    ring: bool = False
 
     def reads(self):
         return [*self.inits, *self.xs, *self.consts]
@@ -244,7 +246,15 @@ def schedule(g: Graph, inputs: list[int], outputs: list[int]) -> Program:
         if materialise:
             view[i] = own_buffer(i)
         if kind == "loop":
-            if not materialise:
+            ring = _final_row_only(i, a, consumers[i], attrs, out_index)
+            if ring:       # two rows in turn; consumers read the last step's through a view
+                temps += 1
+                (length, width), body = a["shape"], a["params"][0]
+                prog.buffers.append(Buffer("temp", temps - 1, 2 * width, a["dtype"]))
+                last = 0 if body.reverse else length - 1
+                view[i] = View(len(prog.buffers) - 1, a["shape"], (width, 1), a["dtype"],
+                               (last % 2 - last) * width)
+            elif not materialise:
                 view[i] = own_buffer(i)
             operands = []
             for x in a["args"]:         # the body reads whole contiguous buffers
@@ -260,7 +270,9 @@ def schedule(g: Graph, inputs: list[int], outputs: list[int]) -> Program:
                     order.append(step)
                     v = copy
                 operands.append(v)
-            step = _loop(a["params"][0], operands, view[i])
+            out = View(view[i].buffer, (2, a["shape"][1]), (a["shape"][1], 1), a["dtype"]) \
+                if ring else view[i]
+            step = _loop(a["params"][0], operands, out, ring)
             producer[view[i].buffer] = step
             order.append(step)
             continue
@@ -317,14 +329,24 @@ def _plain(v: View) -> bool:
         n == 1 or st == c for n, st, c in zip(v.shape, v.strides, contiguous_strides(v.shape)))
 
 
-def _loop(body, operands: list, out: View) -> Loop:
+def _final_row_only(i, a, consumers, attrs, out_index) -> bool:
+    """Whether only the last step's row of loop ``i`` is read (its final carry: a forward
+    pass without ys), so two rows taken in turn hold what is needed."""
+    body = a["params"][0]
+    last = 0 if body.reverse else a["shape"][0] - 1
+    return i not in out_index and bool(consumers) and all(
+        attrs[c]["op"] == "index" and attrs[c]["params"][0][0] in
+        (("int", last), ("slice", last, 1, 1)) for c in consumers)
+
+
+def _loop(body, operands: list, out: View, ring: bool = False) -> Loop:
     """The Loop step of a loop node: its body scheduled as a program of its own."""
     nc, nx_ = len(body.carry), len(body.xs)
     unique = list(dict.fromkeys(body.outputs))
     program = schedule(body.graph, [*body.carry, *body.xs, *body.consts], unique)
     return Loop(program, body.graph, operands[:nc], operands[nc:nc + nx_],
                 operands[nc + nx_:], out, body.length, body.reverse, list(body.slices),
-                [unique.index(o) for o in body.outputs])
+                [unique.index(o) for o in body.outputs], ring)
 
 
 def _fusable_embed(i, a, consumers, attrs, out_index) -> bool:

@@ -283,3 +283,32 @@ def test_strided_operands_are_copied_for_the_body():
     # an index array is not sliced in the graph (its bound is checked on the input)
     with pytest.raises(TypeError, match="index arrays index"):
         labels[::2]
+
+
+@pytest.mark.parametrize("length,reverse", [(7, False), (8, False), (7, True), (1, False)])
+def test_a_forward_pass_keeps_two_rows_when_only_the_final_carry_is_read(length, reverse):
+    from symgrad.compiler.schedule import Loop
+    g = Graph()
+    h, w = g.input("h", (5,)), g.input("w")
+    xs = np.linspace(-1.0, 1.0, 5 * length).reshape(length, 5)
+    final, _ = scan(lambda c, x: (C.sin(c) * w + x, None), h, xs, reverse=reverse)
+    f = g.compile([final * 2.0])
+    h0 = np.linspace(0.1, 0.5, 5)
+    np.testing.assert_allclose(f(h0, 0.9), g.evaluate(final * 2.0, {"h": h0, "w": 0.9}),
+                               rtol=1e-14)
+    steps = [s for s in _steps(f) if isinstance(s, Loop)]
+    assert [s.ring for s in steps] == [True] and steps[0].out.shape == (2, 5)
+    # with the gradient, the forward loop keeps every row (the reverse pass reads them,
+    # but for one step);
+    # the reverse loop, whose ys (the adjoint of the constant xs) nobody reads, keeps two
+    fg = g.compile([final.sum()], wrt=[h])
+    assert [s.ring for s in _steps(fg, "vjp") if isinstance(s, Loop)] == [length == 1, True]
+    np.testing.assert_allclose(fg.vjp(h0, 0.9, seed=1.0)[1][0],
+                               g.compile([final.sum()], wrt=[h, w]).vjp(h0, 0.9)[1][0],
+                               rtol=1e-15)
+
+
+def _steps(f, kind="forward"):
+    from symgrad.compiler.schedule import schedule
+    entry = f.source.entries[kind]
+    return schedule(f.source.work, entry.inputs, entry.outputs).steps

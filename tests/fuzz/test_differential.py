@@ -137,8 +137,8 @@ def check_transform(recipe, transform, rng):
 
 
 @settings(FUZZ, max_examples=max(EXAMPLES // 3, 20))
-@given(recipe=recipes(max_steps=6, loops=True), transform=st.sampled_from(["jvp", "sparse", "vmap"]),
-       data_seed=st.integers(0, 2**32 - 1))
+@given(recipe=recipes(max_steps=6, loops=True),
+       transform=st.sampled_from(["jvp", "sparse", "vmap"]), data_seed=st.integers(0, 2**32 - 1))
 def test_transforms_match_torch_func(recipe, transform, data_seed):
     check_transform(recipe, transform, np.random.default_rng(data_seed))
 
