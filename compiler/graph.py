@@ -879,12 +879,25 @@ class Graph:
         return [new[o.id] for o in outputs]
 
     def copy(self) -> "Graph":
-        other = Graph(self.dtype)
+        other = self._like()
         other.nx = self.nx.copy()
         other._interned = dict(self._interned)
         other._inputs = dict(self._inputs)
         other._user_names = set(self._user_names)
         return other
+
+    def _like(self) -> "Graph":
+        """An empty graph of this kind (a loop body's copy is a body too)."""
+        return Graph(self.dtype)
+
+    def fresh_name(self, name: str) -> str:
+        """``name``, or ``name_1``, ``name_2``, … : the first no input or named node has."""
+        taken = set(self._inputs) | self._user_names
+        n, candidate = 0, name
+        while candidate in taken:
+            n += 1
+            candidate = f"{name}_{n}"
+        return candidate
 
     # ---- derivatives and evaluation (implemented in their own modules) ---------------------
     def grad(self, outputs, wrt, seeds=None):

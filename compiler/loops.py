@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import ops
+from .autodiff import _zeros
 from .errors import GraphError, ShapeError
 from .graph import BOOL, INDEX, Expr, Graph, ancestors
 
@@ -72,26 +73,13 @@ class BodyGraph(Graph):
             x = x.graph._operand(x, x.graph.dtype)
         if x.id not in self.captured:
             name = x._attrs.get("name") or f"outer_{x.name}"
-            inner = self.input(_fresh(self, name), x.shape, x.dtype)
+            inner = self.input(self.fresh_name(name), x.shape, x.dtype)
             self.captured[x.id] = inner.id
             self.outer.append(x)
         return Expr(self, self.captured[x.id])
 
-    def copy(self) -> "BodyGraph":
-        other = BodyGraph(self.dtype, self.parent)
-        other.nx = self.nx.copy()
-        other._interned = dict(self._interned)
-        other._inputs = dict(self._inputs)
-        other._user_names = set(self._user_names)
-        return other
-
-
-def _fresh(g: Graph, name: str) -> str:
-    taken, n, candidate = set(g._inputs) | g._user_names, 0, name
-    while candidate in taken:
-        n += 1
-        candidate = f"{name}_{n}"
-    return candidate
+    def _like(self) -> "BodyGraph":
+        return BodyGraph(self.dtype, self.parent)
 
 
 @dataclass(eq=False)
@@ -201,7 +189,7 @@ def make_body(g: Graph, carry, xs, consts, carry_out, ys, length, reverse) -> Bo
     for i in sorted(ancestors(g, outs)):
         if nodes[i]["op"] == "array":     # its value is passed in: code never holds data
             value = nodes[i]["params"][0]
-            name = _fresh(g, "array")
+            name = g.fresh_name("array")
             nodes[i].update(op="input", params=(), name=name)
             g._inputs[name] = i
             hoisted.append((i, value))
@@ -210,14 +198,6 @@ def make_body(g: Graph, carry, xs, consts, carry_out, ys, length, reverse) -> Bo
                 tuple([*(k.id for k in consts), *(i for i, _ in hoisted)]),
                 tuple(outs[:n]), tuple(outs[n:]), length, reverse,
                 tuple(v for _, v in hoisted))
-
-
-def _zeros(g: Graph, shape) -> Expr:
-    return g.broadcast_to(g.const(0.0), shape)
-
-
-def _is_float(g: Graph, i: int) -> bool:
-    return g.nx.nodes[i]["dtype"].kind == "f"
 
 
 # ---- the derived bodies: the loop's VJP and JVP -------------------------------------------
@@ -234,9 +214,9 @@ def reverse_body(body: Body) -> Body:
     consts = [Expr(g, i) for i in body.consts]
     moving_x = [x for x in xs if x.dtype.kind == "f"]
     moving_k = [k for k in consts if k.dtype.kind == "f"]
-    adjoint = [g.input(_fresh(g, f"P_{c.name}"), c.shape) for c in carry]
-    sums = [g.input(_fresh(g, f"sum_P_{k.name}"), k.shape) for k in moving_k]
-    rows = [g.input(_fresh(g, f"P_row{p}"), body.shape_of(i))
+    adjoint = [g.input(g.fresh_name(f"P_{c.name}"), c.shape) for c in carry]
+    sums = [g.input(g.fresh_name(f"sum_P_{k.name}"), k.shape) for k in moving_k]
+    rows = [g.input(g.fresh_name(f"P_row{p}"), body.shape_of(i))
             for p, i in enumerate(body.outputs)]
     n = len(carry)
     seeds = [a + r for a, r in zip(adjoint, rows[:n])] + rows[n:]
@@ -256,17 +236,17 @@ def _loop_vjp(adjoint, args, out, params):
     nc, nx_ = len(body.carry), len(body.xs)
     inits, xs, consts = list(args[:nc]), list(args[nc:nc + nx_]), list(args[nc + nx_:])
     rev = reverse_body(body)
-    moving_k = [k for k in args[nc + nx_:] if k.dtype.kind == "f"]
+    moving_k = [k for k in consts if k.dtype.kind == "f"]
     rows = [adjoint[:, lo:lo + n].reshape((body.length, *body.shape_of(i)))
             for (lo, n), i in zip(body.slices, body.outputs)]
-    given = [*(_zeros(g, c.shape) for c in inits), *(_zeros(g, k.shape) for k in moving_k),
+    given = [*(_zeros(g, c) for c in inits), *(_zeros(g, k) for k in moving_k),
              *body.entering(out, inits), *xs, *rows, *consts]
     value = g.apply("loop", *rev.operands(g, given), params=(rev,))
     finals, d_xs = rev.finals(value), iter(rev.stacked(value))
     d_consts = iter(finals[nc:])
     return [*finals[:nc],
             *(next(d_xs) if x.dtype.kind == "f" else None for x in xs),
-            *(next(d_consts) if k.dtype.kind == "f" else None for k in args[nc + nx_:])]
+            *(next(d_consts) if k.dtype.kind == "f" else None for k in consts)]
 
 
 def tangent_body(body: Body, moving: tuple) -> Body:
@@ -283,7 +263,7 @@ def tangent_body(body: Body, moving: tuple) -> Body:
     dx = [x for x, m in zip(xs, moving[nc:nc + nx_]) if m]
     dk = [k for k, m in zip(consts, moving[nc + nx_:]) if m]
     wrt = carry + dx + dk
-    tangents = [g.input(_fresh(g, f"tangent_{e.name}"), e.shape) for e in wrt]
+    tangents = [g.input(g.fresh_name(f"tangent_{e.name}"), e.shape) for e in wrt]
     out = g.jvp([Expr(g, i) for i in body.outputs], wrt, tangents)
     n = len(carry)
     t_carry, t_x, t_k = tangents[:n], tangents[n:n + len(dx)], tangents[n + len(dx):]
@@ -300,7 +280,7 @@ def _loop_jvp(tangents, args, out, params):
     moving = tuple(t is not None and a.dtype.kind == "f" for t, a in zip(tangents, args))
     tb = tangent_body(body, moving)
     inits, xs, consts = list(args[:nc]), list(args[nc:nc + nx_]), list(args[nc + nx_:])
-    t_inits = [t if m else _zeros(g, a.shape)
+    t_inits = [t if m else _zeros(g, a)
                for t, a, m in zip(tangents[:nc], inits, moving[:nc])]
     t_xs = [t for t, m in zip(tangents[nc:nc + nx_], moving[nc:nc + nx_]) if m]
     t_consts = [t for t, m in zip(tangents[nc + nx_:], moving[nc + nx_:]) if m]
@@ -435,10 +415,10 @@ def _trace(f, parent, carry_leaves, carry_def, x_leaves, x_def, length, reverse)
     the graph the loop lives in)."""
     dtype = parent.dtype if parent is not None else np.dtype(np.float64)
     bg = BodyGraph(dtype, parent)
-    carry = [bg.input(_fresh(bg, f"carry{k}" if len(carry_leaves) > 1 else "carry"),
+    carry = [bg.input(bg.fresh_name(f"carry{k}" if len(carry_leaves) > 1 else "carry"),
                       np.shape(c) if not isinstance(c, Expr) else c.shape)
              for k, c in enumerate(carry_leaves)]
-    xs = [bg.input(_fresh(bg, f"x{k}" if len(x_leaves) > 1 else "x"), np.shape(x)[1:],
+    xs = [bg.input(bg.fresh_name(f"x{k}" if len(x_leaves) > 1 else "x"), np.shape(x)[1:],
                    _slice_dtype(x, dtype)) for k, x in enumerate(x_leaves)]
     stack = _active.__dict__.setdefault("bodies", [])
     stack.append(bg)
@@ -541,7 +521,8 @@ def _empty(f, init, carry_leaves, carry_def, x_leaves, parent):
                            for x in x_leaves] if x_leaves else None, length=1)
     _, ys = probe
     y_leaves, y_def = _flatten(ys, "y")
-    return init, _unflatten(y_def, [_zeros(parent, (0, *y.shape[1:])) for y in y_leaves])
+    return init, _unflatten(y_def, [parent.broadcast_to(parent.const(0.0), (0, *y.shape[1:]))
+                                      for y in y_leaves])
 
 
 def _checkpointed(f, init, xs, length, k, reverse):

@@ -506,7 +506,6 @@ class Lowerer:
         b.ret_void()
         return fn, buffers
 
-
     # ---- a loop: its body program run once per step ------------------------------------------
     def loop(self, name, step: Loop):
         """``i32 name(buffers…)``: the body is a function ``i32 (table, workspace)`` of its own,
@@ -560,7 +559,7 @@ class Lowerer:
             for j, v in enumerate(step.xs):
                 put(n_c + j, at(v, b.mul(s, ir.Constant(I64, math.prod(v.shape[1:])))))
             written = {}
-            for p, ((offset, size), u) in enumerate(zip(step.parts, step.first)):
+            for (offset, _), u in zip(step.parts, step.first):
                 if u not in written:
                     written[u] = at(step.out, b.add(row, ir.Constant(I64, offset)))
                     put(n_in + u, written[u])

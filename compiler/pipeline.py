@@ -68,7 +68,7 @@ class CompilePlan:
         if "jvp" in self.entries:
             return self.tangent_ids
         work = self.work
-        ts = [work.input(_fresh(work, f"tangent_{w.name}"), w.shape, w.dtype) for w in self.wrt]
+        ts = [work.input(work.fresh_name(f"tangent_{w.name}"), w.shape, w.dtype) for w in self.wrt]
         ins, t_ids = [i.id for i in self.inputs], [t.id for t in ts]
         ids = {"jvp": _materialised(work, tangents(work, self.outputs, self.wrt, ts))}
         self.entries["jvp"] = _entry(work, "jvp", ins + t_ids,
@@ -233,7 +233,7 @@ def prepare(g: Graph, outputs, wrt, inputs=None, fast_math=False,
     if wrt and mode == "reverse":
         progress.stage("reverse pass")
         for k, o in enumerate(outs):
-            seeds.append(work.input(_fresh(work, f"seed_{o.name}"), o.shape, o.dtype))
+            seeds.append(work.input(work.fresh_name(f"seed_{o.name}"), o.shape, o.dtype))
         grads = work.grad(outs, [Expr(work, w.id) for w in wrt], seeds)
     inputs = [Expr(work, i.id) for i in inputs]
     wrt = [Expr(work, w.id) for w in wrt]
@@ -257,15 +257,6 @@ def _entry(work: Graph, kind, args, outputs) -> Entry:
     nodes = work.nx.nodes
     constants = sorted(i for i in ancestors(work, outputs) if nodes[i]["op"] == "array")
     return Entry(kind, args + constants, outputs, constants=constants)
-
-
-def _fresh(g, name):
-    taken = set(g._inputs)
-    n, candidate = 0, name
-    while candidate in taken:
-        n += 1
-        candidate = f"{name}_{n}"
-    return candidate
 
 
 def _materialised(work: Graph, exprs):

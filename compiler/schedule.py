@@ -198,23 +198,25 @@ def schedule(g: Graph, inputs: list[int], outputs: list[int]) -> Program:
     prog = Program(list(inputs), list(outputs))
     view: dict[int, View] = {}
 
-    def new_buffer(kind, index, node):
-        a = attrs[node]
-        prog.buffers.append(Buffer(kind, index, math.prod(a["shape"]), a["dtype"]))
-        return View(len(prog.buffers) - 1, a["shape"], contiguous_strides(a["shape"]),
-                    a["dtype"])
+    def new_buffer(kind, index, shape, dtype):
+        prog.buffers.append(Buffer(kind, index, math.prod(shape), dtype))
+        return View(len(prog.buffers) - 1, shape, contiguous_strides(shape), dtype)
 
     for k, i in enumerate(inputs):
-        view[i] = new_buffer("input", k, i)
+        view[i] = new_buffer("input", k, attrs[i]["shape"], attrs[i]["dtype"])
     out_index = {i: k for k, i in enumerate(outputs)}
     temps = 0
 
-    def own_buffer(node):     # an output's slot, or the next temporary
+    def temp_buffer(shape, dtype):
         nonlocal temps
-        if node in out_index:
-            return new_buffer("output", out_index[node], node)
         temps += 1
-        return new_buffer("temp", temps - 1, node)
+        return new_buffer("temp", temps - 1, shape, dtype)
+
+    def own_buffer(node):     # an output's slot, or the next temporary
+        a = attrs[node]
+        if node in out_index:
+            return new_buffer("output", out_index[node], a["shape"], a["dtype"])
+        return temp_buffer(a["shape"], a["dtype"])
 
     kernels: dict[tuple, Kernel] = {}
     producer: dict[int, object] = {}     # buffer -> step that writes it
@@ -248,11 +250,10 @@ def schedule(g: Graph, inputs: list[int], outputs: list[int]) -> Program:
         if kind == "loop":
             ring = _final_row_only(i, a, consumers[i], attrs, out_index)
             if ring:       # two rows in turn; consumers read the last step's through a view
-                temps += 1
                 (length, width), body = a["shape"], a["params"][0]
-                prog.buffers.append(Buffer("temp", temps - 1, 2 * width, a["dtype"]))
+                out = temp_buffer((2, width), a["dtype"])
                 last = 0 if body.reverse else length - 1
-                view[i] = View(len(prog.buffers) - 1, a["shape"], (width, 1), a["dtype"],
+                view[i] = View(out.buffer, a["shape"], out.strides, a["dtype"],
                                (last % 2 - last) * width)
             elif not materialise:
                 view[i] = own_buffer(i)
@@ -260,18 +261,15 @@ def schedule(g: Graph, inputs: list[int], outputs: list[int]) -> Program:
             for x in a["args"]:         # the body reads whole contiguous buffers
                 v = view.get(x)
                 if v is None or not _plain(v):     # a constant, or a strided view: copied
-                    shape, dtype = attrs[x]["shape"], attrs[x]["dtype"]
-                    temps += 1
-                    prog.buffers.append(Buffer("temp", temps - 1, math.prod(shape), dtype))
-                    copy = View(len(prog.buffers) - 1, shape, contiguous_strides(shape), dtype)
+                    copy = temp_buffer(attrs[x]["shape"], attrs[x]["dtype"])
                     step = Assemble(copy, attrs[x]["params"][0], []) if v is None else \
                         Assemble(copy, None, [(v, copy)])
                     producer[copy.buffer] = step
                     order.append(step)
                     v = copy
                 operands.append(v)
-            out = View(view[i].buffer, (2, a["shape"][1]), (a["shape"][1], 1), a["dtype"]) \
-                if ring else view[i]
+            if not ring:
+                out = view[i]
             step = _loop(a["params"][0], operands, out, ring)
             producer[view[i].buffer] = step
             order.append(step)
