@@ -29,6 +29,7 @@ from .dtypes import (bool_ as bool, float16, float32, float64, int8, int16,  # n
 from .random import (Generator, get_rng_state, initial_seed, manual_seed, seed,  # noqa: F401
                      set_rng_state)
 from .serialization import load, save
+from .trace import TraceError, compile  # noqa: F401  (torch.compile; shadows the builtin)
 from .tensor import (Size, Tensor, as_tensor, bmm, cat, dot, enable_grad, is_grad_enabled,
                      matmul, mv, no_grad, outer, set_grad_enabled, stack, tensor, where)
 

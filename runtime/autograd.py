@@ -20,7 +20,7 @@ import numpy as np
 from symgrad.compiler import Graph
 from symgrad.compiler.backend.stats import logger, stats
 from .creation import Variable  # noqa: F401  (torch.autograd.Variable)
-from .tensor import Node, Tensor, _value, as_tensor, is_grad_enabled
+from .tensor import Node, Tensor, _mode, _value, as_tensor, is_grad_enabled
 
 log = logger("symgrad.runtime")
 _cache: dict = {}
@@ -306,9 +306,17 @@ def backward(tensor, gradient=None, retain_graph=None, create_graph=False, input
     Hooks on tensors with a grad_fn that replace the gradient are honoured by linearity:
     the difference they make is sent back from that tensor in a second compiled pass."""
     tape = _Tape([tensor])
+    trace = _mode.trace
+    if trace is not None:
+        return _traced_backward(trace, tape, tensor, gradient, retain_graph, create_graph,
+                                inputs)
     if tape.functions:
         return _backward_through_functions(tape, tensor, gradient, retain_graph,
                                            create_graph, inputs)
+    backward_eager(tape, tensor, gradient, retain_graph, create_graph, inputs)
+
+
+def backward_eager(tape, tensor, gradient, retain_graph, create_graph, inputs):
     targets = _targets(tape, inputs)
     hooked = [n for n in tape.order if n.hooks and n.retained is not None
               and n.retained() is not None]
@@ -324,6 +332,32 @@ def backward(tensor, gradient=None, retain_graph=None, create_graph=False, input
                 node.freed = True
     for t in targets:
         _accumulate(t, by_id[id(t)], create_graph)
+
+
+def _traced_backward(trace, tape, tensor, gradient, retain_graph, create_graph, inputs):
+    """backward() inside a compile() trace: run eagerly, and add the reverse pass to the
+    trace's graph (``Graph.grad`` of the same operations)."""
+    from .trace import TraceError, _user_line
+    if create_graph or tape.functions:
+        raise TraceError(f"compile: {_user_line()}: backward with "
+                         f"{'create_graph=True' if create_graph else 'a custom Function'} "
+                         "inside a compiled step is not supported; compile the step without "
+                         "it, or run it eagerly")
+    targets = _targets(tape, inputs)
+    if any(n.hooks for n in tape.order) or any(t._hooks for t in targets):
+        raise TraceError(f"compile: {_user_line()}: gradient hooks run Python during "
+                         "backward, which a compiled step cannot; run this step eagerly")
+    versions = {}
+    for key in tape.index:
+        if isinstance(key, tuple) and len(key) == 3 and not key[2]:
+            versions.setdefault(key[0], set()).add(key[1])
+    for t in targets:
+        if t.grad_fn is None and versions.get(id(t), {t._version_box.n}) != {t._version_box.n}:
+            raise TraceError(f"compile: {_user_line()}: a leaf changed in place between its "
+                             "use and backward(); the compiled step cannot tell the versions "
+                             "apart")
+    trace.backward(tensor, gradient, targets, lambda: backward_eager(
+        tape, tensor, gradient, retain_graph, create_graph, inputs))
 
 
 def _run_hooks(tape, hooked, by_id, targets, create_graph):

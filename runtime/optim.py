@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .tensor import Tensor, clear_grad, no_grad
+from .tensor import Tensor, _mode, clear_grad, no_grad
 
 
 class Optimizer:
@@ -61,12 +61,56 @@ class Optimizer:
         for group in self.param_groups:
             for p in group["params"]:
                 if p.grad is not None:
-                    state = self.state.setdefault(p, {})
-                    grad = p.grad._data
-                    if group.get("maximize"):
-                        grad = -grad
-                    self._update(p, grad, state, group)
+                    self._update(p, self.state.setdefault(p, {}), group)
         return loss
+
+    def _update(self, p, state, group):
+        """One parameter's update: the numbers this step needs computed in Python
+        (``_scalars``, which also counts the step), then the array arithmetic
+        (``_arrays``), written once for numpy arrays and for graph nodes, so a compiled
+        step (``compile``) performs exactly the same operations."""
+        x = p._data
+        trace = _mode.trace
+        if not state:
+            self._init_state(state, x, group)
+        had = _buffers(state)
+        scalars = self._scalars(state, group)
+        if trace is not None and trace.unfinished is None:
+            tx, tgrad, tbufs, tscalars = trace.optimizer_update(self, p, state, group,
+                                                                list(scalars))
+            traced = self._arrays(tx, tgrad, tbufs, tscalars, group)
+        grad = p._grad._data
+        if group.get("maximize"):
+            grad = -grad
+        typed = {k: x.dtype.type(v) for k, v in scalars.items()}
+        new_x, new_bufs = self._arrays(x, grad, dict(had), typed, group)
+        for key, value in new_bufs.items():
+            if key in state:
+                np.copyto(state[key], value)
+            else:
+                state[key] = np.array(value, dtype=x.dtype)
+        _write(p, new_x)
+        if trace is not None:
+            if _buffers(state).keys() != had.keys():     # SGD's first momentum step
+                trace.unfinished = f"{type(self).__name__} made a buffer in this call"
+            elif trace.unfinished is None:
+                trace.optimizer_result(self, p, *traced)
+
+    def _init_state(self, state, x, group):
+        """The buffers a parameter's first step starts from."""
+
+    def _structure(self, group, state) -> tuple:
+        """What decides ``_arrays``' code path (for a compiled step's guard)."""
+        return (group.get("maximize"),)
+
+    def _scalars(self, state, group) -> dict:
+        """This step's numbers, as Python floats (named; advances the step count)."""
+        raise NotImplementedError
+
+    def _arrays(self, x, grad, bufs, s, group):
+        """(new parameter, new buffers) from arrays or graph nodes; ``s``: ``_scalars``
+        in the parameter's dtype."""
+        raise NotImplementedError
 
     def state_dict(self):
         index = {id(p): k for k, p in enumerate(p for g in self.param_groups
@@ -98,8 +142,8 @@ def _write(p: Tensor, value):
     np.copyto(p._data, value, casting="same_kind")
 
 
-def _scalar(value, like):
-    return like.dtype.type(value)
+def _buffers(state) -> dict:
+    return {k: v for k, v in state.items() if isinstance(v, np.ndarray)}
 
 
 class SGD(Optimizer):
@@ -115,20 +159,27 @@ class SGD(Optimizer):
                                       weight_decay=weight_decay, nesterov=nesterov,
                                       maximize=maximize))
 
-    def _update(self, p, grad, state, group):
-        x = p._data
+    def _structure(self, group, state):
+        return (group["maximize"], group["weight_decay"] != 0, group["momentum"] != 0,
+                group["nesterov"], "momentum_buffer" in state)
+
+    def _scalars(self, state, group):
+        s = {"neg_lr": -group["lr"]}
         if group["weight_decay"]:
-            grad = grad + _scalar(group["weight_decay"], x) * x
-        momentum = group["momentum"]
-        if momentum:
-            buf = state.get("momentum_buffer")
-            if buf is None:
-                buf = state["momentum_buffer"] = np.array(grad, dtype=x.dtype)
-            else:
-                buf *= _scalar(momentum, x)
-                buf += _scalar(1 - group["dampening"], x) * grad
-            grad = grad + _scalar(momentum, x) * buf if group["nesterov"] else buf
-        _write(p, x + _scalar(-group["lr"], x) * grad)
+            s["wd"] = group["weight_decay"]
+        if group["momentum"]:
+            s.update(momentum=group["momentum"], damp=1 - group["dampening"])
+        return s
+
+    def _arrays(self, x, grad, bufs, s, group):
+        if group["weight_decay"]:
+            grad = grad + s["wd"] * x
+        if group["momentum"]:
+            buf = bufs.get("momentum_buffer")
+            buf = grad if buf is None else buf * s["momentum"] + s["damp"] * grad
+            bufs["momentum_buffer"] = buf
+            grad = grad + s["momentum"] * buf if group["nesterov"] else buf
+        return x + s["neg_lr"] * grad, bufs
 
 
 class Adam(Optimizer):
@@ -141,31 +192,42 @@ class Adam(Optimizer):
                                       amsgrad=amsgrad, maximize=maximize,
                                       decoupled=decoupled_weight_decay))
 
-    def _update(self, p, grad, state, group):
-        x = p._data
+    def _init_state(self, state, x, group):
+        state.update(step=0, exp_avg=np.zeros_like(x), exp_avg_sq=np.zeros_like(x))
+        if group["amsgrad"]:
+            state["max_exp_avg_sq"] = np.zeros_like(x)
+
+    def _structure(self, group, state):
+        return (group["maximize"], group["weight_decay"] != 0, group["decoupled"],
+                group["amsgrad"])
+
+    def _scalars(self, state, group):
         b1, b2 = group["betas"]
         lr, wd = group["lr"], group["weight_decay"]
-        if not state:
-            state.update(step=0, exp_avg=np.zeros_like(x), exp_avg_sq=np.zeros_like(x))
-            if group["amsgrad"]:
-                state["max_exp_avg_sq"] = np.zeros_like(x)
         state["step"] += 1
-        if wd and group["decoupled"]:
-            x = x * _scalar(1 - lr * wd, x)
-        elif wd:
-            grad = grad + _scalar(wd, x) * x
-        m, v = state["exp_avg"], state["exp_avg_sq"]
-        m += _scalar(1 - b1, x) * (grad - m)                 # lerp_(grad, 1 − β₁)
-        v *= _scalar(b2, x)
-        v += _scalar(1 - b2, x) * (grad * grad)              # addcmul_
         step = state["step"]
-        step_size = lr / (1 - b1 ** step)
-        correction2 = (1 - b2 ** step) ** 0.5
+        s = {"one_minus_b1": 1 - b1, "b2": b2, "one_minus_b2": 1 - b2,
+             "neg_step_size": -(lr / (1 - b1 ** step)),
+             "correction2": (1 - b2 ** step) ** 0.5, "eps": group["eps"]}
+        if wd and group["decoupled"]:
+            s["decay"] = 1 - lr * wd
+        elif wd:
+            s["wd"] = wd
+        return s
+
+    def _arrays(self, x, grad, bufs, s, group):
+        if "decay" in s:
+            x = x * s["decay"]
+        elif "wd" in s:
+            grad = grad + s["wd"] * x
+        m, v = bufs["exp_avg"], bufs["exp_avg_sq"]
+        m = m + s["one_minus_b1"] * (grad - m)                  # lerp_(grad, 1 − β₁)
+        v = v * s["b2"] + s["one_minus_b2"] * (grad * grad)     # mul_, addcmul_
+        bufs.update(exp_avg=m, exp_avg_sq=v)
         if group["amsgrad"]:
-            np.maximum(state["max_exp_avg_sq"], v, out=state["max_exp_avg_sq"])
-            v = state["max_exp_avg_sq"]
-        denom = np.sqrt(v) / _scalar(correction2, x) + _scalar(group["eps"], x)
-        _write(p, x + _scalar(-step_size, x) * (m / denom))
+            v = bufs["max_exp_avg_sq"] = np.maximum(bufs["max_exp_avg_sq"], v)
+        denom = np.sqrt(v) / s["correction2"] + s["eps"]
+        return x + s["neg_step_size"] * (m / denom), bufs
 
 
 class AdamW(Adam):
@@ -185,35 +247,43 @@ class RMSprop(Optimizer):
                                       momentum=momentum, centered=centered,
                                       maximize=maximize))
 
-    def _update(self, p, grad, state, group):
-        x = p._data
-        alpha = group["alpha"]
-        if not state:
-            state.update(step=0, square_avg=np.zeros_like(x))
-            if group["momentum"] > 0:
-                state["momentum_buffer"] = np.zeros_like(x)
-            if group["centered"]:
-                state["grad_avg"] = np.zeros_like(x)
-        state["step"] += 1
-        if group["weight_decay"]:
-            grad = grad + _scalar(group["weight_decay"], x) * x
-        sq = state["square_avg"]
-        sq *= _scalar(alpha, x)
-        sq += _scalar(1 - alpha, x) * (grad * grad)
+    def _init_state(self, state, x, group):
+        state.update(step=0, square_avg=np.zeros_like(x))
+        if group["momentum"] > 0:
+            state["momentum_buffer"] = np.zeros_like(x)
         if group["centered"]:
-            ga = state["grad_avg"]
-            ga += _scalar(1 - alpha, x) * (grad - ga)
+            state["grad_avg"] = np.zeros_like(x)
+
+    def _structure(self, group, state):
+        return (group["maximize"], group["weight_decay"] != 0, group["momentum"] > 0,
+                group["centered"])
+
+    def _scalars(self, state, group):
+        state["step"] += 1
+        s = {"alpha": group["alpha"], "one_minus_alpha": 1 - group["alpha"],
+             "eps": group["eps"], "neg_lr": -group["lr"]}
+        if group["weight_decay"]:
+            s["wd"] = group["weight_decay"]
+        if group["momentum"] > 0:
+            s["momentum"] = group["momentum"]
+        return s
+
+    def _arrays(self, x, grad, bufs, s, group):
+        if "wd" in s:
+            grad = grad + s["wd"] * x
+        sq = bufs["square_avg"] = \
+            bufs["square_avg"] * s["alpha"] + s["one_minus_alpha"] * (grad * grad)
+        if group["centered"]:
+            ga = bufs["grad_avg"] = \
+                bufs["grad_avg"] + s["one_minus_alpha"] * (grad - bufs["grad_avg"])
             avg = np.sqrt(sq - ga * ga)
         else:
             avg = np.sqrt(sq)
-        avg = avg + _scalar(group["eps"], x)
+        avg = avg + s["eps"]
         if group["momentum"] > 0:
-            buf = state["momentum_buffer"]
-            buf *= _scalar(group["momentum"], x)
-            buf += grad / avg
-            _write(p, x + _scalar(-group["lr"], x) * buf)
-        else:
-            _write(p, x + _scalar(-group["lr"], x) * (grad / avg))
+            buf = bufs["momentum_buffer"] = bufs["momentum_buffer"] * s["momentum"] + grad / avg
+            return x + s["neg_lr"] * buf, bufs
+        return x + s["neg_lr"] * (grad / avg), bufs
 
 
 class Adagrad(Optimizer):
@@ -226,17 +296,26 @@ class Adagrad(Optimizer):
                                       initial_accumulator_value=initial_accumulator_value,
                                       eps=eps, maximize=maximize))
 
-    def _update(self, p, grad, state, group):
-        x = p._data
-        if not state:
-            state.update(step=0, sum=np.full_like(x, group["initial_accumulator_value"]))
+    def _init_state(self, state, x, group):
+        state.update(step=0, sum=np.full_like(x, group["initial_accumulator_value"]))
+
+    def _structure(self, group, state):
+        return (group["maximize"], group["weight_decay"] != 0)
+
+    def _scalars(self, state, group):
         state["step"] += 1
+        s = {"neg_clr": -(group["lr"] / (1 + (state["step"] - 1) * group["lr_decay"])),
+             "eps": group["eps"]}
         if group["weight_decay"]:
-            grad = grad + _scalar(group["weight_decay"], x) * x
-        clr = group["lr"] / (1 + (state["step"] - 1) * group["lr_decay"])
-        state["sum"] += grad * grad
-        std = np.sqrt(state["sum"]) + _scalar(group["eps"], x)
-        _write(p, x + _scalar(-clr, x) * (grad / std))
+            s["wd"] = group["weight_decay"]
+        return s
+
+    def _arrays(self, x, grad, bufs, s, group):
+        if "wd" in s:
+            grad = grad + s["wd"] * x
+        total = bufs["sum"] = bufs["sum"] + grad * grad
+        std = np.sqrt(total) + s["eps"]
+        return x + s["neg_clr"] * (grad / std), bufs
 
 
 class lr_scheduler:

@@ -169,6 +169,12 @@ def set_rng_state(state):
 
 
 def generator(g) -> Generator:
+    from .tensor import _mode
+    if _mode.trace is not None:
+        from .trace import TraceError, _user_line
+        raise TraceError(f"compile: {_user_line()} draws random numbers; a compiled step "
+                         "would replay the same ones every call. Draw them outside the "
+                         "compiled function and pass them as arguments")
     if g is None:
         return default_generator
     if not isinstance(g, Generator):

@@ -28,6 +28,7 @@ from .random import generator as _generator
 # ---- grad mode (per thread, as in PyTorch) -----------------------------------------
 class _GradMode(threading.local):
     enabled = True
+    trace = None        # the compile() trace running in this thread (runtime/trace.py)
 
 
 _mode = _GradMode()
@@ -217,6 +218,8 @@ def _record(value, name, key, build, inputs, saves=(), view_of=None, indices=())
                 if saves:
                     _save(node, out, saves, inputs)
                 break
+    if _mode.trace is not None:
+        _mode.trace.record(out, build, inputs, indices)
     return out
 
 
@@ -283,18 +286,22 @@ class Tensor:
         self._data = arr
         self._version_box = Version()
         self._base = None
-        self.grad = None
+        self._grad = None
         self.grad_fn = None
         self._retain = False
         self._requires_grad = False
         self._hooks = None
         self.requires_grad = requires_grad
+        if _mode.trace is not None:       # made from Python or numpy data: a constant
+            _mode.trace.constant(self)
 
     @classmethod
     def _make(cls, value) -> "Tensor":
         t = cls.__new__(cls)
-        t._data, t.grad, t.grad_fn, t._retain, t._requires_grad = value, None, None, False, False
+        t._data, t._grad, t.grad_fn, t._retain, t._requires_grad = value, None, None, False, False
         t._version_box, t._base, t._hooks = Version(), None, None
+        if _mode.trace is not None:
+            _mode.trace.born(t)
         return t
 
     # ---- attributes -------------------------------------------------------------------
@@ -333,6 +340,8 @@ class Tensor:
 
     @property
     def grad(self):
+        if _mode.trace is not None:
+            _mode.trace.touch_grad(self)
         if self.grad_fn is not None and not self._retain and self._grad is None:
             warnings.warn(
                 "The .grad attribute of a Tensor that is not a leaf Tensor is being accessed. "
@@ -346,6 +355,8 @@ class Tensor:
         if value is not None and not isinstance(value, Tensor):
             raise TypeError(f"assigned grad expected to be a Tensor or None but got grad of "
                             f"type {type(value).__name__}")
+        if _mode.trace is not None:
+            _mode.trace.touch_grad(self, setting=True)
         self._grad = value
 
     shape = property(lambda self: Size(self._data.shape))
@@ -370,7 +381,10 @@ class Tensor:
     def data(self) -> "Tensor":
         """The same memory, detached, with a version counter of its own (as in PyTorch:
         changes through ``.data`` are invisible to autograd's checks)."""
-        return Tensor._make(self._data)
+        t = Tensor._make(self._data)
+        if _mode.trace is not None:
+            _mode.trace.alias_of(t, self)
+        return t
 
     @data.setter
     def data(self, value):
@@ -379,6 +393,8 @@ class Tensor:
             raise RuntimeError(f"x.data = y needs y of shape {tuple(self._data.shape)} and "
                                f"dtype {self._data.dtype}, got {tuple(value._data.shape)} "
                                f"{value._data.dtype}")
+        if _mode.trace is not None:
+            _mode.trace.set(self, _mode.trace.expr(value))
         self._data = value._data
 
     def detach(self) -> "Tensor":
@@ -386,6 +402,8 @@ class Tensor:
         t = Tensor._make(self._data)
         t._version_box = self._version_box
         t._base = self._base if self._base is not None else self
+        if _mode.trace is not None:
+            _mode.trace.alias_of(t, self)
         return t
 
     def detach_(self) -> "Tensor":
@@ -398,24 +416,32 @@ class Tensor:
         return _record(self._data.copy(), "CloneBackward0", ("clone",), _identity, [self])
 
     def numpy(self) -> np.ndarray:
+        if _mode.trace is not None:
+            _mode.trace.value_read(self, ".numpy()")
         if self.requires_grad:
             raise RuntimeError("Can't call numpy() on a tensor that requires grad. "
                                "Use tensor.detach().numpy() instead.")
         return self._data
 
     def item(self) -> float:
+        if _mode.trace is not None:
+            _mode.trace.value_read(self, ".item()")
         if self._data.size != 1:
             raise ValueError(f"a tensor with {self._data.size} elements cannot be converted "
                              "to a Python scalar")
         return self._data.item()
 
     def tolist(self):
+        if _mode.trace is not None:
+            _mode.trace.value_read(self, ".tolist()")
         return self._data.tolist()
 
     def __float__(self):
         return float(self.item())
 
     def __array__(self, dtype=None, copy=None):
+        if _mode.trace is not None:
+            _mode.trace.value_read(self, "as a numpy array")
         return self._data if dtype is None else self._data.astype(dtype)
 
     def __repr__(self):
@@ -439,6 +465,8 @@ class Tensor:
         return text + ")"
 
     def __bool__(self):
+        if _mode.trace is not None:
+            _mode.trace.value_read(self, "its truth value, as in `if`")
         return bool(self._data)
 
     def __hash__(self):
@@ -474,6 +502,8 @@ class Tensor:
                 "Use .detach() (or clone()) and change that")
         self._bump()
         np.copyto(self._data, result._data, casting="same_kind")
+        if _mode.trace is not None:
+            _mode.trace.set(self, _mode.trace.expr(result))
         if recorded:
             old = self.grad_fn
             node = self.grad_fn = result.grad_fn
@@ -518,6 +548,8 @@ class Tensor:
             self._check_leaf()
             self._bump()
             np.copyto(self._data, data)
+            if _mode.trace is not None:
+                _mode.trace.set(self, _mode.trace.filled(value, self._data))
             return self
         data = np.array(data)
         return self._commit(_record(data, name, ("fill", array_digest(data)),
@@ -577,6 +609,9 @@ class Tensor:
         wants_grad = _mode.enabled and (self._requires_grad or (
             isinstance(value, Tensor) and value._requires_grad))
         parts, _ = _index_parts(index)
+        if _mode.trace is not None:
+            _mode.trace.static_index(parts, "x[index] = value")
+            wants_grad = True         # traced as the out-of-place update it is
         if not wants_grad and self.grad_fn is None:
             self._bump()
             self._data[parts] = _value(value)
@@ -953,6 +988,8 @@ class Tensor:
 
     # ---- formatting --------------------------------------------------------------------------
     def __format__(self, spec):
+        if _mode.trace is not None:
+            _mode.trace.value_read(self, "formatted as text")
         if self._data.ndim == 0:
             return format(self._data.item(), spec)
         return format(repr(self), spec)
@@ -1007,6 +1044,7 @@ def tensor(data, dtype=None, device=None, requires_grad=False, pin_memory=False)
     a numpy array's own dtype), as torch.tensor."""
     if device is not None:
         check_device(device)
+    source = data
     if isinstance(data, Tensor):
         data = data._data
     elif isinstance(data, (list, tuple)) and any(isinstance(v, Tensor) for v in data):
@@ -1024,7 +1062,12 @@ def tensor(data, dtype=None, device=None, requires_grad=False, pin_memory=False)
         raise TypeError(f"cannot make a tensor from {type(data).__name__} with dtype {arr.dtype}")
     if dtype is None:
         arr = arr.astype(_default_dtype(data))
-    return Tensor(arr, requires_grad=requires_grad)
+    out = Tensor(arr, requires_grad=requires_grad)
+    if _mode.trace is not None and isinstance(source, Tensor):
+        _mode.trace.copy_of(out, source)    # a copy of a tensor: its value, not a constant
+    elif _mode.trace is not None and source is not data:
+        _mode.trace.untraced(out)           # built from several tensors' values
+    return out
 
 
 def as_tensor(x, dtype=None, device=None) -> Tensor:
@@ -1069,10 +1112,21 @@ def _scaled(other, alpha):
 def _compare(ufunc, a, b) -> "Tensor":
     b = _check_operand(b)
     try:
-        return Tensor._make(np.asarray(ufunc(a._data, _value(b))))
+        out = Tensor._make(np.asarray(ufunc(a._data, _value(b))))
     except ValueError:
         ops.broadcast_shapes(a._data.shape, np.shape(_value(b)))
         raise
+    if _mode.trace is not None:     # a mask node (0/1), as comparisons are in graphs
+        op = _COMPARISONS[ufunc.__name__]
+        if isinstance(b, Tensor):
+            _mode.trace.record(out, lambda g, x, y: g.apply(op, x, y), [a, b], ())
+        else:
+            _mode.trace.record(out, lambda g, x: g.apply(op, x, b), [a], ())
+    return out
+
+
+_COMPARISONS = {"less": "lt", "less_equal": "le", "greater": "gt", "greater_equal": "ge",
+                "equal": "eq", "not_equal": "ne"}
 
 
 def _logical(logical, bitwise, a, b) -> "Tensor":
@@ -1300,6 +1354,8 @@ def clear_grad(p: "Tensor", set_to_none: bool):
     """``zero_grad`` for one tensor: drop its gradient, or zero it in place (a detached
     tensor, as PyTorch)."""
     if p.grad is None:
+        if set_to_none and _mode.trace is not None:
+            _mode.trace.touch_grad(p, setting=True)   # None whatever it was: say so
         return
     if set_to_none:
         p.grad = None
@@ -1401,6 +1457,8 @@ def _index_array(index) -> np.ndarray:
     value = index._data if isinstance(index, Tensor) else np.asarray(index)
     if value.dtype.kind not in "iub":
         raise IndexError("tensors used as indices must be long, int, byte or bool tensors")
+    if _mode.trace is not None and isinstance(index, Tensor):
+        _mode.trace.index_array(value, index)
     return value
 
 
@@ -1450,6 +1508,9 @@ def _getitem(x: Tensor, index):
         return _record(value, _basic_index_name(parts, x._data.shape), ("getitem", key),
                        lambda g, a: a[parts], [x], view_of=x)
     ints = [k for k in arrays if parts[k].dtype.kind != "b"]
+    if _mode.trace is not None:
+        _mode.trace.static_index([p for p in parts if isinstance(p, np.ndarray) and
+                                  p.dtype.kind == "b"], "indexing with a boolean mask")
     key = tuple(("index", parts[k].shape) if k in ints else it for k, it in enumerate(key))
     leaves = [Tensor._make(parts[k].astype(int64, copy=False)) for k in ints]
 

@@ -360,6 +360,26 @@ class NativeFunction:
             return None
         return {i: (outs[k] if tag == "a" else scalars[k]) for i, (tag, k) in where.items()}
 
+    def direct(self):
+        """``(call, array_outputs, placement)`` for callers that keep their own output
+        arrays (symgrad.runtime's compiled steps): ``call(*inputs, *outs)`` runs the
+        forward entry on the native fast path writing ``outs`` — fresh or reused arrays,
+        one per ``array_outputs`` entry ``(shape, dtype)`` — and returns the scalar outputs
+        as a tuple, or ``fastcall.FALLBACK`` (then call the function itself).
+        ``placement[k]`` is ``("a", j)`` or ``("s", j)``: output ``k`` is array ``j`` or
+        scalar ``j``.  None when this function has no fast path."""
+        if "forward" not in self._entries:
+            self._load("forward")
+        fast = self._fast.get("forward")
+        if fast is None:
+            return None
+        function, specs, where = fast
+        constants = tuple(self._specs["forward"].constants)
+        call = function if not constants else \
+            (lambda *args: function(*args[:len(self.inputs)], *constants,
+                                    *args[len(self.inputs):]))
+        return call, list(specs), [where[i] for i in self._out_ids]
+
     def __call__(self, *args, **kwargs):
         if "forward" not in self._entries:
             self._load("forward")
