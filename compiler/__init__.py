@@ -14,6 +14,7 @@ Every elementwise operator of the table (``ops.ELEMENTWISE``) is a function here
 from . import functions, ops
 from .autodiff import Adjoint, LinearMap
 from .backend.batch import Batched, vmap
+from .distributed import map_blocks
 from .errors import GraphError, ShapeError
 from .function import CompiledFunction
 from .functions import (amax, amin, broadcast_to, clamp, clip, concatenate, cumsum, dot, einsum,
@@ -29,7 +30,7 @@ globals().update({name: getattr(functions, name) for name in functions.PUBLIC})
 
 __all__ = ["Graph", "Expr", "GraphError", "ShapeError", "Adjoint", "LinearMap",
            "CompiledFunction", "ELEMENTWISE", "STRUCTURED", "as_dtype", "parse", "ParseError",
-           "Program", "vmap", "Batched", "scan", "fori_loop",
+           "Program", "vmap", "Batched", "scan", "fori_loop", "map_blocks",
            *functions.STRUCTURED_FUNCTIONS, *functions.PUBLIC]
 
 

@@ -37,6 +37,28 @@ class CompiledFunction(NativeFunction):
         self._pattern_lock = threading.Lock()
         super().__init__(plan.signature(), plan.entry_specs(), plan)
 
+    def __reduce__(self):
+        """Pickled as its graph and compile options (for Dask, multiprocessing): the
+        receiving process compiles it again, or loads its object code from the disk cache,
+        which checks it against that process's CPU, versions and build."""
+        from .pipeline import rebuild
+        recipe = getattr(self, "recipe", None)
+        if recipe is None:
+            raise TypeError("this compiled function was not made by Graph.compile and "
+                            "cannot be pickled")
+        return rebuild, recipe
+
+    def __dask_tokenize__(self):
+        """Dask's name for this function in task graphs: the same for every pickled copy."""
+        recipe = getattr(self, "recipe", None)
+        return recipe[-1] if recipe is not None else id(self)
+
+    def map_blocks(self, *args, in_axes=0, seed=None):
+        """This function over the leading axis of Dask arrays, chunk by chunk (see
+        :func:`symgrad.compiler.distributed.map_blocks`)."""
+        from .distributed import map_blocks
+        return map_blocks(self, *args, in_axes=in_axes, seed=seed)
+
     @property
     def graph(self):
         """The graph the function was compiled from."""

@@ -1,6 +1,10 @@
 """graph → reverse graph → kernels → sympy → LLVM IR → JIT: the whole path in one place."""
 from __future__ import annotations
 
+import collections
+import threading
+import uuid
+
 import contextlib
 import dataclasses
 import gc
@@ -299,7 +303,41 @@ def compile_graph(g: Graph, outputs, wrt=(), inputs=None, fast_math=False, mode=
         raise ValueError(f"mode must be 'reverse' (vjp, and jvp on first use) or 'jvp' "
                          f"(forward mode only), got {mode!r}")
     with _collector_paused(), progress.compiling(len(g)):
-        return CompiledFunction(prepare(g, outputs, wrt, inputs, fast_math, mode))
+        f = CompiledFunction(prepare(g, outputs, wrt, inputs, fast_math, mode))
+    f.recipe = (g, _ids(outputs), _ids(wrt), None if inputs is None else _ids(inputs),
+                fast_math, mode, uuid.uuid4().hex)
+    return f
+
+
+def _ids(exprs) -> list:
+    """Node ids of an Expr or a list of them (how a pickled function names its nodes)."""
+    return [e.id for e in (exprs if isinstance(exprs, (list, tuple)) else [exprs])]
+
+
+_rebuilt: collections.OrderedDict = collections.OrderedDict()   # token -> function
+_rebuilt_lock = threading.Lock()
+
+
+def rebuild(g: Graph, outputs, wrt, inputs, fast_math, mode, token):
+    """A pickled compiled function in another process: compiled again from its graph (the
+    disk cache serves the object code when this machine compiled it before), once per
+    process — a Dask worker unpickling it for every task reuses the first (by ``token``,
+    which names the original function)."""
+    with _rebuilt_lock:
+        f = _rebuilt.get(token)
+        if f is not None:
+            _rebuilt.move_to_end(token)
+            return f
+    node = g.node
+    f = compile_graph(g, [node(i) for i in outputs], [node(i) for i in wrt],
+                      None if inputs is None else [node(i) for i in inputs],
+                      fast_math=fast_math, mode=mode)
+    f.recipe = f.recipe[:-1] + (token,)
+    with _rebuilt_lock:
+        _rebuilt[token] = f
+        while len(_rebuilt) > 64:
+            _rebuilt.popitem(last=False)
+    return f
 
 
 def export_ir(work: Graph, entries: list, name: str, fast_math=False) -> tuple[str, dict]:
