@@ -184,7 +184,7 @@ class Trace:
         if source is not None:           # an index array taken from a tensor
             self.alias[id(t)] = self._root(source)
         else:
-            self.opaque[id(t)] = _user_line
+            self.opaque[id(t)] = True
         self._keep(t)
 
     def constant(self, t):
@@ -298,6 +298,7 @@ class Trace:
         operand made from it is ``index``'s node, and nothing may depend on its values."""
         if id(self._root(index)) not in self.constants:
             self.dynamic[id(value)] = index
+            self._keep(index)            # its array stays alive, so its id stays its own
 
     def static_index(self, parts, what):
         """Refuse an index whose values decide the graph's shape or layout."""
