@@ -99,19 +99,22 @@ def test_map_blocks_per_element_seeds_and_errors():
 
 
 def test_gradient_over_data_larger_than_a_workers_memory_on_a_local_cluster():
-    """Two worker processes of 300 MB each, 400 MB of data made chunk by chunk on them;
-    the summed gradient equals the single-process one."""
+    """Two worker processes of 800 MB each (a worker with symgrad, LLVM and numpy loaded
+    starts near 250 MB; Dask pauses one at 80% of its limit), 1 GB of data made chunk by
+    chunk on them; the summed gradient equals the single-process one."""
     distributed = pytest.importorskip("distributed")
     f = model()
-    rows, chunk = 12_500_000, 250_000                 # 12.5e6 x 4 float64 = 400 MB
+    rows, chunk = 32_000_000, 500_000                 # 32e6 x 4 float64 = 1.02 GB
     X = da.random.default_rng(3).standard_normal((rows, 4), chunks=(chunk, 4))
     y, (gW, gb, _) = f.map_blocks(X, W0, B0, in_axes=(0, None, None), seed=1.0)
     total = y.sum()
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                                  memory_limit="300MB", dashboard_address=None) as cluster, \
+                                  memory_limit="800MB", dashboard_address=None) as cluster, \
             distributed.Client(cluster) as client:
         assert len(client.scheduler_info()["workers"]) == 2
-        got = client.compute([total, gW, gb], sync=True)
+        futures = client.compute([total, gW, gb])
+        distributed.wait(futures, timeout=600)       # a stuck cluster fails, never hangs
+        got = client.gather(futures)
     # the single-process result, and the numpy oracle, chunk by chunk
     one = dask.compute(total, gW, gb, scheduler="synchronous")
     parts = [oracle(block) for block in
