@@ -64,14 +64,13 @@ def map_blocks(f, *args, in_axes=0, seed=None):
     outputs = [(s, d) for _, s, d in f.outputs]
     shared_wrt = {k for k, (name, _, _) in enumerate(f.wrt)
                   if name in f._names and axes[f._names[name]] is None}
-    per_block, offset = [], 0
+    per_block = []
     for b, count in enumerate(rows):
         call = [blocks[k][b] if k in blocks else args[k] for k in range(n)]
         block_seed = None if seeds is None else \
             [s[b] if isinstance(s, list) else s for s in seeds]
         per_block.append((dask.delayed(_run_block, pure=True, nout=2)(
             fn, axes, call, block_seed, sorted(shared_wrt)), count))
-        offset += count
     values = [_stack(da, [(d[0], c) for d, c in per_block], k, shape, dtype)
               for k, (shape, dtype) in enumerate(outputs)]
     values = values[0] if len(values) == 1 else tuple(values)

@@ -78,10 +78,8 @@ class Optimizer:
         if trace is not None and trace.unfinished is None:
             tx, tgrad, tbufs, tscalars = trace.optimizer_update(self, p, state, group,
                                                                 list(scalars))
-            traced = self._arrays(tx, tgrad, tbufs, tscalars, group)
-        grad = p._grad._data
-        if group.get("maximize"):
-            grad = -grad
+            traced = self._arrays(tx, _ascent(tgrad, group), tbufs, tscalars, group)
+        grad = _ascent(p._grad._data, group)
         typed = {k: x.dtype.type(v) for k, v in scalars.items()}
         new_x, new_bufs = self._arrays(x, grad, dict(had), typed, group)
         for key, value in new_bufs.items():
@@ -140,6 +138,11 @@ def _write(p: Tensor, value):
     """An in-place update of a parameter: its version counts it, as in PyTorch."""
     p._bump()
     np.copyto(p._data, value, casting="same_kind")
+
+
+def _ascent(grad, group):
+    """The direction the update follows: the gradient, negated when maximizing."""
+    return -grad if group.get("maximize") else grad
 
 
 def _buffers(state) -> dict:

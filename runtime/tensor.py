@@ -18,7 +18,7 @@ import weakref
 import numpy as np
 
 from symgrad.compiler import functions, ops
-from symgrad.compiler.graph import array_digest
+from symgrad.compiler.graph import UFUNCS, array_digest
 
 from .device import CPU, check_device, device
 from .dtypes import TYPE_NAMES, as_dtype, bool_, float32, float64, int64, result_type
@@ -1117,16 +1117,12 @@ def _compare(ufunc, a, b) -> "Tensor":
         ops.broadcast_shapes(a._data.shape, np.shape(_value(b)))
         raise
     if _mode.trace is not None:     # a mask node (0/1), as comparisons are in graphs
-        op = _COMPARISONS[ufunc.__name__]
+        op = UFUNCS[ufunc.__name__]
         if isinstance(b, Tensor):
             _mode.trace.record(out, lambda g, x, y: g.apply(op, x, y), [a, b], ())
         else:
             _mode.trace.record(out, lambda g, x: g.apply(op, x, b), [a], ())
     return out
-
-
-_COMPARISONS = {"less": "lt", "less_equal": "le", "greater": "gt", "greater_equal": "ge",
-                "equal": "eq", "not_equal": "ne"}
 
 
 def _logical(logical, bitwise, a, b) -> "Tensor":

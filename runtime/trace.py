@@ -373,10 +373,7 @@ class Trace:
                 self.slots.append(slot)
                 bufs[key] = self.g.input(slot.name, slot.shape, slot.dtype)
                 self.state_out[(id(opt), id(p), key)] = [slot, bufs[key]]
-        grad = self.expr(p._grad)
-        if group.get("maximize"):
-            grad = -grad
-        return x, grad, bufs, scalars
+        return x, self.expr(p._grad), bufs, scalars
 
     def optimizer_result(self, opt, p, new_x, new_bufs):
         self.set(p, new_x)
@@ -393,62 +390,54 @@ def _optimizer_guard(opt, group, state) -> tuple:
 class Compiled:
     """A finished trace: the native function, its input bindings, what it writes back."""
 
-    def __init__(self, trace: Trace, result, n_args, globals_seen, grad_mode):
-        self.n_args = n_args
+    def __init__(self, trace: Trace, result, globals_seen, grad_mode):
         self.slots = trace.slots
         self.globals_seen = globals_seen
         self.grad_mode = grad_mode
         self.actions = trace.actions
         self.arg_dtypes = [trace.exprs[id(t)].dtype for t in trace.args]
-        outputs, writers = [], []
-        template, returned = _template(result, trace)
-        outputs += returned
-        self.n_returned = len(returned)
-        self.template = template
+        self.template, nodes = _template(result, trace)
+        self.n_returned = len(nodes)
+        # after the call: (write, reuse) per result beyond the returned ones, where
+        # ``reuse`` says the result is copied into state (so one array serves every call)
+        self.writes, self.reuse, self.drops, self.checks = [], [], [], []
+
+        def written(node, write, reuse=True):
+            nodes.append(node)
+            self.writes.append(write)
+            self.reuse.append(reuse)
         for slot in trace.slots:                  # changed state, written back in place
-            t = getattr(slot, "tensor", None)
             if isinstance(slot, TensorSlot):
-                e = trace.exprs.get(id(t))
+                e = trace.exprs.get(id(slot.tensor))
                 if e is not None and not _is_input(e, slot):
-                    outputs.append(e)
-                    writers.append(slot.write)
+                    written(e, slot.write)
         for slot, node in trace.state_out.values():
             if not _is_input(node, slot):
-                outputs.append(node)
-                writers.append(slot.write)
-        self.checks = []                          # grads changed in place, never read
+                written(node, slot.write)
         self.none = [p for p, _ in trace.owners.values() if id(p) in trace.none_read]
         for p, g0 in trace.owners.values():       # gradients as the call leaves them
             g = p._grad
             if g is None:
                 if g0 is not None:
-                    writers.append(functools.partial(_drop_grad, p))
-                    outputs.append(None)
+                    self.drops.append(functools.partial(_drop_grad, p))
                 continue
             if g is g0:                           # the same tensor: changed in place, or not
                 e, slot = trace.exprs.get(id(g)), trace.bound.get(id(g))
                 if e is None or (slot is not None and _is_input(e, slot)):
                     continue
-                if slot is None:
+                if slot is None:                  # changed without being read: must exist
                     slot = GradSlot("", p)
                     self.checks.append(slot)
-                outputs.append(e)
-                writers.append(slot.write)
+                written(e, slot.write)
                 continue
             e = trace.exprs.get(id(trace._root(g)))
-            outputs.append(trace.expr(g) if e is None else e)
-            writers.append(functools.partial(_new_grad, p))
-        self.writers = writers
-        self.drops = [w for w, o in zip(writers, outputs[self.n_returned:]) if o is None]
-        nodes = [o for o in outputs if o is not None]
+            written(trace.expr(g) if e is None else e, functools.partial(_new_grad, p),
+                    reuse=False)
         seen = set()
         self.copies = []          # results that repeat an earlier one: each gets its own array
-        for k, o in enumerate(nodes):
+        for o in nodes:
             self.copies.append(o.id in seen)
             seen.add(o.id)
-        self.writes = [w for w, o in zip(writers, outputs[self.n_returned:]) if o is not None]
-        # a result copied into state can go through one array kept for every call
-        self.reuse = [not isinstance(w, functools.partial) for w in self.writes]
         inputs = [trace.exprs[id(t)] for t in trace.args] + \
             [trace.g.node(s.name) for s in trace.slots] + \
             [trace.g.node(f"o{k}_{n}") for k, (_, _, _, names, _) in enumerate(trace.actions)
@@ -503,11 +492,8 @@ class Compiled:
             arrays += [t._data for t in self.plain_slots]
         else:
             arrays += [s.read() for s in self.slots]
-        state = None
         for opt, p, group, names, _ in self.actions:
-            if state is not opt.state:
-                state = opt.state
-            given = opt._scalars(state[p], group)     # advances its step count
+            given = opt._scalars(opt.state[p], group)     # advances its step count
             arrays += [given[n] for n in names]
         results = self._results(arrays)
         n = self.n_returned
@@ -710,7 +696,7 @@ class CompiledStep:
             log.info("compile %s: traced (%s) but not compiled: %s; the next call traces "
                      "again", self.__name__, reason, trace.unfinished)
             return _detached(result)
-        entry = Compiled(trace, result, len(tensors), constants, _mode.enabled)
+        entry = Compiled(trace, result, constants, _mode.enabled)
         self.traces += 1
         self.entries.setdefault(key, []).insert(0, entry)
         log.info("compile %s: trace #%d (%s): %d graph nodes, %d inputs bound to state, "

@@ -362,7 +362,7 @@ class NativeFunction:
 
     def direct(self):
         """``(call, array_outputs, placement)`` for callers that keep their own output
-        arrays (symgrad.runtime's compiled steps): ``call(*inputs, *outs)`` runs the
+        arrays (a caller calling the same function many times): ``call(*inputs, *outs)`` runs the
         forward entry on the native fast path writing ``outs`` — fresh or reused arrays,
         one per ``array_outputs`` entry ``(shape, dtype)`` — and returns the scalar outputs
         as a tuple, or ``fastcall.FALLBACK`` (then call the function itself).

@@ -19,6 +19,7 @@ OPTIMIZERS = {
                                             weight_decay=0.01),
     "adam": lambda p: sg.optim.Adam(p, lr=0.01, weight_decay=0.1, amsgrad=True),
     "adamw": lambda p: sg.optim.AdamW(p, lr=0.01),
+    "adam-maximize": lambda p: sg.optim.Adam(p, lr=0.01, maximize=True),
     "rmsprop": lambda p: sg.optim.RMSprop(p, lr=0.01, momentum=0.5, centered=True),
     "adagrad": lambda p: sg.optim.Adagrad(p, lr=0.1, lr_decay=0.01, weight_decay=0.01),
 }
