@@ -329,7 +329,9 @@ def test_a_5000_node_report_with_values_is_right_and_leaves_the_graph_alone():
     assert len(g) == size
     _, (dx, dy) = g.compile([e], [x, y]).vjp(0.3, 0.5)
     by_name = {row.name: row.value for row in report.adjoints}
-    assert by_name["P_x"] == dx and by_name["P_y"] == dy
+    # the report evaluates with numpy, whose sin and tanh round differently from libmvec's
+    np.testing.assert_allclose([by_name["P_x"], by_name["P_y"]], [dx, dy], rtol=1e-12,
+                               atol=1e-300)
 
 
 def test_cli_full_and_hessian_assemble_the_matrices(capsys, tmp_path):

@@ -85,10 +85,11 @@ def add_vector_variants(ir_text: str) -> str:
     """Mark libm declarations that have SIMD variants as pure and list the variants, so
     the loop vectoriser calls e.g. ``_ZGVeN8v_sin`` instead of eight scalar ``sin``.
 
-    Such a function is called by a private name, ``__symgrad_sin`` bound to libm's
-    ``sin``: a name LLVM does not know as a library function, so it keeps the call (and
-    its SIMD variants) instead of turning it into ``llvm.sin``, whose vector form code
-    generation splits back into scalar calls."""
+    Such a function is called by a private name, ``__symgrad_sin``: a name LLVM does not
+    know as a library function, so it keeps the call (and its SIMD variants) instead of
+    turning it into ``llvm.sin``, whose vector form code generation splits back into
+    scalar calls.  Every call of it, scalar or at any vector width, computes with one
+    implementation (see ``_bind_shims``)."""
     found = {}
     for m in _DECLARE.finditer(ir_text):
         ty, name, params = m.groups()
@@ -100,9 +101,8 @@ def add_vector_variants(ir_text: str) -> str:
     extra = []
     for k, (name, (ty, arity)) in enumerate(sorted(found.items())):
         private = f"__symgrad_{name}"
-        _bind_private(name)
+        variants = _bind_shims(name, arity, ty == "float")
         ir_text = ir_text.replace(f'@"{name}"(', f'@"{private}"(')
-        variants = vector_variants(name, arity, ty == "float")
         listed = ",".join(f"_ZGV_LLVM_N{w}{'v' * arity}_{private}({v})" for v, w in variants)
         group = 9001 + k
         ir_text = re.sub(rf'(declare {ty} @"?{private}"?\([^)]*\))', rf"\1 #{group}", ir_text)
@@ -128,6 +128,79 @@ def _bind_private(name: str) -> bool:
     return True
 
 
+_SHIM_ENGINES = []      # the engines holding the shims: they live as long as the process
+
+
+@functools.lru_cache(maxsize=None)
+def _bind_shims(name: str, arity: int, single: bool) -> tuple:
+    """One implementation for every call of libm's ``name``: ((vector name, width), …) to
+    list as its SIMD variants, with ``__symgrad_<name>`` bound to match.
+
+    glibc's variants of one function at different widths (and its scalar function) are
+    different implementations and disagree in the last bit on up to half of all inputs.
+    Which width a call runs at is the vectoriser's choice, per loop: it differs between a
+    function's forward and VJP entries, and between a loop's body and its remainder.  So
+    the widest variant is the one implementation: narrower widths and the scalar call are
+    small shims that widen their operands (repeating them), call it and keep their lanes.
+    Each lane of a libmvec function depends only on that lane's operands."""
+    variants = vector_variants(name, arity, single)
+    wide_name, wide = variants[0]
+    ty = "float" if single else "double"
+    wt = f"<{wide} x {ty}>"
+    args = ", ".join([wt] * arity)
+    text = [f"declare {wt} @{wide_name}({args})"]
+
+    def shim(shim_name, width):
+        t = f"<{width} x {ty}>" if width else ty
+        params = ", ".join(f"{t} %a{i}" for i in range(arity))
+        text.append(f"define {t} @{shim_name}({params}) {{")
+        for i in range(arity):
+            if width:
+                mask = ", ".join(f"i32 {j % width}" for j in range(wide))
+                text.append(f"  %w{i} = shufflevector {t} %a{i}, {t} poison, "
+                            f"<{wide} x i32> <{mask}>")
+            else:
+                text.append(f"  %s{i} = insertelement <1 x {ty}> poison, {ty} %a{i}, i32 0")
+                text.append(f"  %w{i} = shufflevector <1 x {ty}> %s{i}, <1 x {ty}> poison, "
+                            f"<{wide} x i32> zeroinitializer")
+        operands = ", ".join(f"{wt} %w{i}" for i in range(arity))
+        text.append(f"  %r = call {wt} @{wide_name}({operands})")
+        if width:
+            mask = ", ".join(f"i32 {j}" for j in range(width))
+            text.append(f"  %n = shufflevector {wt} %r, {wt} poison, <{width} x i32> <{mask}>")
+        else:
+            text.append(f"  %n = extractelement {wt} %r, i32 0")
+        text.append(f"  ret {t} %n\n}}")
+        return shim_name
+
+    listed = [(wide_name, wide)]
+    names = [shim(f"__symgrad_{name}", 0)]
+    for _, width in variants[1:]:
+        names.append(shim(f"__symgrad_v{width}_{name}", width))
+        listed.append((names[-1], width))
+    module = llvm.parse_assembly("\n".join(text))
+    module.verify()
+    engine = llvm.create_mcjit_compiler(
+        module, _host_machine(opt=2, codemodel="jitdefault", jit=True))
+    engine.finalize_object()
+    _SHIM_ENGINES.append(engine)
+    for shim_name in names:
+        llvm.add_symbol(shim_name, engine.get_function_address(shim_name))
+    return tuple(listed)
+
+
+def _bind_name(name: str) -> None:
+    """Bind ``__symgrad_<name>`` as the code that referred to it was compiled against:
+    a shim of a function with SIMD variants (``sin``, ``v4_sin``), else libm's function."""
+    base = re.sub(r"^v\d+_", "", name)
+    for arity in (1, 2):
+        for single in (False, True):
+            if vector_variants(base, arity, single):
+                _bind_shims(base, arity, single)
+                return
+    _bind_private(name)
+
+
 _PRIVATE = re.compile(rb"__symgrad_([A-Za-z_][A-Za-z0-9_]*)")
 
 
@@ -136,7 +209,7 @@ def bind_object_names(obj: bytes) -> None:
     without the IR that bound them when it was compiled."""
     for name in set(_PRIVATE.findall(obj)):
         if not name.startswith((b"addr_", b"dgemm", b"sgemm")):
-            _bind_private(name.decode())
+            _bind_name(name.decode())
 
 
 @functools.lru_cache(maxsize=None)

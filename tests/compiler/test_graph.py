@@ -160,7 +160,8 @@ def test_from_sympy_takes_any_depth():
     value = 0.3
     for _ in range(3000):
         value = math.sin(value + 1)
-    assert g.compile([out])(0.3) == value
+    # libm's scalar sin and the SIMD variant every compiled call uses differ in last bits
+    assert math.isclose(g.compile([out])(0.3), value, rel_tol=1e-14)
 
 
 def test_zero_size_tensors_compile_and_run():
