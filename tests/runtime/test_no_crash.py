@@ -164,3 +164,35 @@ def test_5000_distinct_graphs_keep_memory_bounded_and_kept_functions_still_work(
     # slack; before symgrad freed llvmlite's module pass managers itself, each graph kept
     # ~70-155 KB (300-700 MB here)
     assert rss_kb < 40_000, f"{rss_kb} KB for 4,500 distinct compiled graphs"
+
+
+def test_memory_mappings_follow_the_functions_kept_alive():
+    # an engine stays open while any function in it lives: with 64 objects per engine,
+    # keeping 1 function in 25 kept ~2 mappings per compiled graph (the limit guard would
+    # strike after ~30,000 compiles); engines of 8 keep ~0.6 (mappings ~ objects per
+    # engine x chance an engine holds a kept function)
+    out = run("""
+        import gc
+        import numpy as np
+        from symgrad.compiler import Graph, sin
+        def maps():
+            with open("/proc/self/maps") as fh:
+                return sum(1 for _ in fh)
+        def make(k):
+            g = Graph()
+            x = g.input("x", (4,))
+            f = g.compile([(sin(x) * (k + 0.5)).sum()], [x])
+            assert np.isclose(f.vjp(np.ones(4))[0], 4 * np.sin(1.0) * (k + 0.5))
+            return f
+        for k in range(100):
+            make(k)
+        gc.collect()
+        before, kept = maps(), []
+        for k in range(100, 600):
+            f = make(k)
+            if k % 25 == 0:
+                kept.append(f)
+        gc.collect()
+        print((maps() - before) / 500)
+    """, timeout=900)
+    assert float(out.split()[-1]) < 1.0
