@@ -28,6 +28,7 @@ calls (a module's ``forward``) are fixed when traced, as in ``jax.jit``.
 """
 from __future__ import annotations
 
+import builtins
 import functools
 import numbers
 import os
@@ -458,6 +459,7 @@ class Compiled:
                     if tag == "a" and k >= self.n_returned and self.reuse[k - self.n_returned]}
             self.kept = [np.empty(shape, dtype) if j in kept else None
                          for j, (shape, dtype) in enumerate(self.direct[1])]
+        self.fast = _specialise(self) if self.direct is not None else None
 
     def holds(self) -> str | None:
         """None when this trace describes the call about to run, else why not."""
@@ -483,6 +485,7 @@ class Compiled:
         return None
 
     def run(self, arg_tensors):
+        """The call, with the guards already checked (``holds``)."""
         if self.plain_args:
             arrays = [t._data for t in arg_tensors]
         else:
@@ -495,7 +498,10 @@ class Compiled:
         for opt, p, group, names, _ in self.actions:
             given = opt._scalars(opt.state[p], group)     # advances its step count
             arrays += [given[n] for n in names]
-        results = self._results(arrays)
+        return self._finish(self._results(arrays))
+
+    def _finish(self, results):
+        """Write the results back and make the returned tensors."""
         n = self.n_returned
         for write, value in zip(self.writes, results[n:]):
             write(value)
@@ -529,6 +535,111 @@ class Compiled:
 
 
 _MISSING = object()
+_MISS = object()            # what a specialised call returns when a guard fails
+
+
+def _specialise(c: Compiled):
+    """``c.holds()`` and ``c.run()`` written out as one function for this trace (as
+    namedtuple writes its classes): every guard, read and write-back a line of its own,
+    no loops.  Returns ``_MISS`` when a guard fails; the generic path then says which."""
+    ns = {"_mode": _mode, "MISS": _MISS, "MISSING": _MISSING, "EMPTY": {}, "np": np,
+          "empty": np.empty, "make": Tensor._make, "FALLBACK": fastcall.FALLBACK,
+          "finish": c._finish, "slow": c._results, "fill": _fill, "template": c.template,
+          "call": c.direct[0]}
+    code = ["def fast(args):", f"    if _mode.enabled is not {bool(c.grad_mode)}:",
+            "        return MISS"]
+    guard = code.append
+
+    def fail_unless(condition):
+        guard(f"    if not ({condition}):")
+        guard("        return MISS")
+    for k, slot in enumerate(c.slots):
+        ns[f"S{k}"] = slot
+        if type(slot) is TensorSlot:
+            ns[f"T{k}"], ns[f"SH{k}"], ns[f"ST{k}"] = slot.tensor, slot.shape, slot.stored
+            guard(f"    d{k} = T{k}._data")
+            fail_unless(f"d{k}.shape == SH{k} and d{k}.dtype == ST{k} and "
+                        f"T{k}._requires_grad is {bool(slot.requires_grad)}")
+            if slot.dtype != slot.stored:
+                ns[f"D{k}"] = slot.dtype
+                guard(f"    d{k} = d{k}.astype(D{k})")
+        else:
+            fail_unless(f"S{k}.check()")
+            guard(f"    d{k} = S{k}.read()")
+    for k, slot in enumerate(c.checks):
+        ns[f"C{k}"] = slot
+        fail_unless(f"C{k}.check()")
+    for k, p in enumerate(c.none):
+        ns[f"N{k}"] = p
+        fail_unless(f"N{k}._grad is None")
+    for k, (opt, p, group, _, (kind, structure)) in enumerate(c.actions):
+        ns.update({f"O{k}": opt, f"P{k}": p, f"G{k}": group, f"OT{k}": kind,
+                   f"STR{k}": structure})
+        fail_unless(f"type(O{k}) is OT{k} and "
+                    f"O{k}._structure(G{k}, O{k}.state.get(P{k}, EMPTY)) == STR{k}")
+    for k, (where, name, value) in enumerate(c.globals_seen):
+        ns.update({f"W{k}": where, f"V{k}": value, f"VT{k}": type(value)})
+        now = f"W{k}.get({name!r}, MISSING)" if isinstance(where, dict) else \
+            f"W{k}.cell_contents"
+        guard(f"    now = {now}")
+        fail_unless(f"type(now) is VT{k} and now == V{k}")
+    operands = []
+    for k, d in enumerate(c.arg_dtypes):
+        guard(f"    a{k} = args[{k}]._data")
+        if not c.plain_args:
+            ns[f"AD{k}"] = d
+            guard(f"    if a{k}.dtype != AD{k}:")
+            guard(f"        a{k} = a{k}.astype(AD{k})")
+        operands.append(f"a{k}")
+    operands += [f"d{k}" for k in range(len(c.slots))]
+    for k, (opt, p, group, names, _) in enumerate(c.actions):
+        guard(f"    q{k} = O{k}._scalars(O{k}.state[P{k}], G{k})")     # advances its step
+        operands += [f"q{k}[{n!r}]" for n in names]
+    _, specs, placement = c.direct
+    for j, (kept, (shape, dtype)) in enumerate(zip(c.kept, specs)):
+        ns[f"K{j}" if kept is not None else f"SP{j}"] = kept if kept is not None else \
+            (shape, dtype)
+        guard(f"    o{j} = K{j}" if kept is not None else f"    o{j} = empty(*SP{j})")
+    outs = "".join(f", o{j}" for j in range(len(specs)))
+    guard(f"    r = call({', '.join(operands)}{outs})")
+    guard("    if r is FALLBACK:")
+    guard(f"        return finish(slow([{', '.join(operands)}]))")
+    results = []
+    for k, (tag, j) in enumerate(placement):
+        value = f"o{j}" if tag == "a" else f"r[{j}]"
+        if k in c.to_fix:
+            ns[f"R{k}"] = c.dtypes[k]
+            value = f"np.array({value}, R{k})"
+        guard(f"    v{k} = {value}")
+        results.append(f"v{k}")
+    n = c.n_returned
+    for k, write in enumerate(c.writes):
+        value = results[n + k]
+        slot = getattr(write, "__self__", None)
+        if isinstance(write, functools.partial) and write.func is _new_grad:
+            ns[f"NG{k}"] = write.args[0]
+            guard(f"    NG{k}._grad = make({value})")
+        elif type(slot) is TensorSlot and slot.dtype == slot.stored:
+            ns[f"WT{k}"] = slot.tensor           # _bump, inlined for a tensor no node reads
+            guard(f"    box = WT{k}._version_box")
+            guard("    if box.users:")
+            guard(f"        WT{k}._bump()")
+            guard("    else:")
+            guard("        box.n += 1")
+            guard(f"    WT{k}._data[...] = {value}")
+        else:
+            ns[f"WR{k}"] = write
+            guard(f"    WR{k}({value})")
+    for k, drop in enumerate(c.drops):
+        ns[f"DR{k}"] = drop.args[0]
+        guard(f"    DR{k}._grad = None")
+    if c.template is _Out:
+        guard(f"    return make({results[0]})")
+    else:
+        returned = "".join(f"make({v}), " for v in results[:n])
+        guard(f"    return fill(template, iter(({returned})))")
+    exec(builtins.compile("\n".join(code) + "\n", "<symgrad compiled step>", "exec"), ns)
+    return ns["fast"]
 
 
 def _is_input(e, slot) -> bool:
@@ -666,6 +777,12 @@ class CompiledStep:
         entries = self.entries.get(key)
         if entries is not None:
             for k, entry in enumerate(entries):
+                if entry.fast is not None:
+                    result = entry.fast(tensors)
+                    if result is not _MISS:
+                        if k:
+                            entries.insert(0, entries.pop(k))
+                        return result
                 why = entry.holds()
                 if why is None:
                     if k:
