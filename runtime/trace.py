@@ -170,6 +170,7 @@ class Trace:
         self.none_read = set()   # owners whose .grad being None at the start mattered
         self.actions = []        # (optimizer, param, group, names): scalars computed per call
         self.state_out = {}      # (id(opt), id(p), key) -> (slot, node)
+        self.derived = []        # (sources, fn, names): inputs fn computes before each call
         self.unfinished = None   # why this trace is not compiled (state made in the call)
 
     # -- tensors and their nodes --
@@ -300,6 +301,43 @@ class Trace:
         if id(self._root(index)) not in self.constants:
             self.dynamic[id(value)] = index
             self._keep(index)            # its array stays alive, so its id stays its own
+
+    def derive(self, sources, fn, made):
+        """Tensors ``made`` were computed in Python by ``fn`` from the values of tensors
+        ``sources`` (a loss's class indices and weights from its targets): they become graph
+        inputs that ``fn`` recomputes from the sources before each call, as the
+        optimizers' numbers are.  A source must be an argument or a tensor from before the
+        call (not one computed in it); tensors from Python data make constants."""
+        bound = []
+        for t in sources:
+            root = self._root(t) if isinstance(t, Tensor) else None
+            if root is None or id(root) in self.constants:
+                bound.append(("constant", t._data if root is not None else np.asarray(t)))
+                continue
+            e = self.expr(root)
+            if any(a is root for a in self.args):
+                bound.append(("argument", next(k for k, a in enumerate(self.args) if a is root)))
+            elif id(root) in self.bound and _is_input(e, self.bound[id(root)]):
+                bound.append(("slot", self.bound[id(root)]))
+            else:
+                raise TraceError(
+                    f"compile: {_user_line()} needs the values of a tensor computed in the call "
+                    "(here as class indices or weights); pass it as an argument, or compute it "
+                    "outside the compiled function")
+        if all(kind == "constant" for kind, _ in bound):
+            for t in made:
+                self.constant(t)
+            return
+        names = []
+        for t in made:
+            name = f"d{len(self.derived)}_{len(names)}"
+            kind = t._data.dtype.kind
+            e = self.g.input(name, t._data.shape, np.int64 if kind in "iu" else t._data.dtype)
+            names.append(name)
+            self.opaque.pop(id(t), None)
+            self.exprs[id(t)] = e
+            self._keep(t)
+        self.derived.append((bound, fn, names))
 
     def static_index(self, parts, what):
         """Refuse an index whose values decide the graph's shape or layout."""
@@ -442,7 +480,9 @@ class Compiled:
         inputs = [trace.exprs[id(t)] for t in trace.args] + \
             [trace.g.node(s.name) for s in trace.slots] + \
             [trace.g.node(f"o{k}_{n}") for k, (_, _, _, names, _) in enumerate(trace.actions)
-             for n in names]
+             for n in names] + \
+            [trace.g.node(n) for _, _, names in trace.derived for n in names]
+        self.derived = trace.derived
         self.fn = trace.g.compile(nodes, inputs=inputs) if nodes else None
         self.size = len(trace.g)
         self.dtypes = [np.dtype(o.dtype) for o in nodes]
@@ -495,9 +535,13 @@ class Compiled:
             arrays += [t._data for t in self.plain_slots]
         else:
             arrays += [s.read() for s in self.slots]
+        derived = []              # first: it may raise (a class index out of range)
+        for sources, fn, _ in self.derived:
+            derived += fn(*[_source(kind, where, arg_tensors) for kind, where in sources])
         for opt, p, group, names, _ in self.actions:
             given = opt._scalars(opt.state[p], group)     # advances its step count
             arrays += [given[n] for n in names]
+        arrays += derived
         return self._finish(self._results(arrays))
 
     def _finish(self, results):
@@ -592,9 +636,20 @@ def _specialise(c: Compiled):
             guard(f"        a{k} = a{k}.astype(AD{k})")
         operands.append(f"a{k}")
     operands += [f"d{k}" for k in range(len(c.slots))]
+    derived = []          # computed first: it may raise (a class index out of range)
+    for k, (sources, fn, names) in enumerate(c.derived):
+        ns[f"DF{k}"] = fn
+        read = []
+        for j, (kind, where) in enumerate(sources):
+            ns[f"DS{k}_{j}"] = where
+            read.append(f"args[{where}]._data" if kind == "argument" else
+                        f"DS{k}_{j}.read()" if kind == "slot" else f"DS{k}_{j}")
+        guard(f"    x{k} = DF{k}({', '.join(read)})")
+        derived += [f"x{k}[{j}]" for j in range(len(names))]
     for k, (opt, p, group, names, _) in enumerate(c.actions):
         guard(f"    q{k} = O{k}._scalars(O{k}.state[P{k}], G{k})")     # advances its step
         operands += [f"q{k}[{n!r}]" for n in names]
+    operands += derived
     _, specs, placement = c.direct
     for j, (kept, (shape, dtype)) in enumerate(zip(c.kept, specs)):
         ns[f"K{j}" if kept is not None else f"SP{j}"] = kept if kept is not None else \
@@ -640,6 +695,12 @@ def _specialise(c: Compiled):
         guard(f"    return fill(template, iter(({returned})))")
     exec(builtins.compile("\n".join(code) + "\n", "<symgrad compiled step>", "exec"), ns)
     return ns["fast"]
+
+
+def _source(kind, where, arg_tensors):
+    """A derived input's source array at call time (see ``Trace.derive``)."""
+    return arg_tensors[where]._data if kind == "argument" else \
+        where.read() if kind == "slot" else where
 
 
 def _is_input(e, slot) -> bool:

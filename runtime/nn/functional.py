@@ -249,23 +249,33 @@ def nll_loss(input, target, weight=None, size_average=None, ignore_index=-100, r
     if labels.dtype.kind not in "iu":
         raise RuntimeError(f"expected scalar type Long but found {labels.dtype}")
     if input.ndim == 1:
-        input, labels = input.unsqueeze(0), labels.reshape(1)
+        input = input.unsqueeze(0)
     if input.ndim > 2:     # (N, C, d…): classes along dim 1
         perm = (0,) + tuple(range(2, input.ndim)) + (1,)
         input = input.permute(perm).reshape(-1, input.shape[1])
+    n_classes, dtype = input.shape[1], input.dtype
+
+    def parts(labels, weight=None):
+        """The rows' class indices, their weights and the total weight: data, not part
+        of the compiled code (a compiled step recomputes them before each call)."""
         labels = labels.reshape(-1)
-    keep = labels != ignore_index
-    safe = np.where(keep, labels, 0)
-    n_classes = input.shape[1]
-    if safe.size and (safe.min() < 0 or safe.max() >= n_classes):
-        raise IndexError(f"Target {int(safe[(safe < 0) | (safe >= n_classes)][0])} is out of "
-                         f"bounds for {n_classes} classes")
-    picked = input.gather(1, Tensor._make(safe.reshape(-1, 1))).squeeze(1)
-    w = np.ones(n_classes) if weight is None else as_tensor(weight)._data
-    per = (w[safe] * keep).astype(input.dtype)
-    loss = -picked * Tensor._make(per)
-    if reduction == "mean":     # the total weight is data, not part of the compiled code
-        loss = loss.sum() / Tensor._make(np.asarray(per.sum(), dtype=input.dtype))
+        keep = labels != ignore_index
+        safe = np.where(keep, labels, 0)
+        if safe.size and (safe.min() < 0 or safe.max() >= n_classes):
+            raise IndexError(f"Target {int(safe[(safe < 0) | (safe >= n_classes)][0])} is "
+                             f"out of bounds for {n_classes} classes")
+        w = np.ones(n_classes) if weight is None else weight
+        per = (w[safe] * keep).astype(dtype)
+        return safe.reshape(-1, 1), per, np.asarray(per.sum(), dtype=dtype)
+    sources = [target] + ([as_tensor(weight)] if weight is not None else [])
+    made = [Tensor._make(a) for a in parts(labels, *(t._data for t in sources[1:]))]
+    if T._mode.trace is not None:
+        T._mode.trace.derive(sources, parts, made)
+    safe, per, total = made
+    picked = input.gather(1, safe).squeeze(1)
+    loss = -picked * per
+    if reduction == "mean":
+        loss = loss.sum() / total
     elif reduction == "none" and target.ndim > 1:
         loss = loss.reshape(*target.shape)
     else:
@@ -295,15 +305,21 @@ def cross_entropy(input, target, weight=None, size_average=None, ignore_index=-1
     # PyTorch: (1 − ε)·nll + ε/C · (−Σ_c w_c log p_c), over the kept rows
     smooth = -(logp if weight is None else logp * _class_shape(as_tensor(weight), input.ndim)
                ).sum(dim)
-    keep = Tensor._make((T._index_array(target) != ignore_index).astype(input.dtype))
+    dtype = input.dtype
+
+    def kept(labels, weight=None):
+        """Which rows count, and their total weight (data: recomputed per compiled call)."""
+        keep = labels != ignore_index
+        total = keep.sum() if weight is None else (weight[np.where(keep, labels, 0)]
+                                                   * keep).sum()
+        return keep.astype(dtype), np.asarray(float(total), dtype=dtype)
+    sources = [target] + ([as_tensor(weight)] if weight is not None else [])
+    keep, total = [Tensor._make(a) for a in kept(T._index_array(target),
+                                                 *(t._data for t in sources[1:]))]
+    if T._mode.trace is not None:
+        T._mode.trace.derive(sources, kept, [keep, total])
     smooth = smooth * keep
-    if reduction == "mean":
-        denom = float(keep._data.sum()) if weight is None else float(
-            (as_tensor(weight)._data[np.where(keep._data > 0, T._index_array(target), 0)]
-             * keep._data).sum())
-        smooth = smooth.sum() / denom
-    else:
-        smooth = _reduce(smooth, reduction)
+    smooth = smooth.sum() / total if reduction == "mean" else _reduce(smooth, reduction)
     return loss * (1 - label_smoothing) + smooth * (label_smoothing / input.shape[dim])
 
 

@@ -338,3 +338,53 @@ def test_every_guard_of_the_generated_call_retraces_and_stays_exact(caplog):
     for a, c in zip(eager, native):
         assert np.array_equal(a, c)
     assert all(np.array_equal(a, c) for a, c in zip(eager_losses, native_losses))
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_classification_with_cross_entropy_compiles_with_labels_per_call(reduction):
+    # cross_entropy's class indices and weights are data computed from the labels in
+    # Python: the compiled step recomputes them before each call (no new trace per batch)
+    rng = np.random.default_rng(3)
+    x = sg.tensor(rng.standard_normal((16, 5)).astype(np.float32))
+    labels = [sg.tensor(rng.integers(0, 3, 16)) for _ in range(25)]
+    runs = []
+    for compiled in (False, True):
+        sg.manual_seed(0)
+        model = sg.nn.Sequential(sg.nn.Linear(5, 8), sg.nn.Tanh(), sg.nn.Linear(8, 3))
+        opt = sg.optim.Adam(model.parameters(), lr=0.01)
+        loss_fn = sg.nn.CrossEntropyLoss(weight=sg.tensor([1.0, 2.0, 0.5]), ignore_index=1,
+                                         reduction=reduction,
+                                         label_smoothing=0.1 if reduction == "mean" else 0.0)
+
+        def step(x, y):
+            opt.zero_grad()
+            loss = loss_fn(model(x), y)
+            (loss.sum() if reduction == "none" else loss).backward()
+            opt.step()
+            return loss
+        step = sg.compile(step) if compiled else step
+        losses = [step(x, y).detach().numpy().copy() for y in labels]
+        if compiled:
+            assert step.traces == 1
+            steps = [s["step"] for s in opt.state.values()]
+            with pytest.raises(IndexError, match="Target 3 is out of bounds for 3 classes"):
+                step(x, sg.tensor(np.full(16, 3)))
+            assert [s["step"] for s in opt.state.values()] == steps    # nothing ran
+        runs.append(([p.detach().numpy().copy() for p in model.parameters()], losses))
+    (eager, eager_losses), (native, native_losses) = runs
+    assert all(np.array_equal(a, b) for a, b in zip(eager, native))
+    for a, b in zip(eager_losses, native_losses):     # numpy's exp/log vs libmvec's
+        np.testing.assert_allclose(a, b, rtol=2e-6)
+
+
+def test_class_indices_computed_inside_the_step_are_refused_clearly():
+    model = sg.nn.Linear(4, 2)
+    x = sg.tensor(np.ones((3, 4), np.float32))
+
+    @sg.compile
+    def step(x):
+        loss = sg.nn.functional.cross_entropy(model(x), model(x).argmax(1))
+        loss.backward()
+        return loss
+    with pytest.raises(TraceError, match="test_compile.py"):
+        step(x)
