@@ -38,15 +38,23 @@ class CompiledFunction(NativeFunction):
         super().__init__(plan.signature(), plan.entry_specs(), plan)
 
     def __reduce__(self):
-        """Pickled as its graph and compile options (for Dask, multiprocessing): the
-        receiving process compiles it again, or loads its object code from the disk cache,
-        which checks it against that process's CPU, versions and build."""
+        """Pickled as its graph and compile options (for Dask, multiprocessing), with the
+        object code of the entries loaded so far as checksummed cache entries: the
+        receiving process uses that code where its symgrad build, LLVM and CPU are this
+        one's, and otherwise compiles again (or loads from its disk cache)."""
+        from .backend import jit
         from .pipeline import rebuild
         recipe = getattr(self, "recipe", None)
         if recipe is None:
             raise TypeError("this compiled function was not made by Graph.compile and "
                             "cannot be pickled")
-        return rebuild, recipe
+        shipped = []
+        for artifact in list(self._artifacts.values()):
+            data = jit.shipped(artifact.key, artifact.names) if hasattr(artifact, "key") \
+                else None
+            if data is not None:
+                shipped.append((artifact.key, data))
+        return rebuild, recipe + (tuple(shipped),)
 
     def __dask_tokenize__(self):
         """Dask's name for this function in task graphs: the same for every pickled copy."""

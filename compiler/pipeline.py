@@ -12,7 +12,7 @@ import hashlib
 from dataclasses import dataclass, field
 
 from . import progress
-from .backend import EntrySpec, Signature, jit
+from .backend import EntrySpec, Signature, cache, jit
 from .backend.stats import logger, stats
 from .graph import Expr, Graph, GraphError, ancestors
 from .lower import Lowerer, new_module
@@ -318,16 +318,19 @@ _rebuilt: collections.OrderedDict = collections.OrderedDict()   # token -> funct
 _rebuilt_lock = threading.Lock()
 
 
-def rebuild(g: Graph, outputs, wrt, inputs, fast_math, mode, token):
-    """A pickled compiled function in another process: compiled again from its graph (the
-    disk cache serves the object code when this machine compiled it before), once per
+def rebuild(g: Graph, outputs, wrt, inputs, fast_math, mode, token, shipped=()):
+    """A pickled compiled function in another process, made again from its graph once per
     process — a Dask worker unpickling it for every task reuses the first (by ``token``,
-    which names the original function)."""
+    which names the original function).  Its object code comes with it (``shipped``: the
+    sender's checksummed cache entries), used only where this process's symgrad build,
+    LLVM and CPU are the sender's (else compiled here, or taken from the disk cache)."""
     with _rebuilt_lock:
         f = _rebuilt.get(token)
         if f is not None:
             _rebuilt.move_to_end(token)
             return f
+    for key, data in shipped:
+        cache.offer(key, data)
     node = g.node
     f = compile_graph(g, [node(i) for i in outputs], [node(i) for i in wrt],
                       None if inputs is None else [node(i) for i in inputs],
@@ -377,5 +380,6 @@ def build(work: Graph, entries: list, name=None, fast_math=False) -> Artifact:
         log.info("reused %s from the compile cache", prefix)
     for e in named:
         e.address = loaded.addresses[e.name]
+    artifact.key, artifact.names = key, names     # what a pickled copy ships (see rebuild)
     artifact.engine = loaded.engine      # the code lives as long as the artifact holds it
     return artifact

@@ -79,8 +79,37 @@ def _path(key: str, meta: dict) -> str | None:
     return os.path.join(base, f"{key}-{env}.o")
 
 
-def load(key: str, expect: dict) -> bytes | None:
+_offered: dict = {}          # key -> an entry another process sent (see ``offer``)
+_OFFERED_MAX = 256
+
+
+def pack(meta: dict, obj: bytes) -> bytes:
+    """An entry as stored: magic, checksum, header (what the code depends on), object."""
+    payload = json.dumps(meta, sort_keys=True).encode() + b"\n" + obj
+    return MAGIC + hashlib.sha256(payload).hexdigest().encode() + b"\n" + payload
+
+
+def offer(key: str, data: bytes) -> None:
+    """An entry that came with a pickled compiled function: ``load`` checks it like a
+    file of the cache (checksum; versions, build and CPU equal to this process's) before
+    using it, and otherwise ignores it (the code is compiled here)."""
+    if isinstance(key, str) and isinstance(data, bytes) and len(data) <= MAX_ENTRY_BYTES:
+        _offered[key] = data
+        while len(_offered) > _OFFERED_MAX:
+            _offered.pop(next(iter(_offered)))
+
+
+def load(key: str, expect: dict, count: bool = True) -> bytes | None:
     """The object for ``key``, or None (missing, or rejected with a warning)."""
+    sent = _offered.pop(key, None) if count else None
+    if sent is not None:
+        reason, obj = _parse(sent, expect)
+        if reason is None:
+            stats.shipped_hits += 1
+            store(key, expect, obj)          # for this machine's later processes
+            return obj
+        _warn_once(f"sent:{reason}", f"object code sent with a pickled compiled function "
+                                     f"was not used: {reason}; it is compiled here")
     path = _path(key, expect)
     if path is None or not os.path.lexists(path):
         return None
@@ -114,7 +143,7 @@ def load(key: str, expect: dict) -> bytes | None:
     if reason:
         _reject(path, reason)
         return None
-    stats.disk_hits += 1
+    stats.disk_hits += count
     return obj
 
 
@@ -145,8 +174,7 @@ def store(key: str, meta: dict, obj: bytes) -> None:
     path = _path(key, meta)
     if path is None:
         return
-    payload = json.dumps(meta, sort_keys=True).encode() + b"\n" + obj
-    data = MAGIC + hashlib.sha256(payload).hexdigest().encode() + b"\n" + payload
+    data = pack(meta, obj)
     try:
         fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-", suffix=".o")
         try:

@@ -390,6 +390,14 @@ def environment() -> dict:
             "features": llvm.get_host_cpu_features().flatten()}
 
 
+def shipped(key: str, names) -> bytes | None:
+    """The checked disk-cache entry of code this process loaded, to send with a pickled
+    compiled function (None when the disk cache is off or no longer has it)."""
+    meta = {**environment(), "names": sorted(names)}
+    obj = cache.load(key, meta, count=False)
+    return None if obj is None else cache.pack(meta, obj)
+
+
 class JIT:
     """LLVM initialised for this host, its target machines, and the code loaded so far."""
 

@@ -17,6 +17,7 @@ class Stats:
     compiles: int = 0             # compiled functions' entries built from a graph
     cache_hits: int = 0           # ... of which were served by the in-memory or disk cache
     disk_hits: int = 0
+    shipped_hits: int = 0      # object code that came with a pickled function, used
     disk_writes: int = 0
     disk_rejected: int = 0
     backward_compiles: int = 0    # the PyTorch-style runtime's compiled backward graphs

@@ -30,6 +30,50 @@ def oracle(X):
     return t.sum(1), d.T @ X, d.sum(0), d @ W0
 
 
+_RECEIVE = """
+import pickle, sys, warnings
+import numpy as np
+from symgrad.compiler.backend.stats import stats
+warnings.simplefilter("always")
+with open(sys.argv[1], "rb") as fh:
+    f = pickle.load(fh)
+value, (grad,) = f.vjp(np.array([0.5, -1.0, 2.0]), 0.7)
+print(stats.shipped_hits, stats.compiles, repr(float(value)), repr(float(grad)))
+"""
+
+
+def _receive(tmp_path, blob, cache_dir):
+    import os
+    import subprocess
+    import sys
+    path = tmp_path / "f.pickle"
+    path.write_bytes(blob)
+    env = dict(os.environ, SYMGRAD_CACHE_DIR=str(cache_dir))
+    done = subprocess.run([sys.executable, "-c", _RECEIVE, str(path)], env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    hits, compiles, value, grad = done.stdout.split()
+    return int(hits), int(compiles), float(value), float(grad), done.stderr
+
+
+def test_a_pickle_carries_checked_object_code(tmp_path):
+    # the receiving process (an empty cache of its own) runs the sender's object code
+    # without compiling; damaged code, or code for another build, is compiled there
+    g = Graph()
+    x, w = g.input("x", (3,)), g.input("w")
+    f = g.compile([(tanh(x * w) * 1.25).sum()], [w])
+    value, (grad,) = f.vjp(np.array([0.5, -1.0, 2.0]), 0.7)
+    blob = pickle.dumps(f)
+    hits, compiles, v, d, _ = _receive(tmp_path, blob, tmp_path / "cache1")
+    assert (hits, compiles) == (1, 0) and v == value and d == grad
+    damaged = bytearray(blob)
+    at = blob.rfind(b"\x7fELF") + 200                # a byte inside the object code
+    damaged[at] ^= 0xFF
+    hits, compiles, v, d, err = _receive(tmp_path, bytes(damaged), tmp_path / "cache2")
+    assert (hits, compiles) == (0, 1) and v == value and d == grad
+    assert "checksum" in err
+
+
 def test_pickled_function_gives_the_same_numbers_and_is_built_once_per_process():
     g = Graph()
     x, w = g.input("x", (5,)), g.input("w")
