@@ -48,13 +48,9 @@ class CompiledFunction(NativeFunction):
         if recipe is None:
             raise TypeError("this compiled function was not made by Graph.compile and "
                             "cannot be pickled")
-        shipped = []
-        for artifact in list(self._artifacts.values()):
-            data = jit.shipped(artifact.key, artifact.names) if hasattr(artifact, "key") \
-                else None
-            if data is not None:
-                shipped.append((artifact.key, data))
-        return rebuild, recipe + (tuple(shipped),)
+        shipped = [(a.key, jit.shipped(a.key, a.names))
+                   for a in list(self._artifacts.values()) if a.key is not None]
+        return rebuild, recipe + (tuple((k, d) for k, d in shipped if d is not None),)
 
     def __dask_tokenize__(self):
         """Dask's name for this function in task graphs: the same for every pickled copy."""

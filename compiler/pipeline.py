@@ -128,6 +128,7 @@ class Artifact:
         self._kernels = {}
         self._optimized = ""
         self.engine = None
+        self.key, self.names = None, ()     # set by build: what a pickled copy ships
 
     @property
     def address(self) -> int:
@@ -380,6 +381,6 @@ def build(work: Graph, entries: list, name=None, fast_math=False) -> Artifact:
         log.info("reused %s from the compile cache", prefix)
     for e in named:
         e.address = loaded.addresses[e.name]
-    artifact.key, artifact.names = key, names     # what a pickled copy ships (see rebuild)
+    artifact.key, artifact.names = key, names
     artifact.engine = loaded.engine      # the code lives as long as the artifact holds it
     return artifact

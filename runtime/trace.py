@@ -315,8 +315,9 @@ class Trace:
                 bound.append(("constant", t._data if root is not None else np.asarray(t)))
                 continue
             e = self.expr(root)
-            if any(a is root for a in self.args):
-                bound.append(("argument", next(k for k, a in enumerate(self.args) if a is root)))
+            k = next((k for k, a in enumerate(self.args) if a is root), None)
+            if k is not None:
+                bound.append(("argument", k))
             elif id(root) in self.bound and _is_input(e, self.bound[id(root)]):
                 bound.append(("slot", self.bound[id(root)]))
             else:

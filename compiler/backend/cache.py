@@ -99,9 +99,10 @@ def offer(key: str, data: bytes) -> None:
             _offered.pop(next(iter(_offered)))
 
 
-def load(key: str, expect: dict, count: bool = True) -> bytes | None:
-    """The object for ``key``, or None (missing, or rejected with a warning)."""
-    sent = _offered.pop(key, None) if count else None
+def load(key: str, expect: dict, peek: bool = False) -> bytes | None:
+    """The object for ``key``, or None (missing, or rejected with a warning).  ``peek``:
+    read the disk entry only (to ship it), neither counted nor taking an offered one."""
+    sent = None if peek else _offered.pop(key, None)
     if sent is not None:
         reason, obj = _parse(sent, expect)
         if reason is None:
@@ -143,7 +144,8 @@ def load(key: str, expect: dict, count: bool = True) -> bytes | None:
     if reason:
         _reject(path, reason)
         return None
-    stats.disk_hits += count
+    if not peek:
+        stats.disk_hits += 1
     return obj
 
 

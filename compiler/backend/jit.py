@@ -394,7 +394,7 @@ def shipped(key: str, names) -> bytes | None:
     """The checked disk-cache entry of code this process loaded, to send with a pickled
     compiled function (None when the disk cache is off or no longer has it)."""
     meta = {**environment(), "names": sorted(names)}
-    obj = cache.load(key, meta, count=False)
+    obj = cache.load(key, meta, peek=True)
     return None if obj is None else cache.pack(meta, obj)
 
 

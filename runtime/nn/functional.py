@@ -242,6 +242,17 @@ def huber_loss(input, target, reduction="mean", delta=1.0):
                           reduction), "HuberLossBackward0")
 
 
+def _from_labels(fn, target, weight) -> list:
+    """The arrays ``fn(labels, class weights)`` computes in Python, as tensors; a compiled
+    step recomputes them from each call's labels before its native call (``Trace.derive``)."""
+    sources = [target] + ([as_tensor(weight)] if weight is not None else [])
+    made = [Tensor._make(a) for a in fn(T._index_array(target),
+                                        *(t._data for t in sources[1:]))]
+    if T._mode.trace is not None:
+        T._mode.trace.derive(sources, fn, made)
+    return made
+
+
 def nll_loss(input, target, weight=None, size_average=None, ignore_index=-100, reduce=None,
              reduction="mean"):
     """−input[n, target[n]] (times the class weight), averaged over the weights used."""
@@ -267,11 +278,7 @@ def nll_loss(input, target, weight=None, size_average=None, ignore_index=-100, r
         w = np.ones(n_classes) if weight is None else weight
         per = (w[safe] * keep).astype(dtype)
         return safe.reshape(-1, 1), per, np.asarray(per.sum(), dtype=dtype)
-    sources = [target] + ([as_tensor(weight)] if weight is not None else [])
-    made = [Tensor._make(a) for a in parts(labels, *(t._data for t in sources[1:]))]
-    if T._mode.trace is not None:
-        T._mode.trace.derive(sources, parts, made)
-    safe, per, total = made
+    safe, per, total = _from_labels(parts, target, weight)
     picked = input.gather(1, safe).squeeze(1)
     loss = -picked * per
     if reduction == "mean":
@@ -313,11 +320,7 @@ def cross_entropy(input, target, weight=None, size_average=None, ignore_index=-1
         total = keep.sum() if weight is None else (weight[np.where(keep, labels, 0)]
                                                    * keep).sum()
         return keep.astype(dtype), np.asarray(float(total), dtype=dtype)
-    sources = [target] + ([as_tensor(weight)] if weight is not None else [])
-    keep, total = [Tensor._make(a) for a in kept(T._index_array(target),
-                                                 *(t._data for t in sources[1:]))]
-    if T._mode.trace is not None:
-        T._mode.trace.derive(sources, kept, [keep, total])
+    keep, total = _from_labels(kept, target, weight)
     smooth = smooth * keep
     smooth = smooth.sum() / total if reduction == "mean" else _reduce(smooth, reduction)
     return loss * (1 - label_smoothing) + smooth * (label_smoothing / input.shape[dim])
