@@ -1,4 +1,14 @@
-"""W4 — one SGD step of document 002's network, B=256, 784→128→10, float32."""
+"""W4 — one SGD step of document 002's network, B=256, 784→128→10, float32.
+
+The two large products run in OpenBLAS (numpy's, or symgrad's private copy of it with
+the AVX-512 kernels), so the result depends on which OpenBLAS kernels run: the script
+prints them.  Some machines' environments pin ``OPENBLAS_CORETYPE`` (and
+``OPENBLAS_L2_SIZE``) for old OpenBLAS builds; measure a current numpy with both unset
+for that command alone: ``env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python w4_mlp.py``."""
+import ctypes
+import glob
+import os
+
 import numpy as np
 
 from common import agree, median_time, peer, report
@@ -8,7 +18,22 @@ B, N0, N1, N2, LR = 256, 784, 128, 10, 0.01
 SHAPES = [(N1, N0), (N1,), (B, N0), (N2, N1), (N2,), (B, N2)]
 
 
+def openblas_core() -> str:
+    """The kernels numpy's OpenBLAS chose (its core name), or "?" when not at hand."""
+    here = os.path.join(os.path.dirname(np.__file__), os.pardir, "numpy.libs")
+    for path in glob.glob(os.path.join(here, "libscipy_openblas*.so*")):
+        for name in ("scipy_openblas_get_corename64_", "scipy_openblas_get_corename"):
+            get = getattr(ctypes.CDLL(path), name, None)
+            if get is not None:
+                get.restype = ctypes.c_char_p
+                return get().decode()
+    return "?"
+
+
 def main():
+    from symgrad.compiler.backend import jit
+    print(f"  numpy's OpenBLAS kernels: {openblas_core()}; OPENBLAS_CORETYPE="
+          f"{os.environ.get('OPENBLAS_CORETYPE', '(unset)')}; symgrad's gemm: {jit.blas()}")
     rng = np.random.default_rng(0)
     init = [(rng.standard_normal(s) * 0.05).astype(np.float32) for s in SHAPES]
     g = Graph(np.float32)
