@@ -34,6 +34,10 @@ ALIGN = 64
 REDUCTION_START = {"sum": 0.0, "prod": 1.0, "amax": -math.inf, "amin": math.inf}
 
 
+# Kernel members per part when a large program is compiled in parts (``Lowerer.program``)
+PART_MEMBERS = 2000
+
+
 def new_module(name: str) -> ir.Module:
     return ir.Module(name=name)
 
@@ -149,6 +153,12 @@ class Lowerer:
         self.blas = blas
         self.arith = FAST_ARITH if fast_math else ()
         self.inline_steps = False    # a batch loop inlines a short program's steps
+        # Parts (see ``program``): a callback taking each finished module's text, and
+        # how many kernel members a part holds before it is handed over
+        self.hand_over = None
+        self.scalar = lambda k: k.scalar   # a kernel's ScalarKernel (the pipeline's: made lazily)
+        self.part_size = PART_MEMBERS
+        self._in_part = 0
 
     # ---- helpers ---------------------------------------------------------------
     def _fn(self, name, ret, params):
@@ -166,20 +176,34 @@ class Lowerer:
 
     # ---- entry point --------------------------------------------------------------
     def program(self, name: str, prog: Program) -> None:
+        """The entry ``i32 name(ptr table)`` running ``prog``.  With ``hand_over`` set,
+        the steps go into modules of their own (parts), each handed over as text as soon
+        as it holds ``part_size`` kernel members, so LLVM compiles one part while Python
+        lowers the next; the entry stays in ``self.module`` and calls them by name."""
         entry = self._fn(name, I32, [PTR])
         entry.args[0].name = "table"
         b = ir.IRBuilder(entry.append_basic_block("entry"))
         offsets, total = _temporaries(name, prog)
         workspace = self._malloc(b, total) if total else None
-        status = self._run(b, name, prog, entry.args[0], workspace, offsets)
+        main, self._in_part = self.module, 0
+        if self.hand_over is not None:
+            self.module = new_module(f"{name}.part")
+        try:
+            status = self._run(b, name, prog, entry.args[0], workspace, offsets,
+                               main=main if self.hand_over is not None else None)
+            if self.hand_over is not None and self.module.globals:
+                self.hand_over(str(self.module))
+        finally:
+            self.module = main
         if workspace is not None:
             self._free(b, workspace)
         b.ret(status)
 
     def _malloc(self, b, size):
         """``malloc(size)``; the function returns 1 where it fails."""
-        malloc = self.module.globals.get("malloc") or ir.Function(
-            self.module, ir.FunctionType(PTR, [I64]), name="malloc")
+        module = b.block.function.module
+        malloc = module.globals.get("malloc") or ir.Function(
+            module, ir.FunctionType(PTR, [I64]), name="malloc")
         workspace = b.call(malloc, [size if isinstance(size, ir.Value) else
                                     ir.Constant(I64, size)], name="workspace")
         ok = b.block.function.append_basic_block("ok")
@@ -191,14 +215,16 @@ class Lowerer:
         return workspace
 
     def _free(self, b, pointer):
-        free = self.module.globals.get("free") or ir.Function(
-            self.module, ir.FunctionType(ir.VoidType(), [PTR]), name="free")
+        module = b.block.function.module
+        free = module.globals.get("free") or ir.Function(
+            module, ir.FunctionType(ir.VoidType(), [PTR]), name="free")
         b.call(free, [pointer])
 
-    def _run(self, b, name, prog: Program, table, workspace, offsets):
+    def _run(self, b, name, prog: Program, table, workspace, offsets, main=None):
         """Every step of ``prog`` over the buffers in ``table`` (inputs, then outputs) and
         the temporaries at ``offsets`` in ``workspace``; returns the status (0, or 1 when a
-        loop's body could not allocate its workspace)."""
+        loop's body could not allocate its workspace).  ``main``: the module of ``b``'s
+        function when the steps go into parts (see ``program``)."""
         pointers, n_in = {}, len(prog.inputs)
         for k, buf in enumerate(prog.buffers):
             if buf.kind != "temp":
@@ -214,6 +240,13 @@ class Lowerer:
             fn, buffers = {Kernel: self.kernel, MatMul: self.matmul, Assemble: self.assemble,
                            Gather: self.gather, Scan: self.scan,
                            Loop: self.loop}[type(step)](fname, step)
+            if main is not None:         # defined in a part, called from the entry's module
+                fn.linkage = ""
+                fn = ir.Function(main, fn.function_type, name=fname)
+                self._in_part += len(step.members) if isinstance(step, Kernel) else 1
+                if self._in_part >= self.part_size:
+                    self.hand_over(str(self.module))
+                    self.module, self._in_part = new_module(f"{name}.part{n}"), 0
             result = b.call(fn, [pointers[k] for k in buffers])
             if isinstance(step, Loop):
                 status = b.or_(status, result)
@@ -274,7 +307,7 @@ class Lowerer:
 
     # ---- a fused elementwise kernel -------------------------------------------------------
     def kernel(self, name, k: Kernel):
-        sk = k.scalar
+        sk = self.scalar(k)
         fn, buffers, ptr, b = self._begin(name, [*k.reads(), *k.writes()])
         ty = FLOAT[k.dtype]
 

@@ -21,6 +21,10 @@ from .schedule import Kernel, Loop, schedule
 from .simplify import SYMPY_BUDGET, to_sympy
 
 log = logger("symgrad.compile")
+# Kernel members from which an entry is compiled in parts, LLVM working on one part while
+# Python lowers the next.  Parts get LLVM's settings for a module of jit.LARGE_MODULE
+# lines, which one module of this many members (1.7-1.8 lines each) got as well.
+LARGE_PROGRAM = 12_000
 
 
 @dataclass
@@ -135,10 +139,13 @@ class Artifact:
         """The address of the (first) entry point."""
         return self.entries[0].address
 
-    def generate(self, blas: bool) -> str:
-        """The module's LLVM IR; ``blas=False`` keeps every matmul as loops (for export)."""
+    def generate(self, blas: bool, hand_over=None) -> str:
+        """The module's LLVM IR; ``blas=False`` keeps every matmul as loops (for export).
+        With ``hand_over``, a large program's steps are handed to it in parts as they are
+        lowered (see ``Lowerer.program``), and the text returned holds the entries."""
         module = new_module(self.prefix)
         lowerer = Lowerer(module, blas=blas, fast_math=self.fast_math)
+        handed = False
         for entry in self.entries:
             prog = schedule(self.graph, entry.inputs, entry.outputs)
             kernels = list(_kernels(self.graph, prog))
@@ -148,11 +155,22 @@ class Artifact:
             # its evaluation is the costly part of a compile.
             evaluate = self.fast_math and \
                 sum(len(k.members) for _, k in kernels) <= SYMPY_BUDGET
-            for graph, k in kernels:
-                k.scalar = to_sympy(graph, k, evaluate)
-            self._kernels[entry.kind] = [k.scalar for _, k in kernels]
+            graphs = {id(k): graph for graph, k in kernels}
+
+            def scalar(k, evaluate=evaluate, graphs=graphs):   # each kernel as it is lowered
+                if k.scalar is None:
+                    k.scalar = to_sympy(graphs[id(k)], k, evaluate)
+                return k.scalar
+            lowerer.scalar = scalar
+            large = sum(len(k.members) for _, k in kernels) >= LARGE_PROGRAM
+            lowerer.hand_over = hand_over if large and not entry.batched else None
             (lowerer.batched if entry.batched else lowerer.program)(entry.name, prog)
-        return str(module)
+            self._kernels[entry.kind] = [scalar(k) for _, k in kernels]
+            handed = handed or lowerer.hand_over is not None
+        text = str(module)
+        if not handed:     # the whole module: what ``llvm_ir`` shows
+            self._ir = text
+        return text
 
     @property
     def llvm_ir(self) -> str:
@@ -370,9 +388,12 @@ def build(work: Graph, entries: list, name=None, fast_math=False) -> Artifact:
     if loaded is None:
         with progress.compiling(len(work)):
             progress.stage("schedule, simplify, lower")
-            ir_text = artifact.llvm_ir
-            progress.stage("LLVM")
-            loaded = jit.load(ir_text, names, key=key)
+
+            def produce(hand_over):     # a large program's parts compile meanwhile
+                text = artifact.generate(blas, hand_over)
+                progress.stage("LLVM")
+                return text
+            loaded = jit.load_parts(produce, names, key=key)
         stats.compiles += 1
         log.info("compiled %s: %d nodes, entries %s", prefix, len(work),
                  [e.kind for e in entries])

@@ -14,6 +14,7 @@ calls are not.  This module imports only llvmlite, numpy and the standard librar
 """
 from __future__ import annotations
 
+import concurrent.futures
 import ctypes
 import ctypes.util
 import functools
@@ -21,6 +22,7 @@ import glob
 import hashlib
 import os
 import re
+import struct
 import threading
 import weakref
 from dataclasses import dataclass
@@ -330,9 +332,12 @@ class CodeEngine:
         self.objects = 0
 
     def add(self, obj: bytes, names) -> dict:
-        self._engine.add_object_file(llvm.ObjectFileRef.from_data(obj))
+        """Load ``obj`` (an object, or a bundle of parts that call each other by name)."""
+        parts = unbundle(obj)
+        for part in parts:
+            self._engine.add_object_file(llvm.ObjectFileRef.from_data(part))
         self._engine.finalize_object()
-        self.objects += 1
+        self.objects += len(parts)
         return {n: self._engine.get_function_address(n) for n in names}
 
     def __del__(self):
@@ -343,6 +348,33 @@ class CodeEngine:
                     engine.close()
             except Exception:   # interpreter shutdown: the process returns everything
                 pass
+
+
+_BUNDLE = b"SGPARTS1"
+
+
+def bundle(objects: list) -> bytes:
+    """Objects compiled in parts, as one blob (one cache entry): a tag, the count and
+    each length, then the objects."""
+    head = _BUNDLE + struct.pack(f"<I{len(objects)}Q", len(objects), *map(len, objects))
+    return head + b"".join(objects)
+
+
+def unbundle(blob: bytes) -> list:
+    """The objects of ``bundle(...)`` (a plain object is a list of one)."""
+    if not blob.startswith(_BUNDLE):
+        return [blob]
+    at = len(_BUNDLE)
+    (count,) = struct.unpack_from("<I", blob, at)
+    sizes = struct.unpack_from(f"<{count}Q", blob, at + 4)
+    at += 4 + 8 * count
+    out = []
+    for size in sizes:
+        out.append(blob[at:at + size])
+        at += size
+    if at != len(blob):
+        raise ValueError("a damaged bundle of compiled parts")
+    return out
 
 
 def _free_pass_manager(pm) -> None:
@@ -510,12 +542,69 @@ class JIT:
             module = self.module(ir_text, optimize_ir)
             quick = ir_text.count("\n") >= LARGE_MODULE or not optimize_ir
             obj = (self.quick_machine if quick else self.machine).emit_object(module)
-            loaded = self._add_object(obj, names,
-                                      (memory_key or key) if key is not None else None)
-            if key is not None:
-                cache.store(key, {**environment(), "names": sorted(names)}, obj)
-            stats.modules_compiled += 1
-            return loaded
+            return self._keep(obj, names, key, memory_key)
+
+    def _keep(self, obj: bytes, names, key, memory_key) -> Loaded:
+        """Load newly compiled code and, with a ``key``, store it in the disk cache."""
+        loaded = self._add_object(obj, names, (memory_key or key) if key is not None else None)
+        if key is not None:
+            cache.store(key, {**environment(), "names": sorted(names)}, obj)
+        stats.modules_compiled += 1
+        return loaded
+
+
+    def load_parts(self, produce, names, key=None, memory_key=None) -> Loaded:
+        """``produce(hand_over)`` lowers a program, handing each finished part's IR text
+        to ``hand_over`` and returning the text with the entries.  Each part is compiled
+        by a worker thread as it arrives, so LLVM works while Python lowers the next part
+        (llvmlite lets go of the interpreter's lock inside LLVM).  Parts are large
+        programs: they get the settings of a LARGE_MODULE, as the one module would."""
+        if key is not None:
+            with self.lock:
+                known = self._known(memory_key or key)
+                if known is not None:
+                    return known
+        parts, worker = [], None
+
+        def hand_over(text):
+            nonlocal worker
+            with self.lock:                       # binds the libm shims on first use
+                text = add_vector_variants(text)
+            if worker is None:
+                worker = concurrent.futures.ThreadPoolExecutor(1, "symgrad-llvm")
+            parts.append(worker.submit(self._compile_part, text))
+            stats.parts_compiled += 1
+        try:
+            main = produce(hand_over)
+        except BaseException:
+            if worker is not None:      # parts not yet started are of no use now
+                worker.shutdown(wait=True, cancel_futures=True)
+            raise
+        if worker is not None:
+            worker.shutdown(wait=True)
+        if not parts:
+            return self.load(main, names, key, memory_key)
+        objects = [f.result() for f in parts]
+        with self.lock:
+            objects.append(self._compile_part(add_vector_variants(main)))
+            return self._keep(bundle(objects), names, key, memory_key)
+
+    def _compile_part(self, text: str) -> bytes:
+        """One part's object, in an LLVM context of its own (a thread may compile it while
+        another uses the global context)."""
+        context = llvm.create_context()
+        module = None
+        try:
+            module = llvm.parse_assembly(text, context=context)
+            module.verify()
+            module.triple = self.machine.triple
+            module.data_layout = str(self.machine.target_data)
+            self.optimize(module, LARGE_MODULE)
+            return self.quick_machine.emit_object(module)
+        finally:        # the module before its context
+            if module is not None:
+                module.close()
+            context.close()
 
 
 _jit: JIT | None = None
@@ -550,6 +639,12 @@ def load(ir_text: str, names: list[str], key: str | None = None,
     ``optimize_ir=False`` skips the IR pipeline and uses the fast code generator (for
     straight-line glue, where neither gains anything)."""
     return get().load(ir_text, names, key, memory_key, optimize_ir)
+
+
+def load_parts(produce, names: list[str], key: str | None = None,
+               memory_key: str | None = None) -> Loaded:
+    """``load`` for a program lowered in parts (see ``JIT.load_parts``)."""
+    return get().load_parts(produce, names, key, memory_key)
 
 
 def optimized(ir_text: str) -> str:

@@ -47,3 +47,53 @@ def test_compile_time_per_node_does_not_grow_with_the_graph():
         return (time.perf_counter() - start) / len(g)
     small, large = per_node(100), per_node(800)
     assert large < 3.0 * small, (small, large)
+
+
+_PARTS_SCRIPT = """
+import sys
+import numpy as np
+from symgrad.compiler import Graph, lower, pipeline
+from symgrad.compiler.backend.stats import stats
+# every program large, parts of ~150 kernel members (or none: one module)
+pipeline.LARGE_PROGRAM = 1 if sys.argv[1] == "parts" else 10**9
+lower.PART_MEMBERS = 150
+g = Graph()
+xs = [g.input(f"x{i}") for i in range(300)]
+f = 0.0
+for i in range(299):
+    f = f + 100.0 * (xs[i + 1] - xs[i] * xs[i]) ** 2 + (1.0 - xs[i]) ** 2
+fn = g.compile([f], wrt=xs)
+x0 = np.linspace(-1.0, 1.5, 300)
+value, grads = fn.vjp(*x0, seed=1.0)
+np.save(sys.argv[2], np.r_[value, grads])
+print(stats.compiles, stats.parts_compiled, stats.disk_hits)
+"""
+
+
+def test_a_large_program_compiled_in_parts_equals_one_module(tmp_path):
+    """Large programs are lowered and compiled in parts (LLVM compiling one while Python
+    lowers the next): the same numbers bit for bit as one module, and the parts are one
+    disk-cache entry that a second process loads without compiling."""
+    import os
+    import subprocess
+    import sys
+    script = tmp_path / "parts.py"
+    script.write_text(_PARTS_SCRIPT)
+
+    def run(mode, cache, out):
+        env = dict(os.environ, SYMGRAD_CACHE_DIR=str(tmp_path / cache))
+        done = subprocess.run([sys.executable, str(script), mode, str(tmp_path / out)],
+                              env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr
+        return [int(n) for n in done.stdout.split()]
+    compiles, parts, _ = run("parts", "a", "parts.npy")
+    assert compiles == 1 and parts > 5
+    compiles, parts, disk_hits = run("parts", "a", "again.npy")      # the bundle, from disk
+    assert (compiles, parts) == (0, 0) and disk_hits >= 1
+    assert run("one", "b", "one.npy")[1] == 0
+    got, again, one = (np.load(tmp_path / n) for n in ("parts.npy", "again.npy", "one.npy"))
+    np.testing.assert_array_equal(got, one)
+    np.testing.assert_array_equal(again, one)
+    x0 = np.linspace(-1.0, 1.5, 300)
+    np.testing.assert_allclose(
+        got[0], np.sum(100.0 * (x0[1:] - x0[:-1] ** 2) ** 2 + (1.0 - x0[:-1]) ** 2), rtol=1e-13)
