@@ -38,6 +38,14 @@ REDUCTION_START = {"sum": 0.0, "prod": 1.0, "amax": -math.inf, "amin": math.inf}
 PART_MEMBERS = 2000
 
 
+def _pointer(b, table, workspace, place, name):
+    """A buffer's address: its pointer in the table, or its offset in the workspace."""
+    kind, at = place
+    if kind == "table":
+        return b.load(b.gep(table, [ir.Constant(I64, at)], source_etype=PTR), typ=PTR, name=name)
+    return b.gep(workspace, [ir.Constant(I64, at)], source_etype=ir.IntType(8), name=name)
+
+
 def new_module(name: str) -> ir.Module:
     return ir.Module(name=name)
 
@@ -159,6 +167,7 @@ class Lowerer:
         self.scalar = lambda k: k.scalar   # a kernel's ScalarKernel (the pipeline's: made lazily)
         self.part_size = PART_MEMBERS
         self._in_part = 0
+        self._places = None     # buffer -> ("table", slot) | ("temp", offset), see _run
 
     # ---- helpers ---------------------------------------------------------------
     def _fn(self, name, ret, params):
@@ -225,21 +234,27 @@ class Lowerer:
         the temporaries at ``offsets`` in ``workspace``; returns the status (0, or 1 when a
         loop's body could not allocate its workspace).  ``main``: the module of ``b``'s
         function when the steps go into parts (see ``program``)."""
-        pointers, n_in = {}, len(prog.inputs)
+        pointers, n_in, places = {}, len(prog.inputs), {}
         for k, buf in enumerate(prog.buffers):
             if buf.kind != "temp":
-                slot = buf.index + (n_in if buf.kind == "output" else 0)
-                p = b.gep(table, [ir.Constant(I64, slot)], source_etype=PTR)
-                pointers[k] = b.load(p, typ=PTR, name=f"buf{k}")
-        for k, off in offsets:
-            pointers[k] = b.gep(workspace, [ir.Constant(I64, off)],
-                                source_etype=ir.IntType(8), name=f"tmp{k}")
+                places[k] = ("table", buf.index + (n_in if buf.kind == "output" else 0))
+        places.update((k, ("temp", off)) for k, off in offsets)
+        for k, place in places.items():
+            pointers[k] = _pointer(b, table, workspace, place, f"buf{k}")
         status = ir.Constant(I32, 0)
+        base = [table, workspace if workspace is not None else ir.Constant(PTR, None)]
         for n, step in enumerate(prog.steps):
             fname = f"{name}.step{n}"
-            fn, buffers = {Kernel: self.kernel, MatMul: self.matmul, Assemble: self.assemble,
-                           Gather: self.gather, Scan: self.scan,
-                           Loop: self.loop}[type(step)](fname, step)
+            # Straight-line scalar code reads and writes many one-value buffers: its
+            # steps take the table and workspace and find them there, instead of a
+            # pointer argument each (hundreds, passed on the stack at every call)
+            self._places = places if isinstance(step, Kernel) and not step.domain else None
+            try:
+                fn, buffers = {Kernel: self.kernel, MatMul: self.matmul,
+                               Assemble: self.assemble, Gather: self.gather, Scan: self.scan,
+                               Loop: self.loop}[type(step)](fname, step)
+            finally:
+                by_place, self._places = self._places is not None, None
             if main is not None:         # defined in a part, called from the entry's module
                 fn.linkage = ""
                 fn = ir.Function(main, fn.function_type, name=fname)
@@ -247,7 +262,7 @@ class Lowerer:
                 if self._in_part >= self.part_size:
                     self.hand_over(str(self.module))
                     self.module, self._in_part = new_module(f"{name}.part{n}"), 0
-            result = b.call(fn, [pointers[k] for k in buffers])
+            result = b.call(fn, base if by_place else [pointers[k] for k in buffers])
             if isinstance(step, Loop):
                 status = b.or_(status, result)
         return status
@@ -289,6 +304,11 @@ class Lowerer:
         """A step function over the buffers of ``views``: (function, buffers, buffer ->
         pointer argument, builder at its entry)."""
         buffers = sorted({v.buffer for v in views})
+        if self._places is not None:           # (table, workspace): see _run
+            fn = self._step_fn(name, [None, None])
+            b = ir.IRBuilder(fn.append_basic_block("entry"))
+            return fn, buffers, {k: _pointer(b, *fn.args, self._places[k], f"buf{k}")
+                                 for k in buffers}, b
         fn = self._step_fn(name, buffers)
         return fn, buffers, dict(zip(buffers, fn.args)), \
             ir.IRBuilder(fn.append_basic_block("entry"))
