@@ -161,12 +161,11 @@ class Lowerer:
         self.blas = blas
         self.arith = FAST_ARITH if fast_math else ()
         self.inline_steps = False    # a batch loop inlines a short program's steps
-        # Parts (see ``program``): a callback taking each finished module's text, and
-        # how many kernel members a part holds before it is handed over
+        # Parts (see ``program``): a callback taking each finished module's text, and the
+        # kernel members in the current part
         self.hand_over = None
-        self.scalar = lambda k: k.scalar   # a kernel's ScalarKernel (the pipeline's: made lazily)
-        self.part_size = PART_MEMBERS
         self._in_part = 0
+        self.scalar = lambda k: k.scalar   # a kernel's ScalarKernel (the pipeline's: made lazily)
         self._places = None     # buffer -> ("table", slot) | ("temp", offset), see _run
 
     # ---- helpers ---------------------------------------------------------------
@@ -187,7 +186,7 @@ class Lowerer:
     def program(self, name: str, prog: Program) -> None:
         """The entry ``i32 name(ptr table)`` running ``prog``.  With ``hand_over`` set,
         the steps go into modules of their own (parts), each handed over as text as soon
-        as it holds ``part_size`` kernel members, so LLVM compiles one part while Python
+        as it holds ``PART_MEMBERS`` kernel members, so LLVM compiles one part while Python
         lowers the next; the entry stays in ``self.module`` and calls them by name."""
         entry = self._fn(name, I32, [PTR])
         entry.args[0].name = "table"
@@ -234,13 +233,16 @@ class Lowerer:
         the temporaries at ``offsets`` in ``workspace``; returns the status (0, or 1 when a
         loop's body could not allocate its workspace).  ``main``: the module of ``b``'s
         function when the steps go into parts (see ``program``)."""
-        pointers, n_in, places = {}, len(prog.inputs), {}
+        n_in, places, pointers = len(prog.inputs), {}, {}
         for k, buf in enumerate(prog.buffers):
             if buf.kind != "temp":
                 places[k] = ("table", buf.index + (n_in if buf.kind == "output" else 0))
         places.update((k, ("temp", off)) for k, off in offsets)
-        for k, place in places.items():
-            pointers[k] = _pointer(b, table, workspace, place, f"buf{k}")
+
+        def pointer(k):     # made where first passed: steps run in sequence, one block
+            if k not in pointers:
+                pointers[k] = _pointer(b, table, workspace, places[k], f"buf{k}")
+            return pointers[k]
         status = ir.Constant(I32, 0)
         base = [table, workspace if workspace is not None else ir.Constant(PTR, None)]
         for n, step in enumerate(prog.steps):
@@ -259,10 +261,10 @@ class Lowerer:
                 fn.linkage = ""
                 fn = ir.Function(main, fn.function_type, name=fname)
                 self._in_part += len(step.members) if isinstance(step, Kernel) else 1
-                if self._in_part >= self.part_size:
+                if self._in_part >= PART_MEMBERS:
                     self.hand_over(str(self.module))
                     self.module, self._in_part = new_module(f"{name}.part{n}"), 0
-            result = b.call(fn, base if by_place else [pointers[k] for k in buffers])
+            result = b.call(fn, base if by_place else [pointer(k) for k in buffers])
             if isinstance(step, Loop):
                 status = b.or_(status, result)
         return status

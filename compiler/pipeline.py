@@ -168,7 +168,7 @@ class Artifact:
             self._kernels[entry.kind] = [scalar(k) for _, k in kernels]
             handed = handed or lowerer.hand_over is not None
         text = str(module)
-        if not handed:     # the whole module: what ``llvm_ir`` shows
+        if not handed and blas == self.blas:     # the whole module: what ``llvm_ir`` shows
             self._ir = text
         return text
 

@@ -552,7 +552,6 @@ class JIT:
         stats.modules_compiled += 1
         return loaded
 
-
     def load_parts(self, produce, names, key=None, memory_key=None) -> Loaded:
         """``produce(hand_over)`` lowers a program, handing each finished part's IR text
         to ``hand_over`` and returning the text with the entries.  Each part is compiled

@@ -1,7 +1,10 @@
 """Compile time grows linearly with the graph (#14): functions of bounded size, and the
 time per node of a large scalar graph no worse than a small one's (a ratio of two sizes
 measured in one run, with a generous bound, so a noisy machine does not decide it)."""
+import os
 import re
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -79,9 +82,6 @@ def test_a_large_program_compiled_in_parts_equals_one_module(tmp_path):
     """Large programs are lowered and compiled in parts (LLVM compiling one while Python
     lowers the next): the same numbers bit for bit as one module, and the parts are one
     disk-cache entry that a second process loads without compiling."""
-    import os
-    import subprocess
-    import sys
     script = tmp_path / "parts.py"
     script.write_text(_PARTS_SCRIPT)
 
