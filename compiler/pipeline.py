@@ -162,10 +162,11 @@ class Artifact:
                     k.scalar = to_sympy(graphs[id(k)], k, evaluate)
                 return k.scalar
             lowerer.scalar = scalar
+            lowerer.operations = None if evaluate else _operations(graphs)
             large = sum(len(k.members) for _, k in kernels) >= LARGE_PROGRAM
             lowerer.hand_over = hand_over if large and not entry.batched else None
             (lowerer.batched if entry.batched else lowerer.program)(entry.name, prog)
-            self._kernels[entry.kind] = [scalar(k) for _, k in kernels]
+            self._kernels[entry.kind] = (scalar, kernels)      # SymPy when asked for
             handed = handed or lowerer.hand_over is not None
         text = str(module)
         if not handed and blas == self.blas:     # the whole module: what ``llvm_ir`` shows
@@ -181,13 +182,23 @@ class Artifact:
     def kernels(self, kind: str) -> list:
         if kind not in self._kernels:
             self._ir = self.generate(self.blas)
-        return self._kernels[kind]
+        scalar, kernels = self._kernels[kind]
+        return [scalar(k) for _, k in kernels]
 
     @property
     def optimized_ir(self) -> str:
         if not self._optimized:
             self._optimized = jit.optimized(self.llvm_ir)
         return self._optimized
+
+
+def _operations(graphs):
+    """kernel -> its members as (id, operator, operands): what lowering writes
+    straight-line scalar code from (``Lowerer.written``)."""
+    def operations(k):
+        nodes = graphs[id(k)].nx.nodes
+        return [(m, nodes[m]["op"], nodes[m]["args"]) for m in k.members]
+    return operations
 
 
 def _kernels(graph: Graph, prog):

@@ -99,7 +99,10 @@ def _assign(kernel, attrs, uses, value, size):
         env = dict(zip(ops.OPERANDS, (value[x] for x in args)))
         expr = ELEMENTWISE[a["op"]].formula.xreplace(env)
         n = 1 + sum(size[x] for x in args)
-        keep = m in kernel.stores or uses[m] != 1 or n > INLINE_SIZE
+        # a power with a negative exponent stays a value of its own: inlined into a
+        # product, y·x⁻¹ would lower as y/x, one rounding where the graph has two
+        keep = m in kernel.stores or uses[m] != 1 or n > INLINE_SIZE or \
+            (isinstance(expr, sp.Pow) and expr.exp.is_negative)
         if keep and not (expr.is_Atom):
             s = sp.Symbol(f"t{m}", real=True)
             assignments.append((s, expr))

@@ -4,6 +4,7 @@ A differential test against numpy evaluating the same operations, on expressions
 built to tempt algebraic rewrites, in float64 and float32; the reported cases as
 regressions; forward and VJP entries bit-identical; fast_math as the opt-in."""
 import math
+import re
 
 import numpy as np
 import pytest
@@ -185,6 +186,50 @@ def test_a_libm_call_gives_the_same_bits_at_every_width(name, arity, dtype):
     one = g.compile([op(*xs)])
     single = np.array([one(*(v[i] for v in values)) for i in range(n)], dtype)
     assert whole.tobytes() == single.tobytes(), np.flatnonzero(whole != single)
+
+
+# Powers with a constant exponent lower specially (x**2 → x·x, x**0.5 → sqrt, x**-1 → 1/x)
+POWERS = (2.0, 3.0, 0.5, -0.5, -1.0, -2.0, 2.5, 0.0)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_scalar_graphs_written_from_member_patterns_give_the_kernels_bits(dtype):
+    """Straight-line scalar code is written from one pattern per operator (lower.py's
+    member patterns), tensor kernels through SymPy: every operator of the table, the
+    constant powers, and reciprocal powers inside products (y·z⁻¹ is two roundings,
+    not y/z) give the same bits both ways, special values included."""
+    ops = sorted((e.name, e.arity) for e in ELEMENTWISE.values() if e.name != "broadcast")
+
+    def program(g, x, y, z):
+        outs = [g.apply(name, *(x, y, z)[:arity]) for name, arity in ops]
+        # comparisons give booleans: as 0/1 values, so every store is a float one
+        outs = [o if o.dtype == dtype else g.apply("where", o, 1.0, 0.0) for o in outs]
+        outs += [x ** p for p in POWERS] + [y * x ** -3.0, y * z ** -1.0, (x * y) ** 2.0]
+        return outs
+    rng = np.random.default_rng(3)
+    xs, ys = (np.concatenate([v, rng.standard_normal(200).astype(dtype)])
+              for v in _points(dtype))
+    zs = ys[::-1].copy()
+    g = Graph(dtype)
+    vectors = [g.input(n, (len(xs),)) for n in "xyz"]
+    whole = g.compile(program(g, *vectors), vectors)(xs, ys, zs)
+    g = Graph(dtype)
+    scalars = [g.input(n) for n in "xyz"]
+    one = g.compile(program(g, *scalars), scalars)
+    # the scalar program was written from patterns (members named %m<id>.<k>), whole
+    steps = re.findall(r'define internal void @"\w+_forward\.step\d+"(.*?)\n\}', one.llvm_ir, re.S)
+    assert steps and all(re.search(r"%m\d+\.\d+ = ", body) and '%".' not in body
+                         for body in steps)
+    single = [one(*point) for point in zip(xs, ys, zs)]
+    names = [name for name, _ in ops] + [f"x**{p}" for p in POWERS] + ["y/x³", "y/z", "(xy)²"]
+    for k, name in enumerate(names):
+        column = np.array([s[k] for s in single], dtype)
+        assert column.tobytes() == np.asarray(whole[k], dtype).tobytes(), \
+            (name, np.flatnonzero(column.view(np.uint8) != np.asarray(whole[k]).view(np.uint8)))
+    # y·z⁻¹ is a product of a reciprocal, as the graph says (y/z rounds once)
+    with np.errstate(all="ignore"):
+        np.testing.assert_array_equal(np.array([s[names.index("y/z")] for s in single], dtype),
+                                      ys * (dtype(1) / zs))
 
 
 def test_pow_forward_and_vjp_entries_agree_on_a_broadcast_exponent():
