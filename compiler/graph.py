@@ -136,7 +136,7 @@ class Expr:
     # -- what the node is
     @property
     def _attrs(self):
-        return self.graph.nx.nodes[self.id]
+        return self.graph.nx._node[self.id]     # networkx's node-attribute dicts
 
     shape = property(lambda self: self._attrs["shape"])
     dtype = property(lambda self: self._attrs["dtype"])
@@ -525,6 +525,10 @@ class Graph:
             raise GraphError(f"unknown operator {op!r}; known: {sorted(ELEMENTWISE)}"
                              f" and {sorted(STRUCTURED)}")
         spec = ELEMENTWISE[op]
+        if not params and op != "broadcast":
+            plain = self._plain(op, spec.arity, args)
+            if plain is not None:
+                return plain
         if len(args) != spec.arity:
             raise GraphError(f"{op} takes {spec.arity} operand(s), got {len(args)}")
         exprs = [a for a in args if isinstance(a, Expr)]
@@ -553,6 +557,35 @@ class Graph:
         if folded is not None:
             return folded
         return Expr(self, self._intern(op, [a.id for a in args], params, shape, dtype))
+
+    def _plain(self, op: str, arity: int, args) -> Expr | None:
+        """``apply`` in the common case, without the general path's checks (a graph of
+        scalars and the reverse pass make tens of thousands of nodes): every operand a
+        float node of this graph, all of one shape and dtype, or a Python number.  None
+        for anything else."""
+        if len(args) != arity:
+            return None
+        nodes, shape, dtype = self.nx._node, None, None
+        for a in args:
+            if type(a) is Expr:
+                if a.graph is not self:
+                    return None
+                at = nodes[a.id]
+                if dtype is None:
+                    shape, dtype = at["shape"], at["dtype"]
+                    if dtype.kind != "f":
+                        return None
+                elif at["shape"] != shape or at["dtype"] != dtype:
+                    return None
+            elif type(a) is not float and type(a) is not int:
+                return None
+        if dtype is None:
+            return None
+        args = [a if type(a) is Expr else self.const(a, dtype) for a in args]
+        folded = _fold(self, op, args, shape, dtype)
+        if folded is not None:
+            return folded
+        return Expr(self, self._intern(op, [a.id for a in args], (), shape, dtype))
 
     def broadcast_to(self, x: Expr, shape) -> Expr:
         shape = _check_shape(shape)

@@ -21,6 +21,27 @@ def test_nodes_are_numbered_and_hash_consed():
     assert g.local_jacobian(x, sq) == 2 * sp.Symbol("x", real=True)
 
 
+def test_the_fast_and_general_construction_paths_make_the_same_nodes(monkeypatch):
+    """``apply`` builds common operations (float nodes of one shape and dtype, Python
+    numbers) on a fast path: it must give the general path's nodes, folds and errors."""
+    def build(g):
+        x, y, v = g.input("x"), g.input("y"), g.input("v", (3,))
+        m, i = g.input("m", (3,), dtype=bool), g.input("i", (3,), dtype=np.int64)
+        out = [x * y, x * 2.0, 3 * x, x * 1.0, x - 0.0, x ** 2.0, v * v, v + x, v * m,
+               2.0 * 3.0 + x, g.apply("where", x, y, 1.0), -(-x), x / 1]
+        with pytest.raises(TypeError, match="index array"):
+            v * i
+        with pytest.raises(GraphError, match="another graph"):
+            x + Graph().input("z")
+        return [(e.id, e.op, e.shape, e.dtype, e.params) for e in out], len(g)
+    fast = build(Graph())
+    monkeypatch.setattr(Graph, "_plain", lambda self, op, arity, args: None)
+    assert build(Graph()) == fast
+    f32 = Graph(np.float32)
+    x = f32.input("x")
+    assert (x * 2.0).dtype == np.float32 and (x * 2.0).args[1].dtype == np.float32
+
+
 def test_folding_keeps_graph_lean():
     g = Graph()
     x = g.input("x", (3,))
