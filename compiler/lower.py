@@ -165,8 +165,9 @@ class Lowerer:
         self.inline_steps = False    # a batch loop inlines a short program's steps
         # Parts (see ``program``): a callback taking each finished module's text, and the
         # kernel members in the current part
-        self.hand_over = None
+        self.hand_over = None     # (text, whether every step in it is written straight-line code)
         self._in_part = 0
+        self._part_written = True
         self.scalar = lambda k: k.scalar   # a kernel's ScalarKernel (the pipeline's: made lazily)
         # kernel -> its members' (id, operator, operands), set where the kernels are the
         # graph's own operations (not SymPy-simplified): straight-line scalar kernels are
@@ -199,14 +200,14 @@ class Lowerer:
         b = ir.IRBuilder(entry.append_basic_block("entry"))
         offsets, total = _temporaries(name, prog)
         workspace = self._malloc(b, total) if total else None
-        main, self._in_part = self.module, 0
+        main, self._in_part, self._part_written = self.module, 0, True
         if self.hand_over is not None:
             self.module = new_module(f"{name}.part")
         try:
             status = self._run(b, name, prog, entry.args[0], workspace, offsets,
                                main=main if self.hand_over is not None else None)
             if self.hand_over is not None and self.module.globals:
-                self.hand_over(str(self.module))
+                self.hand_over(str(self.module), self._part_written)
         finally:
             self.module = main
         if workspace is not None:
@@ -264,12 +265,14 @@ class Lowerer:
             finally:
                 by_place, self._places = self._places is not None, None
             if main is not None:         # defined in a part, called from the entry's module
+                self._part_written &= isinstance(fn, _Written)
                 fn.linkage = ""
                 fn = ir.Function(main, fn.function_type, name=fname)
                 self._in_part += len(step.members) if isinstance(step, Kernel) else 1
                 if self._in_part >= PART_MEMBERS:
-                    self.hand_over(str(self.module))
+                    self.hand_over(str(self.module), self._part_written)
                     self.module, self._in_part = new_module(f"{name}.part{n}"), 0
+                    self._part_written = True
             result = b.call(fn, base if by_place else [pointer(k) for k in buffers])
             if isinstance(step, Loop):
                 status = b.or_(status, result)

@@ -466,6 +466,15 @@ class JIT:
         finally:
             _free_pass_manager(pm)
 
+    def _instcombine(self, module) -> None:
+        pm = llvm.create_new_module_pass_manager()
+        pm.add_instruction_combine_pass()
+        pb = llvm.create_pass_builder(self.machine, llvm.create_pipeline_tuning_options(1))
+        try:
+            pm.run(module, pb)
+        finally:
+            _free_pass_manager(pm)
+
     def module(self, ir_text: str, optimize_ir: bool = True):
         """Parsed, verified, targeted at this host and optimised (call with the lock held)."""
         module = llvm.parse_assembly(add_vector_variants(ir_text))
@@ -565,14 +574,15 @@ class JIT:
                     return known
         parts, worker = [], None
 
-        def hand_over(text):
+        def hand_over(text, straight_line=False):
             nonlocal worker
             with self.lock:                       # binds the libm shims on first use
                 text = add_vector_variants(text)
             if worker is None:
                 worker = concurrent.futures.ThreadPoolExecutor(1, "symgrad-llvm")
-            parts.append(worker.submit(self._compile_part, text))
+            parts.append(worker.submit(self._compile_part, text, straight_line))
             stats.parts_compiled += 1
+            stats.parts_straight_line += straight_line
         try:
             main = produce(hand_over)
         except BaseException:
@@ -588,9 +598,12 @@ class JIT:
             objects.append(self._compile_part(add_vector_variants(main)))
             return self._keep(bundle(objects), names, key, memory_key)
 
-    def _compile_part(self, text: str) -> bytes:
+    def _compile_part(self, text: str, straight_line: bool = False) -> bytes:
         """One part's object, in an LLVM context of its own (a thread may compile it while
-        another uses the global context)."""
+        another uses the global context).  ``straight_line``: the part is scalar code
+        written from the graph's operations (no loops, nothing left to share), and only
+        instcombine runs on it: the O1 pipeline cost 0.55 s on Lennard-Jones N=60's parts
+        for calls 0-5% faster than instcombine alone, which costs almost nothing."""
         context = llvm.create_context()
         module = None
         try:
@@ -598,7 +611,10 @@ class JIT:
             module.verify()
             module.triple = self.machine.triple
             module.data_layout = str(self.machine.target_data)
-            self.optimize(module, LARGE_MODULE)
+            if straight_line:
+                self._instcombine(module)
+            else:
+                self.optimize(module, LARGE_MODULE)
             return self.quick_machine.emit_object(module)
         finally:        # the module before its context
             if module is not None:

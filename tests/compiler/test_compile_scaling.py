@@ -74,13 +74,14 @@ fn = g.compile([f], wrt=xs)
 x0 = np.linspace(-1.0, 1.5, 300)
 value, grads = fn.vjp(*x0, seed=1.0)
 np.save(sys.argv[2], np.r_[value, grads])
-print(stats.compiles, stats.parts_compiled, stats.disk_hits)
+print(stats.compiles, stats.parts_compiled, stats.disk_hits, stats.parts_straight_line)
 """
 
 
 def test_a_large_program_compiled_in_parts_equals_one_module(tmp_path):
     """Large programs are lowered and compiled in parts (LLVM compiling one while Python
-    lowers the next): the same numbers bit for bit as one module, and the parts are one
+    lowers the next; straight-line parts with instcombine alone): the same numbers bit
+    for bit as one module (the full pipeline), and the parts are one
     disk-cache entry that a second process loads without compiling."""
     script = tmp_path / "parts.py"
     script.write_text(_PARTS_SCRIPT)
@@ -91,9 +92,10 @@ def test_a_large_program_compiled_in_parts_equals_one_module(tmp_path):
                               env=env, capture_output=True, text=True, timeout=300)
         assert done.returncode == 0, done.stderr
         return [int(n) for n in done.stdout.split()]
-    compiles, parts, _ = run("parts", "a", "parts.npy")
-    assert compiles == 1 and parts > 5
-    compiles, parts, disk_hits = run("parts", "a", "again.npy")      # the bundle, from disk
+    compiles, parts, _, straight = run("parts", "a", "parts.npy")
+    # all scalar code, written from member patterns: every part gets instcombine only
+    assert compiles == 1 and parts > 5 and straight == parts
+    compiles, parts, disk_hits, _ = run("parts", "a", "again.npy")      # the bundle, from disk
     assert (compiles, parts) == (0, 0) and disk_hits >= 1
     assert run("one", "b", "one.npy")[1] == 0
     got, again, one = (np.load(tmp_path / n) for n in ("parts.npy", "again.npy", "one.npy"))
