@@ -18,7 +18,7 @@ def evaluate(g, outputs, inputs: dict):
     need = ancestors(g, [o.id for o in outputs])
     values = {}
     for i in sorted(need):
-        attrs = g.nx.nodes[i]
+        attrs = g.attrs[i]
         if attrs["op"] == "input":
             if i not in given:
                 raise GraphError(f"no value given for input {Expr(g, i).name}")

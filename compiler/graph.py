@@ -60,7 +60,7 @@ class ConstArray:
 def ancestors(g: "Graph", ids) -> set:
     """The node ids ``ids`` depend on, themselves included (an explicit stack: any depth)."""
     need, stack = set(), list(ids)
-    nodes = g.nx.nodes
+    nodes = g.attrs
     while stack:
         i = stack.pop()
         if i not in need:
@@ -136,7 +136,7 @@ class Expr:
     # -- what the node is
     @property
     def _attrs(self):
-        return self.graph.nx._node[self.id]     # networkx's node-attribute dicts
+        return self.graph.attrs[self.id]
 
     shape = property(lambda self: self._attrs["shape"])
     dtype = property(lambda self: self._attrs["dtype"])
@@ -344,6 +344,13 @@ class Graph:
     >>> f.vjp(2.0, 3.0, seed=1.0)
     (15.0, (3.0, 8.0))
     """
+
+    @property
+    def attrs(self) -> dict:
+        """Node id -> its attribute dict (op, args, params, shape, dtype): networkx's own
+        dicts (``nx._node``, its documented storage), read without the view objects that
+        ``nx.nodes[i]`` goes through — the compiler reads them millions of times."""
+        return self.nx._node
 
     def __init__(self, dtype=np.float64):
         self.nx = nx.MultiDiGraph()
@@ -565,7 +572,7 @@ class Graph:
         for anything else."""
         if len(args) != arity:
             return None
-        nodes, shape, dtype = self.nx._node, None, None
+        nodes, shape, dtype = self.attrs, None, None
         for a in args:
             if type(a) is Expr:
                 if a.graph is not self:

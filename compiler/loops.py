@@ -103,7 +103,7 @@ class Body:
     derived: dict = field(init=False, default_factory=dict)
 
     def __post_init__(self):
-        nodes = self.graph.nx.nodes
+        nodes = self.graph.attrs
         self.slices, offset = [], 0
         for i in self.outputs:
             size = math.prod(nodes[i]["shape"])
@@ -124,7 +124,7 @@ class Body:
         return f"Body({self.digest})"
 
     def shape_of(self, i: int) -> tuple:
-        return self.graph.nx.nodes[i]["shape"]
+        return self.graph.attrs[i]["shape"]
 
     def operand_shapes(self) -> list:
         return [*(self.shape_of(i) for i in self.carry),
@@ -166,7 +166,7 @@ class Body:
 def _digest(body: Body) -> str:
     g = body.graph
     ins = [*body.carry, *body.xs, *body.consts]
-    nodes = g.nx.nodes
+    nodes = g.attrs
     h = hashlib.sha256()
     for i in sorted(ancestors(g, list(body.outputs)) | set(ins)):
         a = nodes[i]
@@ -185,7 +185,7 @@ def make_body(g: Graph, carry, xs, consts, carry_out, ys, length, reverse) -> Bo
         if ops.kind_of(e.op) in ("view", "leaf"):
             e = g.apply("copy", e)
         outs.append(e.id)
-    nodes, hoisted = g.nx.nodes, []
+    nodes, hoisted = g.attrs, []
     for i in sorted(ancestors(g, outs)):
         if nodes[i]["op"] == "array":     # its value is passed in: code never holds data
             value = nodes[i]["params"][0]
@@ -480,7 +480,7 @@ def _slice_dtype(x, dtype):
 
 def _bound(body: Body, operands: list) -> None:
     """An index input of the body bounds its operand as an index of the graph would."""
-    nodes = body.graph.nx.nodes
+    nodes = body.graph.attrs
     for i, operand in zip([*body.carry, *body.xs, *body.consts], operands):
         bound = nodes[i].get("bound")
         if bound is None:

@@ -113,7 +113,7 @@ class CompilePlan:
                          slots(self.seeds), self.out_ids, self.grad_ids, bounds)
 
     def entry_specs(self) -> dict:
-        nodes = self.work.nx.nodes
+        nodes = self.work.attrs
         return {k: EntrySpec(k, tuple(e.outputs),
                              tuple((nodes[i]["shape"], nodes[i]["dtype"]) for i in e.outputs),
                              tuple(nodes[i]["params"][0].value for i in e.constants))
@@ -196,7 +196,7 @@ def _operations(graphs):
     """kernel -> its members as (id, operator, operands): what lowering writes
     straight-line scalar code from (``Lowerer.written``)."""
     def operations(k):
-        nodes = graphs[id(k)].nx.nodes
+        nodes = graphs[id(k)].attrs
         return [(m, nodes[m]["op"], nodes[m]["args"]) for m in k.members]
     return operations
 
@@ -217,7 +217,7 @@ def structural_key(work: Graph, entries: list, fast_math: bool = False) -> str:
     for e in entries:
         need |= ancestors(work, e.outputs) | set(e.inputs)
     h = hashlib.sha256()
-    nodes = work.nx.nodes
+    nodes = work.attrs
     for i in sorted(need):
         a = nodes[i]
         h.update(repr((i, a["op"], a["args"], a["params"], a["shape"], a["dtype"].char))
@@ -288,7 +288,7 @@ def prepare(g: Graph, outputs, wrt, inputs=None, fast_math=False,
 def _entry(work: Graph, kind, args, outputs) -> Entry:
     """An entry reading ``args`` and the array constants its outputs need (passed after
     the arguments at every call: the code does not depend on their values)."""
-    nodes = work.nx.nodes
+    nodes = work.attrs
     constants = sorted(i for i in ancestors(work, outputs) if nodes[i]["op"] == "array")
     return Entry(kind, args + constants, outputs, constants=constants)
 

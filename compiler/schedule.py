@@ -187,7 +187,7 @@ class Program:
 
 
 def schedule(g: Graph, inputs: list[int], outputs: list[int]) -> Program:
-    attrs = g.nx.nodes
+    attrs = g.attrs
     need = ancestors(g, outputs)
     consumers = {i: [] for i in need}
     for i in need:
@@ -431,7 +431,7 @@ def _read(kernel: Kernel, arg: int, attrs, view, group, key):
 
 def _stages(g: Graph, need: set):
     """Stage of every node and the kernel group (stage, shape, dtype) of fusable ones."""
-    attrs = g.nx.nodes
+    attrs = g.attrs
     stage, group, size = {}, {}, {}
     for i in sorted(need):
         a = attrs[i]

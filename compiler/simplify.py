@@ -58,7 +58,7 @@ def _number(value: float):
 def to_sympy(g: Graph, kernel, evaluate: bool = False) -> ScalarKernel:
     """``evaluate``: let sympy canonicalise (fast_math; the pipeline passes False by
     default and for programs too large in total)."""
-    attrs = g.nx.nodes
+    attrs = g.attrs
     members = set(kernel.members)
     uses = {m: 0 for m in members}
     for m in kernel.members:

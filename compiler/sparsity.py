@@ -96,13 +96,13 @@ class Pattern:
     def __init__(self, g: Graph, outputs: list, wrt: list):
         self.g, self.outputs, self.wrt = g, list(outputs), list(wrt)
         self.order = sorted(ancestors(g, self.outputs))
-        nodes = g.nx.nodes
+        nodes = g.attrs
         self.float = {i for i in self.order if nodes[i]["dtype"].kind == "f"}
         self.sizes = [int(np.prod(nodes[w]["shape"])) for w in self.wrt]
 
     def _values(self, given: dict) -> dict:
         """Index and mask nodes' values (what gathers read), from the given inputs."""
-        nodes, values = self.g.nx.nodes, {}
+        nodes, values = self.g.attrs, {}
         for i in self.order:
             a = nodes[i]
             if i in self.float:
@@ -116,7 +116,7 @@ class Pattern:
 
     def _sweep(self, seeds: dict, values: dict) -> dict:
         """Bits of every float node, the wrt nodes carrying ``seeds``."""
-        nodes, bits = self.g.nx.nodes, {}
+        nodes, bits = self.g.attrs, {}
         for i in self.order:
             a = nodes[i]
             if i not in self.float:
@@ -141,7 +141,7 @@ class Pattern:
     def pairs(self, given: dict) -> tuple[np.ndarray, np.ndarray, tuple]:
         """(rows, columns, (m, n)): the structural nonzeros of the stacked Jacobian."""
         values = self._values(given)
-        nodes = self.g.nx.nodes
+        nodes = self.g.attrs
         offsets = np.concatenate([[0], np.cumsum(self.sizes)])
         n = int(offsets[-1])
         m = sum(int(np.prod(nodes[o]["shape"])) for o in self.outputs)
