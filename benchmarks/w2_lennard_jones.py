@@ -101,7 +101,7 @@ def main(sizes=(10, 30, 60), symengine_max=30):
             rows.append(dict(case=case + " eval", system="symengine LLVM",
                              seconds=median_time(lambda: lam(q))))
     report("W2 Lennard-Jones scalar graph", rows,
-           notes=f"target (N=60): symgrad build + first call ≤ 2 s, eval ≤ 0.75× symengine "
+           notes=f"target (N=60): symgrad build + first call ≤ 1 s, eval ≤ 0.75× symengine "
                  f"(symengine is run up to N={symengine_max}: its N=60 build takes about a minute)")
 
 

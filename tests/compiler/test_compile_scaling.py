@@ -9,8 +9,9 @@ import time
 
 import numpy as np
 
-from symgrad.compiler import Graph
-from symgrad.compiler.schedule import MAX_SCALAR
+from symgrad.compiler import Graph, schedule
+from symgrad.compiler.pipeline import prepare
+from symgrad.compiler.schedule import MAX_SCALAR, Kernel
 
 
 def _rosenbrock(n, scale):
@@ -44,6 +45,40 @@ def test_straight_line_scalar_code_is_split_into_bounded_functions():
     dx[:-1] += -400.0 * x0[:-1] * (x0[1:] - x0[:-1] ** 2) - 2.0 * (1.0 - x0[:-1])
     dx[1:] += 200.0 * (x0[1:] - x0[:-1] ** 2)
     np.testing.assert_allclose(grads, dx, rtol=1e-12, atol=1e-12)
+
+
+def _lennard_jones(n):
+    g = Graph()
+    xs = [g.input(f"q{k}") for k in range(3 * n)]
+    energy = 0.0
+    for i in range(n):
+        for j in range(i + 1, n):
+            d = [xs[3 * i + c] - xs[3 * j + c] for c in range(3)]
+            inv6 = 1.0 / (d[0] * d[0] + d[1] * d[1] + d[2] * d[2]) ** 3
+            energy = energy + 4.0 * (inv6 * inv6 - inv6)
+    return g, energy, xs
+
+
+def test_scalar_code_is_cut_into_functions_where_few_values_cross(monkeypatch):
+    """Straight-line scalar code is cut in depth-first order from the outputs, so the
+    reverse pass's members sit beside the forward values they read: cut in creation
+    order, every forward value a gradient reads crossed functions through memory."""
+    g, energy, xs = _lennard_jones(16)
+    plan = prepare(g, [energy], xs)
+    entry = plan.entries["vjp"]
+
+    def crossing():       # values a kernel stores (outputs, and values other kernels read)
+        steps = schedule.schedule(plan.work, entry.inputs, entry.outputs).steps
+        kernels = [k for k in steps if isinstance(k, Kernel)]
+        assert len(kernels) > 5 and all(len(k.members) <= MAX_SCALAR for k in kernels)
+        return sum(len(k.stores) for k in kernels)
+    depth_first = crossing()
+
+    class InCreationOrder(dict):
+        def __missing__(self, i):
+            return i
+    monkeypatch.setattr(schedule, "_depth_first", lambda attrs, outputs: InCreationOrder())
+    assert depth_first < 0.7 * crossing()
 
 
 def test_compile_time_per_node_does_not_grow_with_the_graph():
