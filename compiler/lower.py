@@ -22,6 +22,7 @@ from llvmlite import ir
 
 from .ops import ELEMENTWISE, OPERANDS, SYMPY_OPS
 from .schedule import Assemble, Gather, Kernel, Loop, MatMul, Program, Scan
+from .simplify import sympy_number
 
 I8, I32, I64, PTR = ir.IntType(8), ir.IntType(32), ir.IntType(64), ir.PointerType()
 FLOAT = {np.dtype(np.float64): ir.DoubleType(), np.dtype(np.float32): ir.FloatType()}
@@ -163,11 +164,10 @@ class Lowerer:
         self.blas = blas
         self.arith = FAST_ARITH if fast_math else ()
         self.inline_steps = False    # a batch loop inlines a short program's steps
-        # Parts (see ``program``): a callback taking each finished module's text, and the
-        # kernel members in the current part
-        self.hand_over = None     # (text, whether every step in it is written straight-line code)
+        # Parts (see ``program``): a callback taking each finished module's text (and
+        # whether it is all straight-line code), and the kernel members in the current part
+        self.hand_over = None
         self._in_part = 0
-        self._part_written = True
         self.scalar = lambda k: k.scalar   # a kernel's ScalarKernel (the pipeline's: made lazily)
         # kernel -> its members' (id, operator, operands), set where the kernels are the
         # graph's own operations (not SymPy-simplified): straight-line scalar kernels are
@@ -200,19 +200,25 @@ class Lowerer:
         b = ir.IRBuilder(entry.append_basic_block("entry"))
         offsets, total = _temporaries(name, prog)
         workspace = self._malloc(b, total) if total else None
-        main, self._in_part, self._part_written = self.module, 0, True
+        main, self._in_part = self.module, 0
         if self.hand_over is not None:
             self.module = new_module(f"{name}.part")
         try:
             status = self._run(b, name, prog, entry.args[0], workspace, offsets,
                                main=main if self.hand_over is not None else None)
             if self.hand_over is not None and self.module.globals:
-                self.hand_over(str(self.module), self._part_written)
+                self._hand_over_part()
         finally:
             self.module = main
         if workspace is not None:
             self._free(b, workspace)
         b.ret(status)
+
+    def _hand_over_part(self) -> None:
+        """The current part's text, and whether it is all written straight-line code (no
+        function in it built from llvmlite blocks: loops, matmuls, SymPy-lowered kernels)."""
+        straight = not any(getattr(g, "blocks", None) for g in self.module.globals.values())
+        self.hand_over(str(self.module), straight)
 
     def _malloc(self, b, size):
         """``malloc(size)``; the function returns 1 where it fails."""
@@ -265,14 +271,12 @@ class Lowerer:
             finally:
                 by_place, self._places = self._places is not None, None
             if main is not None:         # defined in a part, called from the entry's module
-                self._part_written &= isinstance(fn, _Written)
                 fn.linkage = ""
                 fn = ir.Function(main, fn.function_type, name=fname)
                 self._in_part += len(step.members) if isinstance(step, Kernel) else 1
                 if self._in_part >= PART_MEMBERS:
-                    self.hand_over(str(self.module), self._part_written)
+                    self._hand_over_part()
                     self.module, self._in_part = new_module(f"{name}.part{n}"), 0
-                    self._part_written = True
             result = b.call(fn, base if by_place else [pointer(k) for k in buffers])
             if isinstance(step, Loop):
                 status = b.or_(status, result)
@@ -1022,9 +1026,8 @@ def member_ir(op: str, ty, arith: tuple, fixed: tuple = ()) -> MemberIR:
         arg.name = f"a{j}"
     formula = entry.formula
     if fixed:
-        from .simplify import _number
         with sp.evaluate(False):
-            formula = formula.xreplace({OPERANDS[j]: _number(c) for j, c in fixed})
+            formula = formula.xreplace({OPERANDS[j]: sympy_number(c) for j, c in fixed})
     b = ir.IRBuilder(fn.append_basic_block("entry"))
     result = ExprLowering(lowerer, b, ty, dict(zip(OPERANDS, fn.args)))(formula)
 
@@ -1039,10 +1042,18 @@ def member_ir(op: str, ty, arith: tuple, fixed: tuple = ()) -> MemberIR:
     return made
 
 
+_exponents: dict = {}
+
+
 def _exponent_slots(entry) -> frozenset:
-    """Operand positions that are a power's exponent in ``entry``'s formula."""
-    return frozenset(j for j, a in enumerate(OPERANDS[:entry.arity])
-                     for p in entry.formula.atoms(sp.Pow) if p.exp.has(a))
+    """Operand positions that are a power's exponent in ``entry``'s formula (found once
+    per operator: a member with a constant operand asks)."""
+    hit = _exponents.get(entry.name)
+    if hit is None or hit[0] is not entry:
+        hit = _exponents[entry.name] = (entry, frozenset(
+            j for j, a in enumerate(OPERANDS[:entry.arity])
+            for p in entry.formula.atoms(sp.Pow) if p.exp.has(a)))
+    return hit[1]
 
 
 def writable(k: Kernel) -> bool:

@@ -48,7 +48,9 @@ class ScalarKernel:
         return "\n".join(lines)
 
 
-def _number(value: float):
+def sympy_number(value: float):
+    """A graph constant as the SymPy number kernels are built with (lowering reads it
+    back exactly: integers as Integer, others as Float)."""
     if value == 0 and math.copysign(1.0, value) < 0:
         # SymPy has no −0.0; −(0.0) left unevaluated lowers to it
         return sp.Mul(sp.S.NegativeOne, sp.Float(0.0), evaluate=False)
@@ -77,7 +79,7 @@ def to_sympy(g: Graph, kernel, evaluate: bool = False) -> ScalarKernel:
         s = sp.Symbol(f"x{i}", real=True)
         loads[s], value[i], size[i] = i, s, 0
     for i, v in kernel.consts.items():
-        value[i], size[i] = _number(v), 0
+        value[i], size[i] = sympy_number(v), 0
 
     evaluate = evaluate and len(kernel.members) <= SYMPY_BUDGET
     with sp.evaluate(evaluate):  # entered once: entering clears sympy's cache
