@@ -57,6 +57,35 @@ class ConstArray:
         return f"array{self.value.shape}"
 
 
+class _EdgeData(dict):
+    """An edge's data or key dict, shared by every edge with the same slots and so
+    read-only: writing to it raises instead of changing other edges.  Edges are the
+    graph's own record of operands (``args`` is the other); nothing rewrites them."""
+    __slots__ = ()
+
+    def _read_only(self, *args, **kwargs):
+        raise TypeError("symgrad's edge data is shared by many edges and read-only; "
+                        "build a new graph (or use Graph.copy) to change a graph")
+    __setitem__ = __delitem__ = update = pop = popitem = clear = setdefault = _read_only
+    __ior__ = _read_only
+
+    def copy(self) -> dict:
+        return dict(self)
+
+    def __reduce__(self):       # pickled as its items (pickle would set them one by one)
+        return (_EdgeData, (dict(self),))
+
+
+@functools.lru_cache(maxsize=None)
+def _slot_data(slot: int) -> _EdgeData:
+    return _EdgeData(slot=slot)
+
+
+@functools.lru_cache(maxsize=None)
+def _slot_keys(slot: int) -> _EdgeData:
+    return _EdgeData({slot: _slot_data(slot)})
+
+
 def ancestors(g: "Graph", ids) -> set:
     """The node ids ``ids`` depend on, themselves included (an explicit stack: any depth)."""
     need, stack = set(), list(ids)
@@ -464,17 +493,33 @@ class Graph:
 
     # ---- node making -----------------------------------------------------------------
     def _new(self, op, args, params, shape, dtype, name=None) -> int:
+        """A node, written into networkx's storage (``_node``, ``_succ``, ``_pred``, as
+        ``add_node``/``add_edge`` write them) with its edges' key and data dicts shared:
+        most nodes' edges are (slot 0), (slot 1), … and their dicts were more than half
+        of a graph's memory and of its building time (see ``_EdgeData``)."""
         _check_size(shape)      # shapes made by broadcasting and matmul too
-        id = len(self) + 1
-        self.nx.add_node(id, op=op, args=tuple(args), params=params, shape=shape, dtype=dtype)
+        graph = self.nx
+        id = len(graph._node) + 1
+        attrs = {"op": op, "args": tuple(args), "params": params, "shape": shape,
+                 "dtype": dtype}
         if name:
-            self.nx.nodes[id]["name"] = name
+            attrs["name"] = name
+        graph._node[id] = attrs
+        succ, pred = graph._succ, {}
+        succ[id], graph._pred[id] = {}, pred
         for slot, a in enumerate(args):
-            self.nx.add_edge(a, id, key=slot, slot=slot)
+            keys = pred.get(a)      # x * x: both slots on one (a, id) pair
+            keys = _slot_keys(slot) if keys is None else \
+                _EdgeData({**keys, slot: _slot_data(slot)})
+            pred[a] = succ[a][id] = keys
+        cache = getattr(graph, "__networkx_cache__", None)
+        if cache:
+            cache.clear()           # as add_edge does
         return id
 
     def _intern(self, op, args, params, shape, dtype, sign=None) -> int:
-        key = (op, tuple(args), params, shape, dtype.char, sign)
+        args = tuple(args)      # one tuple for the key and the node's "args"
+        key = (op, args, params, shape, dtype.char, sign)
         id = self._interned.get(key)
         if id is None:
             id = self._interned[key] = self._new(op, args, params, shape, dtype)
@@ -919,8 +964,13 @@ class Graph:
         return [new[o.id] for o in outputs]
 
     def copy(self) -> "Graph":
+        """A graph to add nodes to without changing this one: node attribute dicts are
+        copied, the read-only edge dicts shared (networkx's ``copy`` would remake them)."""
         other = self._like()
-        other.nx = self.nx.copy()
+        other.nx.graph.update(self.nx.graph)
+        other.nx._node.update((i, dict(a)) for i, a in self.nx._node.items())
+        other.nx._succ.update((i, dict(n)) for i, n in self.nx._succ.items())
+        other.nx._pred.update((i, dict(n)) for i, n in self.nx._pred.items())
         other._interned = dict(self._interned)
         other._inputs = dict(self._inputs)
         other._user_names = set(self._user_names)

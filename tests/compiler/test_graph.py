@@ -21,6 +21,40 @@ def test_nodes_are_numbered_and_hash_consed():
     assert g.local_jacobian(x, sq) == 2 * sp.Symbol("x", real=True)
 
 
+def test_the_networkx_graph_is_what_networkx_would_build():
+    """Nodes are written into networkx's storage with shared, read-only edge dicts: the
+    graph must read as the one ``add_node``/``add_edge`` build, copies must not share
+    what they change, and writing to an edge must raise, not change other edges."""
+    import pickle
+
+    import networkx as nx
+    g = Graph()
+    x, y = g.input("x"), g.input("y")
+    out = [x * x, x * y, sin(x * y) + y, g.apply("where", x, y, x)]
+    built = nx.MultiDiGraph()
+    for i, a in g.attrs.items():
+        built.add_node(i, **a)
+        for slot, j in enumerate(a["args"]):
+            built.add_edge(j, i, key=slot, slot=slot)
+    assert nx.utils.graphs_equal(g.nx, built)
+    assert sorted(g.nx.edges(keys=True, data="slot")) == \
+        sorted(built.edges(keys=True, data="slot"))
+    assert list(nx.topological_sort(g.nx)) == list(nx.topological_sort(built))
+    with pytest.raises(TypeError, match="read-only"):
+        g.nx.edges[x.id, out[1].id, 0]["slot"] = 5
+    with pytest.raises(TypeError, match="read-only"):
+        g.nx.add_edge(x.id, out[1].id, key=0, weight=1.0)     # networkx's own writer
+    assert g.nx.edges[y.id, out[1].id, 1] == {"slot": 1}
+    work = g.copy()
+    z = work.input("z") * work.node(out[3].id)
+    assert z.id not in g.nx and len(g) == len(work) - 2 and not g.nx.succ[out[3].id]
+    assert work.attrs[x.id] is not g.attrs[x.id]
+    back = pickle.loads(pickle.dumps(g.nx))
+    assert nx.utils.graphs_equal(back, g.nx)
+    with pytest.raises(TypeError, match="read-only"):
+        back.edges[x.id, out[1].id, 0]["slot"] = 5
+
+
 def test_the_fast_and_general_construction_paths_make_the_same_nodes(monkeypatch):
     """``apply`` builds common operations (float nodes of one shape and dtype, Python
     numbers) on a fast path: it must give the general path's nodes, folds and errors."""
