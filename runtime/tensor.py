@@ -18,6 +18,7 @@ import weakref
 import numpy as np
 
 from symgrad.compiler import functions, ops
+from symgrad.compiler.backend.function import is_masked
 from symgrad.compiler.graph import UFUNCS, array_digest
 
 from .device import CPU, check_device, device
@@ -1050,7 +1051,7 @@ def tensor(data, dtype=None, device=None, requires_grad=False, pin_memory=False)
     elif isinstance(data, (list, tuple)) and any(isinstance(v, Tensor) for v in data):
         data = [_value(v) if not isinstance(v, (list, tuple)) else tensor(v)._data
                 for v in data]
-    if isinstance(data, np.ma.MaskedArray):
+    if is_masked(data):
         raise TypeError("masked arrays are not supported: fill the masked values "
                         "(np.ma.filled) or pass the mask as a tensor")
     try:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import ctypes
 import numbers
 import reprlib
+import sys
 import threading
 from dataclasses import dataclass, field
 
@@ -70,9 +71,16 @@ def _coerce_index(value, name: str, shape: tuple, bound) -> np.ndarray:
     return np.ascontiguousarray(read, dtype=np.int64)
 
 
+def is_masked(value) -> bool:
+    """Whether ``value`` is a numpy masked array.  numpy imports ``numpy.ma`` on first
+    use (50 ms); a value can only be one once something has imported it."""
+    ma = sys.modules.get("numpy.ma")
+    return ma is not None and isinstance(value, ma.MaskedArray)
+
+
 def _coerce_mask(value, name: str, shape: tuple) -> np.ndarray:
     """A bool array (or a bool) of ``shape``: numbers are refused, not read as truth."""
-    if isinstance(value, np.ma.MaskedArray):
+    if is_masked(value):
         raise TypeError(f"{name}: masked arrays are not supported; pass value.filled(False)")
     read = np.asarray(value) if isinstance(value, (np.ndarray, list, tuple, bool, np.bool_)) \
         else None
@@ -90,7 +98,7 @@ def _coerce(value, name: str, shape: tuple, dtype: np.dtype) -> np.ndarray:
 
     Every check reads the plain ndarray that native code will get, never the user's object:
     a subclass may override ``.shape`` or ``.dtype`` with anything."""
-    if isinstance(value, np.ma.MaskedArray):
+    if is_masked(value):
         raise TypeError(f"{name}: masked arrays are not supported (the mask would be "
                         "ignored); pass value.filled(...) or value.data")
     if isinstance(value, np.ndarray):
