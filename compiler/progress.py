@@ -21,6 +21,8 @@ class Progress:
         self.stage_name = "building"
         self.start = time.perf_counter()
         self.shown = False
+        self._logged = None              # the stage a log's last line named
+        self._lock = threading.Lock()
         self._done = threading.Event()
         self._thread = threading.Thread(target=self._run, name="symgrad-progress", daemon=True)
         self._thread.start()
@@ -39,19 +41,26 @@ class Progress:
     def _run(self) -> None:
         if self._done.wait(self.after):
             return
-        last = None
         while True:
-            text = self.line()
             if self.tty:
-                self._write("\r" + text.ljust(78))
-            elif self.stage_name != last:    # a log: one line per stage
-                self._write(text + "\n")
-            last, self.shown = self.stage_name, True
+                self._write("\r" + self.line().ljust(78))
+            else:
+                self._log()
+            self.shown = True
             if self._done.wait(0.25):
                 return
 
+    def _log(self) -> None:
+        """A log's line for the current stage, once (stages shorter than a tick too)."""
+        with self._lock:
+            if self.stage_name != self._logged:
+                self._logged = self.stage_name
+                self._write(self.line() + "\n")
+
     def stage(self, name: str) -> None:
         self.stage_name = name
+        if self.shown and not self.tty:
+            self._log()
 
     def close(self) -> None:
         self._done.set()
