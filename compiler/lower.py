@@ -344,7 +344,8 @@ class Lowerer:
     def kernel(self, name, k: Kernel):
         if self.operations is not None and self._places is not None and writable(k):
             return self.written(name, k)
-        sk = self.scalar(k)
+        # the members' code: SymPy's lowering, or (faithful programs) their patterns
+        sk = self.scalar(k) if self.operations is None else None
         fn, buffers, ptr, b = self._begin(name, [*k.reads(), *k.writes()])
         ty = FLOAT[k.dtype]
 
@@ -400,30 +401,29 @@ class Lowerer:
             indices[:] = saved
             return b.select(inside, val, ir.Constant(ty, 0.0))
 
-        env = {}
+        loaded = {}
         for (kind, i, walk) in accesses:
             if kind == "load":
                 v = k.loads[i]
-                env[sp.Symbol(f"x{i}", real=True)] = masked_load(v, walk) if v.mask else \
+                loaded[i] = masked_load(v, walk) if v.mask else \
                     load(b, address(v, walk), v.dtype, ty)
-        lowering = ExprLowering(self, b, ty, env)
-        for sym, expr in sk.assignments:
-            env[sym] = lowering(expr)
+        result = self._members(b, k, ty, loaded) if sk is None else \
+            self._sympy_members(b, sk, ty, loaded)
         for (kind, i, walk) in accesses:
             if kind == "store":
                 v = k.stores[i]
-                val = _convert(b, lowering(sk.results[i]), FLOAT[v.dtype])
+                val = _convert(b, result(i), FLOAT[v.dtype])
                 b.store(val, address(v, walk))
             elif kind == "scatter":         # a fused scatter_add: out[i(b), r] += value
                 member, v, _ = k.scatters[i]
                 there = address(v, walk)
-                val = _convert(b, lowering(sk.results[member]), FLOAT[v.dtype])
+                val = _convert(b, result(member), FLOAT[v.dtype])
                 b.store(b.fadd(b.load(there, typ=FLOAT[v.dtype]), val), there)
             elif kind == "reduce":
                 v = k.reductions[i].out
                 rty = FLOAT[v.dtype]
                 where = address(v, walk)
-                val = _convert(b, lowering(sk.results[i]), rty)
+                val = _convert(b, result(i), rty)
                 acc = b.load(where, typ=rty)
                 if k.reductions[i].op == "sum":
                     acc = b.fadd(acc, val, flags=REDUCE)
@@ -436,6 +436,42 @@ class Lowerer:
         nest.__exit__(None, None, None)
         b.ret_void()
         return fn, buffers
+
+    def _sympy_members(self, b, sk, ty, loaded):
+        """The kernel's members from its SymPy assignments (``ExprLowering``); returns
+        member id -> its value."""
+        env = {sp.Symbol(f"x{i}", real=True): value for i, value in loaded.items()}
+        lowering = ExprLowering(self, b, ty, env)
+        for sym, expr in sk.assignments:
+            env[sym] = lowering(expr)
+        return lambda i: lowering(sk.results[i])
+
+    def _members(self, b, k: Kernel, ty, loaded):
+        """The kernel's members written from their operators' patterns (``member_ir``),
+        placed at the builder's position as IR text; returns member id -> its value."""
+        value = {i: v.get_reference() for i, v in loaded.items()}
+        lines = self._member_lines(k, ty, value)
+        b._insert(_Lines("\n  ".join(lines)))
+        reduced = {i: r.operand for i, r in k.reductions.items()}    # a sum's is its operand's
+        return lambda i: _Value(ty, value[reduced.get(i, i)])
+
+    def _member_lines(self, k: Kernel, ty, value: dict) -> list:
+        """Each member of ``k`` as its pattern's lines, filled in from ``value`` (loaded
+        operands by node id, as IR references), which gets the members' values."""
+        lines = []
+        consts = {i: ir.Constant(ty, float(c)).get_reference() for i, c in k.consts.items()}
+        value.update(consts)
+        for m, op, args in self.operations(k):
+            fixed = tuple((j, k.consts[a]) for j, a in enumerate(args) if a in consts)
+            pattern = member_ir(op, ty, self.arith, fixed)
+            operands = [value[a] for a in args]
+            if pattern.lines:
+                lines.append(pattern.lines.format(*operands, r=f"m{m}"))
+            value[m] = pattern.result.format(*operands, r=f"m{m}")
+            for decl_name, decl_type in pattern.declarations:
+                if decl_name not in self.module.globals:
+                    ir.Function(self.module, decl_type, name=decl_name)
+        return lines
 
     # ---- a straight-line scalar kernel, written from member patterns ----------------------
     def written(self, name, k: Kernel):
@@ -472,18 +508,7 @@ class Lowerer:
             at = address(v, f"x{i}")
             lines.append(f"%x{i}.v = load {FLOAT[v.dtype]}, ptr {at}")
             value[i] = _written_convert(lines, f"%x{i}.v", FLOAT[v.dtype], ty, f"x{i}")
-        consts = {i: ir.Constant(ty, float(c)).get_reference() for i, c in k.consts.items()}
-        value.update(consts)
-        for m, op, args in self.operations(k):
-            fixed = tuple((j, k.consts[a]) for j, a in enumerate(args) if a in consts)
-            pattern = member_ir(op, ty, self.arith, fixed)
-            operands = [value[a] for a in args]
-            if pattern.lines:
-                lines.append(pattern.lines.format(*operands, r=f"m{m}"))
-            value[m] = pattern.result.format(*operands, r=f"m{m}")
-            for decl_name, decl_type in pattern.declarations:
-                if decl_name not in self.module.globals:
-                    ir.Function(self.module, decl_type, name=decl_name)
+        lines += self._member_lines(k, ty, value)
         for i, v in k.stores.items():
             stored = _written_convert(lines, value[i], ty, FLOAT[v.dtype], f"s{i}")
             lines.append(f"store {FLOAT[v.dtype]} {stored}, ptr {address(v, f's{i}')}")
@@ -1069,6 +1094,27 @@ def _written_convert(lines, value, have, want, tag):
     op = "fpext" if isinstance(want, ir.DoubleType) else "fptrunc"
     lines.append(f"%{tag}.c = {op} {have} {value} to {want}")
     return f"%{tag}.c"
+
+
+class _Lines:
+    """Member patterns' IR text, placed in an llvmlite block as one instruction."""
+    is_terminator = False
+
+    def __init__(self, text: str):
+        self.text, self.metadata = text, {}
+
+    def __str__(self):
+        return self.text
+
+
+class _Value:
+    """A value defined in ``_Lines``, for llvmlite instructions that read it."""
+
+    def __init__(self, type, reference: str):
+        self.type, self.reference = type, reference
+
+    def get_reference(self) -> str:
+        return self.reference
 
 
 class _Written(ir.Function):

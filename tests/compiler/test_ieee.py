@@ -11,7 +11,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from symgrad.compiler import Graph, exp, functions, log, sin, sqrt
+from symgrad.compiler import Graph, exp, functions, log, pipeline, sin, sqrt
+from symgrad.compiler.backend import jit
 from symgrad.compiler.ops import ELEMENTWISE
 from tests.fuzz.recipes import SymgradOps, recipes, replay
 
@@ -188,16 +189,25 @@ def test_a_libm_call_gives_the_same_bits_at_every_width(name, arity, dtype):
     assert whole.tobytes() == single.tobytes(), np.flatnonzero(whole != single)
 
 
+def _through_sympy(patched):
+    """Lower every kernel's members through SymPy, and compile again what the process
+    has compiled already (the same graph would be served from memory or disk)."""
+    patched.setattr(pipeline, "_operations", lambda graphs: None)
+    patched.setattr(jit, "lookup", lambda *args, **kwargs: None)
+    patched.setattr(jit.JIT, "_known", lambda self, key: None)
+
+
 # Powers with a constant exponent lower specially (x**2 → x·x, x**0.5 → sqrt, x**-1 → 1/x)
 POWERS = (2.0, 3.0, 0.5, -0.5, -1.0, -2.0, 2.5, 0.0)
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
-def test_scalar_graphs_written_from_member_patterns_give_the_kernels_bits(dtype):
-    """Straight-line scalar code is written from one pattern per operator (lower.py's
-    member patterns), tensor kernels through SymPy: every operator of the table, the
-    constant powers, and reciprocal powers inside products (y·z⁻¹ is two roundings,
-    not y/z) give the same bits both ways, special values included."""
+def test_kernels_written_from_member_patterns_give_sympys_bits(dtype, monkeypatch):
+    """Kernels' members are written from one pattern per operator (lower.py's member
+    patterns) — straight-line scalar code and loop bodies alike — and through SymPy when
+    a program is SymPy-evaluated: every operator of the table, the constant powers, and
+    reciprocal powers inside products (y·z⁻¹ is two roundings, not y/z) give the same
+    bits all three ways (scalar, vector, vector through SymPy), special values included."""
     ops = sorted((e.name, e.arity) for e in ELEMENTWISE.values() if e.name != "broadcast")
 
     def program(g, x, y, z):
@@ -212,7 +222,18 @@ def test_scalar_graphs_written_from_member_patterns_give_the_kernels_bits(dtype)
     zs = ys[::-1].copy()
     g = Graph(dtype)
     vectors = [g.input(n, (len(xs),)) for n in "xyz"]
-    whole = g.compile(program(g, *vectors), vectors)(xs, ys, zs)
+    written = g.compile(program(g, *vectors), vectors)
+    assert re.search(r"%m\d+\.\d+ = ", written.llvm_ir)     # the loop body from patterns
+    whole = written(xs, ys, zs)
+    with monkeypatch.context() as patched:                    # every member through SymPy
+        _through_sympy(patched)
+        g = Graph(dtype)
+        vectors = [g.input(n, (len(xs),)) for n in "xyz"]
+        through_sympy = g.compile(program(g, *vectors), vectors)
+        assert not re.search(r"%m\d+\.\d+ = ", through_sympy.llvm_ir)
+        through_sympy = through_sympy(xs, ys, zs)
+    assert [np.asarray(w).tobytes() for w in whole] == \
+        [np.asarray(t).tobytes() for t in through_sympy]
     g = Graph(dtype)
     scalars = [g.input(n) for n in "xyz"]
     one = g.compile(program(g, *scalars), scalars)
@@ -230,6 +251,38 @@ def test_scalar_graphs_written_from_member_patterns_give_the_kernels_bits(dtype)
     with np.errstate(all="ignore"):
         np.testing.assert_array_equal(np.array([s[names.index("y/z")] for s in single], dtype),
                                       ys * (dtype(1) / zs))
+
+
+def test_loop_kernels_written_from_patterns_give_sympys_bits(monkeypatch):
+    """What loop kernels do besides members — broadcast and strided loads, reductions
+    (sum, max, prod) over axes, a gather and its scatter-add, a padded (masked) load,
+    float32 loads widened to float64, constant operands — gives the same bits
+    with members from patterns and through SymPy, for values and gradients."""
+    def program():
+        g = Graph()
+        a, b = g.input("a", (6, 5)), g.input("b", (5,))
+        i = g.input("i", (4,), dtype=np.int64)
+        s = g.input("s", (5,), dtype=np.float32)
+        c = g.const(np.linspace(-1.0, 1.0, 5))
+        t = (functions.tanh(a * b) + exp(-a) / (1.0 + b * b) - c) ** 2.0
+        outs = [t.sum(axis=0), functions.amax(a * c, axis=1), (a.T[1:4] * 0.5 + 1.0).prod(),
+                (a[i] * b).sum(), functions.pad(sin(b), ((2, 1),)) * 3.0,
+                functions.sqrt(abs(a) + 1.0) * s]
+        total = sum((o ** 2.0).sum() for o in outs)
+        return g.compile(outs + [total], [a, b])
+    rng = np.random.default_rng(5)
+    args = (rng.standard_normal((6, 5)), rng.standard_normal(5), np.array([0, 5, 2, 5]),
+            rng.standard_normal(5).astype(np.float32))
+
+    def run(f):
+        return [np.asarray(r).tobytes() for r in [*f(*args), *f.vjp(*args, seed=(
+            np.ones(5), np.ones(6), 1.0, 1.0, np.ones(8), np.ones((6, 5)), 1.0))[1]]]
+    written = program()
+    assert re.search(r"%m\d+\.\d+ = ", written.artifact("vjp").llvm_ir)
+    with monkeypatch.context() as patched:
+        _through_sympy(patched)
+        through_sympy = run(program())
+    assert run(written) == through_sympy
 
 
 def test_pow_forward_and_vjp_entries_agree_on_a_broadcast_exponent():
