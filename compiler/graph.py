@@ -218,7 +218,7 @@ class Expr:
         if not isinstance(name, str) or not name.isidentifier():
             raise GraphError(f"a node name must be a Python identifier, got {name!r}")
         if self.op != "input":
-            self.graph.nx.nodes[self.id]["name"] = name
+            self.graph.set_attr(self.id, "name", name)
             self.graph._user_names.add(name)
             self.graph._symbols.clear()     # automatic names may have stepped aside
         return self
@@ -380,6 +380,12 @@ class Graph:
         dicts (``nx._node``, its documented storage), read without the view objects that
         ``nx.nodes[i]`` goes through — the compiler reads them millions of times."""
         return self.nx._node
+
+    def set_attr(self, id: int, key: str, value) -> None:
+        """Set one attribute of node ``id``.  A node's attribute dict may be shared with
+        the graph this one was copied from (``copy``), so it is replaced, never changed."""
+        nodes = self.nx._node
+        nodes[id] = {**nodes[id], key: value}
 
     def __init__(self, dtype=np.float64):
         self.nx = nx.MultiDiGraph()
@@ -550,8 +556,7 @@ class Graph:
             if x.op == "array":
                 x = x.params[0].value
             else:
-                attrs = self.nx.nodes[x.id]
-                attrs["bound"] = min(attrs.get("bound", n), n)
+                self.set_attr(x.id, "bound", min(x._attrs.get("bound", n), n))
                 return x
         value = np.asarray(x)
         if value.dtype.kind not in "iu" and value.size:     # numpy reads [] as an index
@@ -917,7 +922,7 @@ class Graph:
         made = len(self)
         out = self.reshape(x, shape)
         if out.id > made:
-            self.nx.nodes[out.id]["implicit"] = True
+            self.set_attr(out.id, "implicit", True)
         return out
 
     # ---- importing sympy ------------------------------------------------------------------
@@ -964,13 +969,16 @@ class Graph:
         return [new[o.id] for o in outputs]
 
     def copy(self) -> "Graph":
-        """A graph to add nodes to without changing this one: node attribute dicts are
-        copied, the read-only edge dicts shared (networkx's ``copy`` would remake them)."""
+        """A graph to add nodes to without changing this one.  Only the successor dicts
+        are copied (new nodes add successors to old ones); a node's attributes are
+        replaced, never changed (``set_attr``), and its operands never change, so the
+        attribute and predecessor dicts are shared, as are the read-only edge dicts
+        (networkx's ``copy`` would remake all of them)."""
         other = self._like()
         other.nx.graph.update(self.nx.graph)
-        other.nx._node.update((i, dict(a)) for i, a in self.nx._node.items())
+        other.nx._node.update(self.nx._node)
         other.nx._succ.update((i, dict(n)) for i, n in self.nx._succ.items())
-        other.nx._pred.update((i, dict(n)) for i, n in self.nx._pred.items())
+        other.nx._pred.update(self.nx._pred)
         other._interned = dict(self._interned)
         other._inputs = dict(self._inputs)
         other._user_names = set(self._user_names)

@@ -491,8 +491,8 @@ def _bound(body: Body, operands: list) -> None:
                 raise IndexError(f"an index read in the scan body is out of bounds for an "
                                  f"axis of size {bound}")
         else:
-            attrs = operand._attrs
-            attrs["bound"] = min(attrs.get("bound", bound), bound)
+            operand.graph.set_attr(operand.id, "bound",
+                                   min(operand._attrs.get("bound", bound), bound))
 
 
 def _length(x_leaves, length) -> int:

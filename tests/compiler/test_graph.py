@@ -48,7 +48,9 @@ def test_the_networkx_graph_is_what_networkx_would_build():
     work = g.copy()
     z = work.input("z") * work.node(out[3].id)
     assert z.id not in g.nx and len(g) == len(work) - 2 and not g.nx.succ[out[3].id]
-    assert work.attrs[x.id] is not g.attrs[x.id]
+    work.node(out[1].id).named("p")          # attributes are shared until one changes
+    assert work.node(out[1].id).name == "p" and g.node(out[1].id).name != "p"
+    assert work.attrs[x.id] is g.attrs[x.id] and work.attrs[out[1].id] is not g.attrs[out[1].id]
     back = pickle.loads(pickle.dumps(g.nx))
     assert nx.utils.graphs_equal(back, g.nx)
     with pytest.raises(TypeError, match="read-only"):
