@@ -752,14 +752,14 @@ class Tensor:
 
     def cumsum(self, dim=None, *, axis=None, dtype=None):
         (axis,) = ops.normalize_axes(dim if axis is None else axis, self.ndim)
-        return _record(np.cumsum(self._data, axis), "CumsumBackward0", ("cumsum", axis),
+        return _record(_quiet(np.cumsum, self._data, axis), "CumsumBackward0", ("cumsum", axis),
                        lambda g, a: a.cumsum(axis), [self])
 
     def prod(self, dim=None, keepdim=False):
         axes = ops.normalize_axes(dim, self.ndim) if self.ndim else ()
         name = "ProdBackward0" if dim is None else "ProdBackward1"
         return _composite(name, ("prod", axes, keepdim), lambda g, a: a.prod(axes, keepdim),
-                          [self], np.prod(self._data, axis=axes, keepdims=keepdim),
+                          [self], _quiet(np.prod, self._data, axis=axes, keepdims=keepdim),
                           saves=(0, "out"))
 
     def amax(self, dim=(), keepdim=False):
@@ -862,9 +862,9 @@ class Tensor:
         if p in ("fro", 2, 2.0):
             return _composite("NormBackward1", ("norm", dim, keepdim),
                               lambda g, x: functions.norm(x, _axes(dim, x.ndim), keepdim),
-                              [self], np.sqrt(np.sum(self._data * self._data,
-                                                     axis=_axes(dim, self.ndim),
-                                                     keepdims=keepdim)), saves=(0, "out"))
+                              [self], _quiet(lambda x: np.sqrt(np.sum(
+                                  x * x, axis=_axes(dim, self.ndim), keepdims=keepdim)),
+                                  self._data), saves=(0, "out"))
         if p == 1:
             return self.abs().sum(dim, keepdim)
         if p == math.inf:
@@ -882,7 +882,8 @@ class Tensor:
         (axis,) = ops.normalize_axes(dim, self.ndim)
         m = np.max(self._data, axis=axis, keepdims=True)
         m = np.where(np.isfinite(m), m, 0)
-        value = np.log(np.sum(np.exp(self._data - m), axis=axis, keepdims=True)) + m
+        value = _quiet(lambda x: np.log(np.sum(np.exp(x - m), axis=axis, keepdims=True)) + m,
+                       self._data)
         if not keepdim:
             value = np.squeeze(value, axis)
         return _composite("LogsumexpBackward0", ("logsumexp", axis, keepdim),
@@ -1061,8 +1062,8 @@ def tensor(data, dtype=None, device=None, requires_grad=False, pin_memory=False)
                         "lists must be rectangular, of real numbers") from None
     if arr.dtype == object or arr.dtype.kind not in "fiub":
         raise TypeError(f"cannot make a tensor from {type(data).__name__} with dtype {arr.dtype}")
-    if dtype is None:
-        arr = arr.astype(_default_dtype(data))
+    if dtype is None:           # 1e308 in float32 is inf, as torch.tensor gives, silently
+        arr = _quiet(arr.astype, _default_dtype(data))
     out = Tensor(arr, requires_grad=requires_grad)
     if _mode.trace is not None and isinstance(source, Tensor):
         _mode.trace.copy_of(out, source)    # a copy of a tensor: its value, not a constant
@@ -1135,19 +1136,25 @@ def _logical(logical, bitwise, a, b) -> "Tensor":
     return Tensor._make(np.asarray(fn(a._data, _value(b))))
 
 
-# Operators that never leave their domain skip numpy's errstate context, which costs more
-# than the operation itself on small tensors; every other one is computed with numpy's
-# warnings silenced, values following IEEE (nan, inf) as in PyTorch.
-_TOTAL = {"add", "sub", "mul", "neg", "abs", "relu", "maximum", "minimum", "sign"}
+# Every operator is computed with numpy's warnings silenced, values following IEEE (nan,
+# inf) as in PyTorch, which warns of none of them.  Even + and × need it (overflow,
+# inf − inf, inf·0), though the context costs ~0.8 µs, more than a small product.
 _BUILD1 = {}   # op -> builder of a unary node (one closure per operator, not per call)
 _BUILD2 = {}
 
 
+def _quiet(reduction, *args, **kwargs):
+    """A numpy reduction with its warnings silenced: inf − inf and overflow give nan
+    and inf as in PyTorch, which does not warn of them (a variance with too few
+    degrees of freedom warns as PyTorch words it: ``_variance``)."""
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)     # np.var's ddof ≥ n warning
+        return reduction(*args, **kwargs)
+
+
 def _numpy(op, *args):
-    if op not in _TOTAL:
-        with np.errstate(all="ignore"):
-            return ops.ELEMENTWISE[op].numpy(*args)
-    return ops.ELEMENTWISE[op].numpy(*args)
+    with np.errstate(all="ignore"):
+        return ops.ELEMENTWISE[op].numpy(*args)
 
 
 def _method(entry):
@@ -1249,7 +1256,7 @@ def reduce_sum(x: Tensor, dim=None, keepdim=False) -> Tensor:
     axes = _axes(dim, x.ndim)
     if x._data.dtype.kind in "bu" or x._data.dtype in (np.int8, np.int16, np.int32):
         x = Tensor._make(x._data.astype(int64))     # PyTorch counts: sum of bools is int64
-    value = np.sum(x._data, axis=axes, keepdims=keepdim)
+    value = _quiet(np.sum, x._data, axis=axes, keepdims=keepdim)
     name = "SumBackward0" if dim is None else "SumBackward1"
     return _composite(name, ("sum", axes, keepdim), lambda g, a: a.sum(axes, keepdim), [x], value)
 
@@ -1262,7 +1269,7 @@ def reduce_mean(x: Tensor, dim=None, keepdim=False) -> Tensor:
     count = math.prod(x._data.shape[a] for a in axes)
     # np.add.reduce and one multiply: np.mean's generality costs more on small tensors
     scale = x._data.dtype.type(1 / count if count else math.nan)   # mean of nothing: nan
-    value = np.add.reduce(x._data, axis=axes, keepdims=keepdim) * scale
+    value = _quiet(np.add.reduce, x._data, axis=axes, keepdims=keepdim) * scale
     name = "MeanBackward0" if dim is None else "MeanBackward1"
     return _composite(name, ("mean", axes, keepdim), lambda g, a: a.mean(axes, keepdim), [x],
                       value)
@@ -1277,7 +1284,11 @@ def _variance(x: Tensor, dim, unbiased, keepdim, correction):
     else:                               # var(dim, ...) written positionally as var(0)
         dim, ddof = unbiased, 1 if correction is None else correction
     axes = _axes(dim, x.ndim)
-    value = np.var(x._data, axis=axes, ddof=ddof, keepdims=keepdim)
+    if math.prod(x._data.shape[a] for a in axes) - ddof <= 0:       # PyTorch's warning
+        warnings.warn("var(): degrees of freedom is <= 0. Correction should be strictly "
+                      "less than the reduction factor (input numel divided by output "
+                      "numel).", UserWarning, stacklevel=3)
+    value = _quiet(np.var, x._data, axis=axes, ddof=ddof, keepdims=keepdim)
     name = "VarBackward0"
     return _composite(name, ("var", axes, keepdim, ddof),
                       lambda g, a: functions.var(a, axes, keepdim, ddof=ddof), [x], value,

@@ -247,6 +247,32 @@ def test_zero_size_tensors_have_zero_size_gradients():
     assert math.isnan(float(torch.zeros(0).mean().numpy()))
 
 
+def test_reductions_of_inf_and_nan_give_pytorchs_values_and_warnings():
+    """inf − inf, inf·0 and overflow, in elementwise operations, sums, products and a
+    float32 tensor: nan and inf with no warning, as in PyTorch (numpy warned); a
+    variance of too few values warns as PyTorch does."""
+    def run(M):
+        x = M.tensor([1.0, -2.0], dtype=M.float64, requires_grad=True)
+        y = x / 0.0
+        big = M.tensor([1e308, -1e308, 1e308], dtype=M.float64)
+        values = [y.sum(), y.mean(), y.prod(), y.cumsum(0), y.norm(), y.logsumexp(0),
+                  big.prod(), (big * 10).sum(), M.tensor([1e308, 1e308]),
+                  big * 10 - big * 10, y * 0.0, -y + y,
+                  y.sum(0, keepdim=True), y.var()]
+        values[0].backward()
+        return [v.detach().numpy() for v in values] + [x.grad.numpy()]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ours = run(torch)
+        theirs = run(T)
+    for a, b in zip(ours, theirs):
+        np.testing.assert_array_equal(a, b)
+    with pytest.warns(UserWarning, match="degrees of freedom is <= 0"):
+        torch.tensor([1.0]).var()
+    with pytest.warns(UserWarning, match="degrees of freedom is <= 0"):
+        T.tensor([1.0]).var()
+
+
 def test_division_by_zero_is_a_valid_program():
     x = torch.tensor([1.0, -2.0], dtype=torch.float64, requires_grad=True)
     (x / 0.0).sum().backward()
