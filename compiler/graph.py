@@ -64,8 +64,9 @@ class _EdgeData(dict):
     __slots__ = ()
 
     def _read_only(self, *args, **kwargs):
-        raise TypeError("symgrad's edge data is shared by many edges and read-only; "
-                        "build a new graph (or use Graph.copy) to change a graph")
+        raise TypeError("symgrad's edge data is shared by many edges and read-only (a "
+                        "node's operands are its 'args'); to annotate edges, work on "
+                        "networkx's own copy: g.nx.copy()")
     __setitem__ = __delitem__ = update = pop = popitem = clear = setdefault = _read_only
     __ior__ = _read_only
 

@@ -451,7 +451,8 @@ class Lowerer:
         placed at the builder's position as IR text; returns member id -> its value."""
         value = {i: v.get_reference() for i, v in loaded.items()}
         lines = self._member_lines(k, ty, value)
-        b._insert(_Lines("\n  ".join(lines)))
+        if lines:           # none when every result is a load or a constant
+            b._insert(_Lines("\n  ".join(lines)))
         reduced = {i: r.operand for i, r in k.reductions.items()}    # a sum's is its operand's
         return lambda i: _Value(ty, value[reduced.get(i, i)])
 
