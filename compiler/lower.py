@@ -170,15 +170,14 @@ class Lowerer:
         self._in_part = 0
         self.scalar = lambda k: k.scalar   # a kernel's ScalarKernel (the pipeline's: made lazily)
         # kernel -> its members' (id, operator, operands), set where the kernels are the
-        # graph's own operations (not SymPy-simplified): straight-line scalar kernels are
-        # then written from member patterns (see ``written``)
+        # graph's own operations (not SymPy-simplified): every kernel's members are then
+        # written from member patterns (see ``_member_lines``)
         self.operations = None
         self._places = None     # buffer -> ("table", slot) | ("temp", offset), see _run
 
     # ---- helpers ---------------------------------------------------------------
-    def _fn(self, name, ret, params):
-        fn = ir.Function(self.module, ir.FunctionType(ret, params), name=name)
-        return fn
+    def _fn(self, name, ret, params, kind=ir.Function):
+        return kind(self.module, ir.FunctionType(ret, params), name=name)
 
     def _extern(self, name, ty, nargs=1):
         if name in self.module.globals:
@@ -328,8 +327,8 @@ class Lowerer:
         return fn, buffers, dict(zip(buffers, fn.args)), \
             ir.IRBuilder(fn.append_basic_block("entry"))
 
-    def _step_fn(self, name, buffers):
-        fn = self._fn(name, ir.VoidType(), [PTR] * len(buffers))
+    def _step_fn(self, name, buffers, kind=ir.Function):
+        fn = self._fn(name, ir.VoidType(), [PTR] * len(buffers), kind)
         fn.linkage = "internal"
         fn.attributes.add("nounwind")
         # each step is optimised on its own: inlined into the entry, a program of many
@@ -479,13 +478,9 @@ class Lowerer:
         """The kernel's step as IR text: each member is its operator's pattern (see
         ``member_ir``) filled in with its operands' values, between the loads of the values
         it reads and the stores of those it writes."""
-        fn = _Written(self.module, ir.FunctionType(ir.VoidType(), [PTR, PTR]), name=name)
-        fn.linkage = "internal"
-        fn.attributes.add("nounwind")
-        fn.attributes.add("noinline")
+        fn = self._step_fn(name, [None, None], _Written)
         for arg, arg_name in zip(fn.args, ("table", "workspace")):
             arg.name = arg_name
-            arg.add_attribute("noalias")
         ty = FLOAT[k.dtype]
         lines, buffers = [], {}
 
@@ -1011,13 +1006,15 @@ def _powi(b, x, n, one, flags):
     return one if result is None else result
 
 
-# ---- member patterns: straight-line scalar code without SymPy or llvmlite objects ----------
+# ---- member patterns: kernels' members without SymPy or llvmlite objects ------------------
 # A graph of scalars compiles as tens of thousands of one-operation members.  Where the
 # kernels are the graph's own operations (faithful lowering, the default), a member's IR
 # is its operator's formula lowered on its operands, the same few instructions each time:
 # ExprLowering (the one lowering rule) lowers each (operator, type) once into a pattern,
-# and a kernel is written by filling patterns in — about 2 µs a member, against ~40 µs
-# for a SymPy expression lowered through llvmlite's objects.  The code is the same.
+# and a kernel's members are written by filling patterns in — about 2 µs a member, against
+# ~40 µs for a SymPy expression lowered through llvmlite's objects.  The code is the same:
+# straight-line scalar steps are all text (``written``), loop bodies text between
+# llvmlite's loads and stores (``_members``).
 
 @dataclass(frozen=True)
 class MemberIR:

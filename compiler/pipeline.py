@@ -193,8 +193,8 @@ class Artifact:
 
 
 def _operations(graphs):
-    """kernel -> its members as (id, operator, operands): what lowering writes
-    straight-line scalar code from (``Lowerer.written``)."""
+    """kernel -> its members as (id, operator, operands): what lowering writes each
+    kernel's members from (``Lowerer._member_lines``)."""
     def operations(k):
         nodes = graphs[id(k)].attrs
         return [(m, nodes[m]["op"], nodes[m]["args"]) for m in k.members]

@@ -429,7 +429,7 @@ def _read(kernel: Kernel, arg: int, attrs, view, group, key):
         kernel.loads[arg] = view[arg]
 
 
-def _stages(g: Graph, need: set, outputs=()):
+def _stages(g: Graph, need: set, outputs):
     """Stage of every node and the kernel group (stage, shape, dtype) of fusable ones."""
     attrs = g.attrs
     stage, group, size = {}, {}, {}

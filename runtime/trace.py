@@ -593,24 +593,24 @@ def _specialise(c: Compiled):
           "call": c.direct[0]}
     code = ["def fast(args):", f"    if _mode.enabled is not {bool(c.grad_mode)}:",
             "        return MISS"]
-    guard = code.append
+    emit = code.append         # one line of the generated function
 
     def fail_unless(condition):
-        guard(f"    if not ({condition}):")
-        guard("        return MISS")
+        emit(f"    if not ({condition}):")
+        emit("        return MISS")
     for k, slot in enumerate(c.slots):
         ns[f"S{k}"] = slot
         if type(slot) is TensorSlot:
             ns[f"T{k}"], ns[f"SH{k}"], ns[f"ST{k}"] = slot.tensor, slot.shape, slot.stored
-            guard(f"    d{k} = T{k}._data")
+            emit(f"    d{k} = T{k}._data")
             fail_unless(f"d{k}.shape == SH{k} and d{k}.dtype == ST{k} and "
                         f"T{k}._requires_grad is {bool(slot.requires_grad)}")
             if slot.dtype != slot.stored:
                 ns[f"D{k}"] = slot.dtype
-                guard(f"    d{k} = d{k}.astype(D{k})")
+                emit(f"    d{k} = d{k}.astype(D{k})")
         else:
             fail_unless(f"S{k}.check()")
-            guard(f"    d{k} = S{k}.read()")
+            emit(f"    d{k} = S{k}.read()")
     for k, slot in enumerate(c.checks):
         ns[f"C{k}"] = slot
         fail_unless(f"C{k}.check()")
@@ -626,15 +626,15 @@ def _specialise(c: Compiled):
         ns.update({f"W{k}": where, f"V{k}": value, f"VT{k}": type(value)})
         now = f"W{k}.get({name!r}, MISSING)" if isinstance(where, dict) else \
             f"W{k}.cell_contents"
-        guard(f"    now = {now}")
+        emit(f"    now = {now}")
         fail_unless(f"type(now) is VT{k} and now == V{k}")
     operands = []
     for k, d in enumerate(c.arg_dtypes):
-        guard(f"    a{k} = args[{k}]._data")
+        emit(f"    a{k} = args[{k}]._data")
         if not c.plain_args:
             ns[f"AD{k}"] = d
-            guard(f"    if a{k}.dtype != AD{k}:")
-            guard(f"        a{k} = a{k}.astype(AD{k})")
+            emit(f"    if a{k}.dtype != AD{k}:")
+            emit(f"        a{k} = a{k}.astype(AD{k})")
         operands.append(f"a{k}")
     operands += [f"d{k}" for k in range(len(c.slots))]
     derived = []          # computed first: it may raise (a class index out of range)
@@ -645,28 +645,28 @@ def _specialise(c: Compiled):
             ns[f"DS{k}_{j}"] = where
             read.append(f"args[{where}]._data" if kind == "argument" else
                         f"DS{k}_{j}.read()" if kind == "slot" else f"DS{k}_{j}")
-        guard(f"    x{k} = DF{k}({', '.join(read)})")
+        emit(f"    x{k} = DF{k}({', '.join(read)})")
         derived += [f"x{k}[{j}]" for j in range(len(names))]
     for k, (opt, p, group, names, _) in enumerate(c.actions):
-        guard(f"    q{k} = O{k}._scalars(O{k}.state[P{k}], G{k})")     # advances its step
+        emit(f"    q{k} = O{k}._scalars(O{k}.state[P{k}], G{k})")     # advances its step
         operands += [f"q{k}[{n!r}]" for n in names]
     operands += derived
     _, specs, placement = c.direct
     for j, (kept, (shape, dtype)) in enumerate(zip(c.kept, specs)):
         ns[f"K{j}" if kept is not None else f"SP{j}"] = kept if kept is not None else \
             (shape, dtype)
-        guard(f"    o{j} = K{j}" if kept is not None else f"    o{j} = empty(*SP{j})")
+        emit(f"    o{j} = K{j}" if kept is not None else f"    o{j} = empty(*SP{j})")
     outs = "".join(f", o{j}" for j in range(len(specs)))
-    guard(f"    r = call({', '.join(operands)}{outs})")
-    guard("    if r is FALLBACK:")
-    guard(f"        return finish(slow([{', '.join(operands)}]))")
+    emit(f"    r = call({', '.join(operands)}{outs})")
+    emit("    if r is FALLBACK:")
+    emit(f"        return finish(slow([{', '.join(operands)}]))")
     results = []
     for k, (tag, j) in enumerate(placement):
         value = f"o{j}" if tag == "a" else f"r[{j}]"
         if k in c.to_fix:
             ns[f"R{k}"] = c.dtypes[k]
             value = f"np.array({value}, R{k})"
-        guard(f"    v{k} = {value}")
+        emit(f"    v{k} = {value}")
         results.append(f"v{k}")
     n = c.n_returned
     for k, write in enumerate(c.writes):
@@ -674,26 +674,26 @@ def _specialise(c: Compiled):
         slot = getattr(write, "__self__", None)
         if isinstance(write, functools.partial) and write.func is _new_grad:
             ns[f"NG{k}"] = write.args[0]
-            guard(f"    NG{k}._grad = make({value})")
+            emit(f"    NG{k}._grad = make({value})")
         elif type(slot) is TensorSlot and slot.dtype == slot.stored:
             ns[f"WT{k}"] = slot.tensor           # _bump, inlined for a tensor no node reads
-            guard(f"    box = WT{k}._version_box")
-            guard("    if box.users:")
-            guard(f"        WT{k}._bump()")
-            guard("    else:")
-            guard("        box.n += 1")
-            guard(f"    WT{k}._data[...] = {value}")
+            emit(f"    box = WT{k}._version_box")
+            emit("    if box.users:")
+            emit(f"        WT{k}._bump()")
+            emit("    else:")
+            emit("        box.n += 1")
+            emit(f"    WT{k}._data[...] = {value}")
         else:
             ns[f"WR{k}"] = write
-            guard(f"    WR{k}({value})")
+            emit(f"    WR{k}({value})")
     for k, drop in enumerate(c.drops):
         ns[f"DR{k}"] = drop.args[0]
-        guard(f"    DR{k}._grad = None")
+        emit(f"    DR{k}._grad = None")
     if c.template is _Out:
-        guard(f"    return make({results[0]})")
+        emit(f"    return make({results[0]})")
     else:
         returned = "".join(f"make({v}), " for v in results[:n])
-        guard(f"    return fill(template, iter(({returned})))")
+        emit(f"    return fill(template, iter(({returned})))")
     exec(builtins.compile("\n".join(code) + "\n", "<symgrad compiled step>", "exec"), ns)
     return ns["fast"]
 

@@ -422,10 +422,16 @@ def environment() -> dict:
             "features": llvm.get_host_cpu_features().flatten()}
 
 
+def _meta(names) -> dict:
+    """What a cache entry's code depends on: this process's build, LLVM and CPU, and the
+    entry points it holds."""
+    return {**environment(), "names": sorted(names)}
+
+
 def shipped(key: str, names) -> bytes | None:
     """The checked disk-cache entry of code this process loaded, to send with a pickled
     compiled function (None when the disk cache is off or no longer has it)."""
-    meta = {**environment(), "names": sorted(names)}
+    meta = _meta(names)
     obj = cache.load(key, meta, peek=True)
     return None if obj is None else cache.pack(meta, obj)
 
@@ -475,12 +481,18 @@ class JIT:
         finally:
             _free_pass_manager(pm)
 
-    def module(self, ir_text: str, optimize_ir: bool = True):
-        """Parsed, verified, targeted at this host and optimised (call with the lock held)."""
-        module = llvm.parse_assembly(add_vector_variants(ir_text))
+    def _parsed(self, ir_text: str, context=None):
+        """``ir_text`` parsed (in ``context``, default the global one), verified and
+        targeted at this host."""
+        module = llvm.parse_assembly(ir_text, context=context)
         module.verify()
         module.triple = self.machine.triple
         module.data_layout = str(self.machine.target_data)
+        return module
+
+    def module(self, ir_text: str, optimize_ir: bool = True):
+        """Parsed, verified, targeted at this host and optimised (call with the lock held)."""
+        module = self._parsed(add_vector_variants(ir_text))
         if optimize_ir:
             self.optimize(module, ir_text.count("\n"))
         return module
@@ -536,7 +548,7 @@ class JIT:
             known = self._known(memory_key or key)
             if known is not None:
                 return known
-            obj = cache.load(key, {**environment(), "names": sorted(names)})
+            obj = cache.load(key, _meta(names))
             if obj is None:
                 return None
             bind_object_names(obj)
@@ -557,7 +569,7 @@ class JIT:
         """Load newly compiled code and, with a ``key``, store it in the disk cache."""
         loaded = self._add_object(obj, names, (memory_key or key) if key is not None else None)
         if key is not None:
-            cache.store(key, {**environment(), "names": sorted(names)}, obj)
+            cache.store(key, _meta(names), obj)
         stats.modules_compiled += 1
         return loaded
 
@@ -607,10 +619,7 @@ class JIT:
         context = llvm.create_context()
         module = None
         try:
-            module = llvm.parse_assembly(text, context=context)
-            module.verify()
-            module.triple = self.machine.triple
-            module.data_layout = str(self.machine.target_data)
+            module = self._parsed(text, context)
             if straight_line:
                 self._instcombine(module)
             else:
