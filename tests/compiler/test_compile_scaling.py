@@ -11,7 +11,7 @@ import numpy as np
 
 from symgrad.compiler import Graph, schedule
 from symgrad.compiler.pipeline import prepare
-from symgrad.compiler.schedule import MAX_SCALAR, Kernel
+from symgrad.compiler.schedule import MAX_KERNEL, MAX_SCALAR, Kernel
 
 
 def _rosenbrock(n, scale):
@@ -80,6 +80,43 @@ def test_scalar_code_is_cut_into_functions_where_few_values_cross(monkeypatch):
     monkeypatch.setattr(schedule, "_depth_first", lambda attrs, outputs: InCreationOrder())
     assert depth_first < 0.7 * crossing()
 
+
+
+def test_a_tangent_shares_its_loop_with_the_primal_values_it_reads(monkeypatch):
+    """Loops are cut in depth-first order too: forward mode's tangent of each step sits
+    in the loop that computes the step, instead of every primal value crossing loops
+    through memory (the JVP of a 1,000-step chain was 12x its forward pass that way)."""
+    from symgrad.compiler import sin
+    g = Graph()
+    h0 = g.input("h", (16,))
+    h = h0
+    for _ in range(300):
+        h = sin(h) * 1.0001 + 0.1 * h * h
+    plan = prepare(g, [h.sum()], [h0])
+    plan.add_tangents()
+    entry = plan.entries["jvp"]
+
+    def crossing():
+        steps = schedule.schedule(plan.work, entry.inputs, entry.outputs).steps
+        kernels = [k for k in steps if isinstance(k, Kernel)]
+        assert len(kernels) > 3 and all(len(k.members) <= MAX_KERNEL for k in kernels)
+        return sum(len(k.stores) for k in kernels), len(kernels)
+    depth_first, kernels = crossing()
+    assert depth_first < 5 * kernels      # the carry h, its tangent and a few more per cut
+
+    class InCreationOrder(dict):
+        def __missing__(self, i):
+            return i
+    monkeypatch.setattr(schedule, "_depth_first", lambda attrs, outputs: InCreationOrder())
+    assert 20 * depth_first < crossing()[0]
+
+    fn = g.compile(h.sum(), wrt=[h0], mode="jvp")
+    x, u = np.linspace(-0.05, 0.05, 16), np.linspace(1.0, 2.0, 16)
+    value, tangent = fn.jvp(x, tangent=u)
+    hx, hu = x.copy(), u.copy()
+    for _ in range(300):
+        hx, hu = np.sin(hx) * 1.0001 + 0.1 * hx * hx, (np.cos(hx) * 1.0001 + 0.2 * hx) * hu
+    np.testing.assert_allclose([value, tangent], [hx.sum(), hu.sum()], rtol=1e-12)
 
 def test_compile_time_per_node_does_not_grow_with_the_graph():
     def per_node(n):
