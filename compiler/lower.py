@@ -54,9 +54,10 @@ def new_module(name: str) -> ir.Module:
 
 
 @contextmanager
-def loop(b: ir.IRBuilder, count: int, name: str):
+def loop(b: ir.IRBuilder, count: int, name: str, hints: tuple = ()):
     """``for i in range(count)`` (count ≥ 1, a number or an i64 value) as a do-while
-    loop; yields ``i``."""
+    loop; yields ``i``.  ``hints``: (name, number) pairs for the loop vectoriser, e.g.
+    ("llvm.loop.interleave.count", 4)."""
     count = ir.Constant(I64, count) if isinstance(count, int) else count
     pre = b.block
     body = b.append_basic_block(f"{name}.body")
@@ -68,14 +69,22 @@ def loop(b: ir.IRBuilder, count: int, name: str):
     yield i
     nxt = b.add(i, ir.Constant(I64, 1))
     i.add_incoming(nxt, b.block)
-    b.cbranch(b.icmp_unsigned("<", nxt, count), body, done)
+    back = b.cbranch(b.icmp_unsigned("<", nxt, count), body, done)
+    if hints:
+        nodes = [b.module.add_metadata([ir.MetaDataString(b.module, key), ir.Constant(
+            ir.IntType(1) if isinstance(v, bool) else I32, int(v))]) for key, v in hints]
+        loop_id = b.module.add_metadata([None, *nodes])
+        loop_id.operands = (loop_id, *nodes)      # a loop's ID names itself first
+        back.set_metadata("llvm.loop", loop_id)
     b.position_at_end(done)
 
 
 @contextmanager
-def loop_nest(b: ir.IRBuilder, shape: tuple, name: str):
-    """Nested ``loop``s over ``shape`` (every size ≥ 1); yields the indices, outermost first."""
-    cms = [loop(b, n, f"{name}{d}") for d, n in enumerate(shape)]
+def loop_nest(b: ir.IRBuilder, shape: tuple, name: str, hints: tuple = ()):
+    """Nested ``loop``s over ``shape`` (every size ≥ 1); yields the indices, outermost
+    first.  ``hints``: of the innermost loop (see ``loop``)."""
+    cms = [loop(b, n, f"{name}{d}", hints if d == len(shape) - 1 else ())
+           for d, n in enumerate(shape)]
     indices = [cm.__enter__() for cm in cms]
     yield indices
     for cm in reversed(cms):
@@ -153,6 +162,29 @@ def _blas_layout(view):
     return None
 
 
+def _peak_live(operations, loads: set, stores: set) -> int:
+    """The most values live at once in a kernel body's members (``operations``: (id,
+    operator, operands) in order), a load from its first use, a stored value to the end."""
+    last = {}
+    for n, (_, _, args) in enumerate(operations):
+        for a in args:
+            last[a] = n
+    end = len(operations)
+    last.update((s, end) for s in stores)
+    live, peak, seen = 0, 0, set()
+    for n, (m, _, args) in enumerate(operations):
+        for a in args:
+            if a in loads and a not in seen:
+                seen.add(a)
+                live += 1
+        live += 1
+        peak = max(peak, live)
+        live -= sum(1 for a in set(args) if last.get(a) == n and a in last)
+        if m not in last:
+            live -= 1
+    return peak
+
+
 class Lowerer:
     """Emits one program (a list of steps over buffers) into ``module``.
 
@@ -174,6 +206,7 @@ class Lowerer:
         # written from member patterns (see ``_member_lines``)
         self.operations = None
         self._places = None     # buffer -> ("table", slot) | ("temp", offset), see _run
+        self.vector_registers = 16      # the host's (see ``_loop_hints``)
 
     # ---- helpers ---------------------------------------------------------------
     def _fn(self, name, ret, params, kind=ir.Function):
@@ -375,7 +408,7 @@ class Lowerer:
             regrouped.append((kind, i, flat[:len(ss)]))
             flat = flat[len(ss):]
         accesses = regrouped
-        nest = loop_nest(b, shape, "i")
+        nest = loop_nest(b, shape, "i", self._loop_hints(k, shape[-1] if shape else 1))
         indices = nest.__enter__()
 
         def address(v, walk):
@@ -435,6 +468,25 @@ class Lowerer:
         nest.__exit__(None, None, None)
         b.ret_void()
         return fn, buffers
+
+    def _loop_hints(self, k: Kernel, extent: int) -> tuple:
+        """Vector iterations of ``k``'s innermost loop to run side by side, for the loop
+        vectoriser.  LLVM interleaves only loops of under ~20 instructions, but a long body
+        is often one chain of dependent operations per element (an unrolled recurrence, a
+        step's value and its tangent): run alone, each vector waits on its own latency
+        (sin's ~20 ns) with the core mostly idle.  Side by side as far as the registers
+        hold every copy's live values, the 1,000-step chain's forward pass runs 2.6x
+        faster and its JVP 2.1x.  (Results do not change: the lanes are independent.)"""
+        # not a reduction's: its order of summation would follow the interleaving
+        if self.operations is None or k.reductions or k.scatters or len(k.members) < 8:
+            return ()
+        peak = _peak_live(self.operations(k), set(k.loads), set(k.stores))
+        count = 4
+        lanes = 64 // k.dtype.itemsize           # a 512-bit vector's lanes, at most
+        while count > 1 and (count * peak + len(k.consts) > self.vector_registers
+                             or count * lanes > extent):
+            count //= 2
+        return (("llvm.loop.interleave.count", count),) if count > 1 else ()
 
     def _sympy_members(self, b, sk, ty, loaded):
         """The kernel's members from its SymPy assignments (``ExprLowering``); returns

@@ -195,7 +195,7 @@ def schedule(g: Graph, inputs: list[int], outputs: list[int]) -> Program:
         for a in attrs[i]["args"]:
             consumers[a].append(i)
 
-    stage, group = _stages(g, need, outputs)
+    stage, group, rank = _stages(g, need, outputs)
     prog = Program(list(inputs), list(outputs))
     view: dict[int, View] = {}
 
@@ -318,6 +318,8 @@ def schedule(g: Graph, inputs: list[int], outputs: list[int]) -> Program:
                      math.prod(attrs[sc]["shape"])))
         if materialise:
             producer[view[i].buffer] = kernel
+    for kernel in kernels.values():    # in depth-first order too: a value beside its reader
+        kernel.members.sort(key=rank.__getitem__)
     prog.steps = _order_steps(order, producer)
     return prog
 
@@ -431,7 +433,8 @@ def _read(kernel: Kernel, arg: int, attrs, view, group, key):
 
 
 def _stages(g: Graph, need: set, outputs):
-    """Stage of every node and the kernel group (stage, shape, dtype) of fusable ones."""
+    """Stage of every node, the kernel group (stage, shape, dtype) of fusable ones and
+    each node's depth-first rank (see ``_depth_first``)."""
     attrs = g.attrs
     stage, group, size = {}, {}, {}
     loops, reductions = [], []
@@ -472,7 +475,7 @@ def _stages(g: Graph, need: set, outputs):
         fused = x in group and kind_of(attrs[x]["op"]) == "elementwise"  # in x's loop
         group[i] = group[x] if fused else \
             (stage[x], attrs[x]["shape"], attrs[x]["dtype"].char, "sum", i)
-    return stage, group
+    return stage, group, rank
 
 
 def _depth_first(attrs, outputs) -> dict:

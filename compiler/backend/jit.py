@@ -88,6 +88,12 @@ def vector_variants(name: str, arity: int, single: bool) -> tuple:
     return tuple(out)
 
 
+@functools.lru_cache(maxsize=None)
+def vector_registers() -> int:
+    """The host's vector registers: 32 with AVX-512, 16 with AVX or SSE."""
+    return 32 if llvm.get_host_cpu_features().get("avx512f") else 16
+
+
 def add_vector_variants(ir_text: str) -> str:
     """Mark libm declarations that have SIMD variants as pure and list the variants, so
     the loop vectoriser calls e.g. ``_ZGVeN8v_sin`` instead of eight scalar ``sin``.
