@@ -107,8 +107,9 @@ def test_a_tangent_shares_its_loop_with_the_primal_values_it_reads(monkeypatch):
     class InCreationOrder(dict):
         def __missing__(self, i):
             return i
-    monkeypatch.setattr(schedule, "_depth_first", lambda attrs, outputs: InCreationOrder())
-    assert 20 * depth_first < crossing()[0]
+    with monkeypatch.context() as patched:
+        patched.setattr(schedule, "_depth_first", lambda attrs, outputs: InCreationOrder())
+        assert 20 * depth_first < crossing()[0]
 
     fn = g.compile(h.sum(), wrt=[h0], mode="jvp")
     # the long loops run vector iterations side by side (Lowerer._loop_hints)
