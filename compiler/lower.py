@@ -209,6 +209,7 @@ class Lowerer:
         self.operations = None
         self._places = None     # buffer -> ("table", slot) | ("temp", offset), see _run
         self.vector_registers = 16      # the host's (see ``_loop_hints``)
+        self.vector_bits = 256
 
     # ---- helpers ---------------------------------------------------------------
     def _fn(self, name, ret, params, kind=ir.Function):
@@ -533,6 +534,20 @@ class Lowerer:
         Only where the body computes much for what it loads and stores: a VJP's loops
         store each step's value for the reverse pass, wait on memory, gain nothing and
         take LLVM 4x as long to compile (W5's unrolled gradient +0.9 s)."""
+        return self._width(k, extent) + self._interleave(k, extent)
+
+    def _width(self, k: Kernel, extent: int) -> tuple:
+        """The host's vector width for a long body whose loads and stores are all
+        contiguous or broadcast: told, the loop vectoriser builds that one plan instead
+        of one per width to compare costs, which was most of LLVM's time on W5's
+        unrolled gradient (its choice was this width).  Results do not depend on it."""
+        lanes = self.vector_bits // (8 * k.dtype.itemsize)
+        if len(k.members) < 32 or extent < lanes or k.scatters or any(
+                v.mask or v.indirect for v in k.loads.values()):
+            return ()
+        return (("llvm.loop.vectorize.width", lanes),)
+
+    def _interleave(self, k: Kernel, extent: int) -> tuple:
         if self.operations is None or k.scatters or \
                 len(k.members) < 16 * max(1, len(k.loads) + len(k.stores)):
             return ()       # small, or busy with memory: side by side gains nothing there

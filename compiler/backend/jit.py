@@ -94,6 +94,13 @@ def vector_registers() -> int:
     return 32 if llvm.get_host_cpu_features().get("avx512f") else 16
 
 
+@functools.lru_cache(maxsize=None)
+def vector_bits() -> int:
+    """The host's widest vector: 512 bits with AVX-512, 256 with AVX, else 128."""
+    features = llvm.get_host_cpu_features()
+    return 512 if features.get("avx512f") else 256 if features.get("avx") else 128
+
+
 def add_vector_variants(ir_text: str) -> str:
     """Mark libm declarations that have SIMD variants as pure and list the variants, so
     the loop vectoriser calls e.g. ``_ZGVeN8v_sin`` instead of eight scalar ``sin``.

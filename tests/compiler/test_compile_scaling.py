@@ -113,7 +113,10 @@ def test_a_tangent_shares_its_loop_with_the_primal_values_it_reads(monkeypatch):
 
     fn = g.compile(h.sum(), wrt=[h0], mode="jvp")
     # the long loops run vector iterations side by side (Lowerer._loop_hints)
-    assert '"llvm.loop.interleave.count", i32 2' in fn.source.build("jvp").llvm_ir
+    # and at the host's vector width, told (Lowerer._width)
+    ir_text = fn.source.build("jvp").llvm_ir
+    assert '"llvm.loop.interleave.count", i32 2' in ir_text
+    assert '"llvm.loop.vectorize.width"' in ir_text
     x, u = np.linspace(-0.05, 0.05, 16), np.linspace(1.0, 2.0, 16)
     value, tangent = fn.jvp(x, tangent=u)
     hx, hu = x.copy(), u.copy()
