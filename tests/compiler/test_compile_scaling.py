@@ -109,7 +109,7 @@ def test_a_tangent_shares_its_loop_with_the_primal_values_it_reads(monkeypatch):
             return i
     with monkeypatch.context() as patched:
         patched.setattr(schedule, "_depth_first", lambda attrs, outputs: InCreationOrder())
-        assert 20 * depth_first < crossing()[0]
+        assert 10 * depth_first < crossing()[0]
 
     fn = g.compile(h.sum(), wrt=[h0], mode="jvp")
     # the long loops run vector iterations side by side (Lowerer._loop_hints)
