@@ -8,11 +8,14 @@ graph's side (kernels, IR, the work graph).
 """
 from __future__ import annotations
 
+import concurrent.futures
 import ctypes
+import functools
 import numbers
 import reprlib
 import sys
 import threading
+import weakref
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -154,6 +157,14 @@ class EntrySpec:
     constants: tuple = ()  # arrays passed after the arguments (the graph's array constants)
 
 
+def _upgraded(ref, kind, done):
+    function = ref()
+    if function is None or done.cancelled() or done.exception() is not None \
+            or done.result() is None:
+        return
+    function._adopt(kind, done.result())
+
+
 class NativeFunction:
     """Native forward and vector–Jacobian product.
 
@@ -186,16 +197,44 @@ class NativeFunction:
             if kind in self._artifacts:
                 return
             artifact = self.source.build(kind)
-            spec = self._specs[kind]
-            self._entries[kind] = (jit.ENTRY(artifact.address), spec)
-            self._fast[kind] = self._fast_entry(kind, artifact.address, spec)
+            self._engines.append(artifact.engine)
+            self._use(kind, artifact.address)
             self._artifacts[kind] = artifact
-            if kind == "vjp" and self._fast["vjp"] is not None:
-                self.vjp = self._specialised_vjp()
+        upgrade = getattr(artifact, "upgrade", None)
+        if upgrade is not None:      # (run at once if done: so outside the lock)
+            upgrade.add_done_callback(functools.partial(_upgraded, weakref.ref(self), kind))
+
+    def _use(self, kind, address):
+        """Call the entry at ``address`` for ``kind`` from now on (with the lock held)."""
+        spec = self._specs[kind]
+        self._entries[kind] = (jit.ENTRY(address), spec)
+        self._fast[kind] = self._fast_entry(kind, address, spec)
+        if kind == "vjp" and self._fast["vjp"] is not None:
+            self.vjp = self._specialised_vjp()
+
+    def _adopt(self, kind, loaded):
+        """Tier 2 is ready: calls from now on run it.  The first tier's code stays loaded
+        as long as this function (a call on another thread may be running it)."""
+        artifact = self._artifacts[kind]
+        with self._lock:
+            for e in artifact.entries:
+                e.address = loaded.addresses[e.name]
+            artifact.engine = loaded.engine
+            self._engines.append(loaded.engine)
+            self._use(kind, artifact.address)
 
     def artifact(self, kind):
         self._load(kind)
         return self._artifacts[kind]
+
+    def wait_optimized(self, timeout=None) -> bool:
+        """Wait for the optimised (second-tier) code of the entries loaded so far, where
+        there is one (large straight-line programs compile quickly first and are
+        optimised in the background); True when no entry is still waiting."""
+        pending = [a.upgrade for a in list(self._artifacts.values())
+                   if getattr(a, "upgrade", None) is not None]
+        done, not_done = concurrent.futures.wait(pending, timeout)
+        return not not_done
 
     def _specialised_vjp(self):
         """``vjp`` written out for this function's outputs: the Python around the native

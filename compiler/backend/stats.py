@@ -16,6 +16,7 @@ class Stats:
     modules_compiled: int = 0     # modules LLVM compiled (kernels and call glue)
     parts_compiled: int = 0       # ... of large programs, the parts LLVM compiled apart
     parts_straight_line: int = 0  # ... of which straight-line scalar code (instcombine only)
+    upgrades: int = 0             # straight-line programs recompiled optimised (tier 2)
     compiles: int = 0             # compiled functions' entries built from a graph
     cache_hits: int = 0           # ... of which were served by the in-memory or disk cache
     disk_hits: int = 0

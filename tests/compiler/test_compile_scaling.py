@@ -182,3 +182,63 @@ def test_a_large_program_compiled_in_parts_equals_one_module(tmp_path):
     x0 = np.linspace(-1.0, 1.5, 300)
     np.testing.assert_allclose(
         got[0], np.sum(100.0 * (x0[1:] - x0[:-1] ** 2) ** 2 + (1.0 - x0[:-1]) ** 2), rtol=1e-13)
+
+
+_TIERS_SCRIPT = """
+import os
+import sys
+import numpy as np
+from symgrad.compiler import Graph, lower, pipeline, sin
+from symgrad.compiler.backend.stats import stats
+pipeline.LARGE_PROGRAM = 1          # in parts, all straight-line: two tiers
+lower.PART_MEMBERS = 150
+x0 = np.linspace(-1.0, 1.5, 300)
+
+
+def rosenbrock(scale):
+    g = Graph()
+    xs = [g.input(f"x{i}") for i in range(300)]
+    f = 0.0
+    for i in range(299):
+        f = f + scale * (xs[i + 1] - xs[i] * xs[i]) ** 2 + (1.0 - xs[i]) ** 2
+    return g.compile([f], wrt=xs)
+
+
+def bits(fn):
+    value, grads = fn.vjp(*x0, seed=1.0)
+    return np.r_[value, grads].tobytes()
+
+
+fn = rosenbrock(100.0)
+first, tier1 = bits(fn), fn.artifact("vjp").address
+assert fn.wait_optimized(120)
+second, tier2 = bits(fn), fn.artifact("vjp").address
+again = rosenbrock(100.0)           # the same code again in this process: tier 2 at once
+third, reused = bits(again), again.artifact("vjp").address
+rosenbrock(200.0)                   # optimising in the background while we fork
+pid = os.fork()
+if pid == 0:
+    g = Graph()
+    x = g.input("x")
+    h = g.compile([sin(x) * 2.5 + 1.0])
+    os._exit(0 if abs(h(0.5) - (2.5 * np.sin(0.5) + 1.0)) < 1e-12 else 3)
+_, status = os.waitpid(pid, 0)
+print(stats.upgrades, tier1 != tier2, tier2 == reused, first == second == third,
+      os.waitstatus_to_exitcode(status))
+"""   # and exits while the last program may still be optimising
+
+
+def test_straight_line_code_is_optimised_in_the_background_to_the_same_bits(tmp_path):
+    """Tiered compile (#14): a large straight-line program runs first as compiled quickly
+    (instcombine, the fast code generator), then from the optimising code generator's
+    object, swapped in when ready: the same bits, a new address; the process's next
+    compile of it gets the optimised code; a fork during the optimisation and an exit
+    right after a compile are clean."""
+    script = tmp_path / "tiers.py"
+    script.write_text(_TIERS_SCRIPT)
+    env = dict(os.environ, SYMGRAD_CACHE_DIR=str(tmp_path / "cache"))
+    done = subprocess.run([sys.executable, str(script)], env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    upgrades, moved, reused, same, child = done.stdout.split()
+    assert int(upgrades) >= 1 and moved == reused == same == "True" and child == "0"
