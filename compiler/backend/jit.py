@@ -15,6 +15,7 @@ calls are not.  This module imports only llvmlite, numpy and the standard librar
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import ctypes
 import ctypes.util
 import functools
@@ -23,6 +24,7 @@ import hashlib
 import os
 import re
 import struct
+import sys
 import threading
 import weakref
 from dataclasses import dataclass
@@ -613,7 +615,8 @@ class JIT:
             stats.parts_compiled += 1
             stats.parts_straight_line += straight_line
         try:
-            main = produce(hand_over)
+            with _short_switches():
+                main = produce(hand_over)
         except BaseException:
             if worker is not None:      # parts not yet started are of no use now
                 worker.shutdown(wait=True, cancel_futures=True)
@@ -730,6 +733,31 @@ def _llvmlite_lock():
 
 
 _upgrades = _Upgrades()
+
+_switching = {"depth": 0, "saved": None}
+_switching_lock = threading.Lock()
+
+
+@contextlib.contextmanager
+def _short_switches():
+    """A 0.5 ms thread switch interval while a program is lowered and its parts compiled.
+    The worker needs the interpreter's lock between its LLVM calls (a dozen per part) and
+    by default waits up to 5 ms for the lowering thread to let go each time: Lennard-Jones
+    N=60's parts finished 0.34-0.46 s after the lowering, 0.22-0.28 s with this.  Nested
+    and concurrent compiles restore the user's interval when the last one ends."""
+    with _switching_lock:
+        if _switching["depth"] == 0:
+            _switching["saved"] = sys.getswitchinterval()
+            sys.setswitchinterval(min(_switching["saved"], 0.0005))
+        _switching["depth"] += 1
+    try:
+        yield
+    finally:
+        with _switching_lock:
+            _switching["depth"] -= 1
+            if _switching["depth"] == 0:
+                sys.setswitchinterval(_switching["saved"])
+
 
 _jit: JIT | None = None
 _made = threading.Lock()

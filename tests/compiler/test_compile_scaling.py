@@ -8,6 +8,7 @@ import sys
 import time
 
 import numpy as np
+import pytest
 
 from symgrad.compiler import Graph, schedule
 from symgrad.compiler.pipeline import prepare
@@ -242,3 +243,35 @@ def test_straight_line_code_is_optimised_in_the_background_to_the_same_bits(tmp_
     assert done.returncode == 0, done.stderr
     upgrades, moved, reused, same, child = done.stdout.split()
     assert int(upgrades) >= 1 and moved == reused == same == "True" and child == "0"
+
+
+def test_the_users_thread_switch_interval_is_back_after_a_compile_in_parts(monkeypatch):
+    """Parts compile under a short switch interval (the worker waits less for the lock
+    between its LLVM calls); the user's interval is restored, after a failure too."""
+    from symgrad.compiler import lower, pipeline
+    monkeypatch.setattr(pipeline, "LARGE_PROGRAM", 1)
+    monkeypatch.setattr(lower, "PART_MEMBERS", 50)
+    before = sys.getswitchinterval()
+    try:
+        sys.setswitchinterval(0.0123)
+        g, f, xs = _rosenbrock(60, 100.0 + time.time() % 1e-3)     # cold: not cached
+        seen = []
+        real = lower.Lowerer._hand_over_part
+
+        def spy(self):
+            seen.append(sys.getswitchinterval())
+            return real(self)
+        monkeypatch.setattr(lower.Lowerer, "_hand_over_part", spy)
+        g.compile([f], wrt=xs)
+        assert seen and max(seen) <= 0.0005
+        assert sys.getswitchinterval() == 0.0123
+
+        def broken(self):
+            raise RuntimeError("lowering failed")
+        monkeypatch.setattr(lower.Lowerer, "_hand_over_part", broken)
+        g, f, xs = _rosenbrock(60, 200.0 + time.time() % 1e-3)
+        with pytest.raises(RuntimeError, match="lowering failed"):
+            g.compile([f], wrt=xs)
+        assert sys.getswitchinterval() == 0.0123
+    finally:
+        sys.setswitchinterval(before)
