@@ -633,7 +633,8 @@ class Graph:
                     shape, dtype = at["shape"], at["dtype"]
                     if dtype.kind != "f":
                         return None
-                elif at["shape"] != shape or at["dtype"] != dtype:
+                elif at["shape"] != shape or (at["dtype"] is not dtype and
+                                              at["dtype"] != dtype):
                     return None
             elif type(a) is not float and type(a) is not int:
                 return None
@@ -1145,7 +1146,11 @@ def _fold(g: Graph, op, args, shape, dtype):
 
     Not folded, because IEEE disagrees somewhere: x + 0 (−0 + 0 is +0), 0 − x (0 − 0 is
     +0, −0 is not), 0·x (inf·0 is nan, −1·0 is −0), x − x, x/x."""
-    consts = [a.params[0] if a.op == "const" else None for a in args]
+    nodes = g.attrs
+    consts = []
+    for a in args:          # (the node dicts directly: this runs for every new node)
+        at = nodes[a.id] if a.graph is g else a._attrs
+        consts.append(at["params"][0] if at["op"] == "const" else None)
     if all(c is not None for c in consts) and op not in ("broadcast", "copy"):
         value = ops.evaluate(op, consts, (), (), dtype)
         if np.isfinite(value) and shape == ():
@@ -1160,8 +1165,8 @@ def _fold(g: Graph, op, args, shape, dtype):
 
     if op == "neg" and args[0].op == "neg":
         return args[0].args[0]
-    if len(args) != 2:
-        return None
+    if len(args) != 2 or consts[0] is None and consts[1] is None:
+        return None         # every rule below has a constant operand
     (a, b), (ca, cb) = args, consts
     if op == "add":
         if is_(ca, -0.0): return same(b)
