@@ -406,7 +406,9 @@ def build(work: Graph, entries: list, name=None, fast_math=False) -> Artifact:
                 text = artifact.generate(blas, hand_over)
                 progress.stage("LLVM")
                 return text
-            loaded = jit.load_parts(produce, names, key=key)
+            # fast_math code carries "contract": the optimising code generator would fuse
+            # into FMAs that the quick one does not, so its two tiers would differ
+            loaded = jit.load_parts(produce, names, key=key, tiered=not fast_math)
         stats.compiles += 1
         log.info("compiled %s: %d nodes, entries %s", prefix, len(work),
                  [e.kind for e in entries])

@@ -591,7 +591,7 @@ class JIT:
         stats.modules_compiled += 1
         return loaded
 
-    def load_parts(self, produce, names, key=None, memory_key=None) -> Loaded:
+    def load_parts(self, produce, names, key=None, memory_key=None, tiered=True) -> Loaded:
         """``produce(hand_over)`` lowers a program, handing each finished part's IR text
         to ``hand_over`` and returning the text with the entries.  Each part is compiled
         by a worker thread as it arrives, so LLVM works while Python lowers the next part
@@ -630,7 +630,7 @@ class JIT:
             main = add_vector_variants(main)
             objects.append(self._compile_part(main))
             loaded = self._keep(bundle(objects), names, key, memory_key)
-        if texts and all(straight for _, straight in texts) and TIERED:
+        if tiered and TIERED and texts and all(straight for _, straight in texts):
             loaded.upgrade = _upgrades.submit(
                 self._upgrade, [t for t, _ in texts], objects[-1], names, key, memory_key)
         return loaded
@@ -794,9 +794,10 @@ def load(ir_text: str, names: list[str], key: str | None = None,
 
 
 def load_parts(produce, names: list[str], key: str | None = None,
-               memory_key: str | None = None) -> Loaded:
-    """``load`` for a program lowered in parts (see ``JIT.load_parts``)."""
-    return get().load_parts(produce, names, key, memory_key)
+               memory_key: str | None = None, tiered: bool = True) -> Loaded:
+    """``load`` for a program lowered in parts (see ``JIT.load_parts``); ``tiered``:
+    straight-line code may be optimised in the background (see ``JIT._upgrade``)."""
+    return get().load_parts(produce, names, key, memory_key, tiered)
 
 
 def optimized(ir_text: str) -> str:

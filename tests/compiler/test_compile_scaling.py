@@ -196,13 +196,13 @@ lower.PART_MEMBERS = 150
 x0 = np.linspace(-1.0, 1.5, 300)
 
 
-def rosenbrock(scale):
+def rosenbrock(scale, fast_math=False):
     g = Graph()
     xs = [g.input(f"x{i}") for i in range(300)]
     f = 0.0
     for i in range(299):
         f = f + scale * (xs[i + 1] - xs[i] * xs[i]) ** 2 + (1.0 - xs[i]) ** 2
-    return g.compile([f], wrt=xs)
+    return g.compile([f], wrt=xs, fast_math=fast_math)
 
 
 def bits(fn):
@@ -224,8 +224,10 @@ if pid == 0:
     h = g.compile([sin(x) * 2.5 + 1.0])
     os._exit(0 if abs(h(0.5) - (2.5 * np.sin(0.5) + 1.0)) < 1e-12 else 3)
 _, status = os.waitpid(pid, 0)
+# fast_math code may fuse multiply-adds when optimised: one tier only
+one_tier = rosenbrock(300.0, fast_math=True).artifact("vjp").upgrade is None
 print(stats.upgrades, tier1 != tier2, tier2 == reused, first == second == third,
-      os.waitstatus_to_exitcode(status))
+      os.waitstatus_to_exitcode(status), one_tier)
 """   # and exits while the last program may still be optimising
 
 
@@ -241,8 +243,9 @@ def test_straight_line_code_is_optimised_in_the_background_to_the_same_bits(tmp_
     done = subprocess.run([sys.executable, str(script)], env=env, capture_output=True,
                           text=True, timeout=300)
     assert done.returncode == 0, done.stderr
-    upgrades, moved, reused, same, child = done.stdout.split()
-    assert int(upgrades) >= 1 and moved == reused == same == "True" and child == "0"
+    upgrades, moved, reused, same, child, one_tier = done.stdout.split()
+    assert int(upgrades) >= 1 and moved == reused == same == one_tier == "True"
+    assert child == "0"
 
 
 def test_the_users_thread_switch_interval_is_back_after_a_compile_in_parts(monkeypatch):
