@@ -248,10 +248,19 @@ class NativeFunction:
                 text += ".copy()"
             seen.add(i)
             return text
+        def run(ids):   # scalars at consecutive places: one slice of the result tuple
+            places = [where[i] for i in ids]
+            if len(ids) > 1 and all(tag == "s" for tag, _ in places) and \
+                    [k for _, k in places] == list(range(places[0][1], places[0][1] + len(ids))):
+                return f"r[{places[0][1]}:{places[0][1] + len(ids)}]"
+            return None
         seen = set()
         values = [read(i, seen) for i in self._out_ids]
-        value = values[0] if len(values) == 1 else "(" + ", ".join(values) + ",)"
-        grads = "(" + "".join(read(i, seen) + ", " for i in self._grad_ids) + ")"
+        value = values[0] if len(values) == 1 else run(self._out_ids) or \
+            "(" + ", ".join(values) + ",)"
+        # (90 scalar gradients as r[1], r[2], … cost ~1 us a call; a slice ~0.1 us)
+        grads = run(self._grad_ids) or \
+            "(" + "".join(read(i, seen) + ", " for i in self._grad_ids) + ")"
         allocs = "".join(f"    o{k} = empty(specs[{k}][0], specs[{k}][1])\n"
                          for k in range(len(specs)))
         outs = "".join(f", o{k}" for k in range(len(specs)))

@@ -360,6 +360,20 @@ def test_forward_and_vjp_entries_return_identical_bits(recipe, dtype, data_seed)
         assert np.asarray(a).tobytes() == np.asarray(b).tobytes()
 
 
+def test_many_scalar_gradients_come_back_as_on_the_careful_path():
+    """The fast path returns a run of scalar gradients as one slice of its result."""
+    g = Graph()
+    xs = [g.input(f"q{k}") for k in range(40)]
+    e = xs[0]
+    for x in xs[1:]:
+        e = sin(e) * 1.5 + x * x
+    f = g.compile([e, xs[3] * 2.0], xs)
+    q = list(np.linspace(-1.0, 1.0, 40))
+    fast = f.vjp(*q, seed=(1.0, 0.5))
+    careful = f.vjp(**{f"q{k}": v for k, v in enumerate(q)}, seed=(1.0, 0.5))
+    assert fast == careful and type(fast[1]) is tuple and len(fast[1]) == 40
+    assert fast[1][3] == careful[1][3] and fast[0][1] == q[3] * 2.0
+
 class _Sub(np.ndarray):
     pass
 
