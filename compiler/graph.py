@@ -224,16 +224,23 @@ class Expr:
             self.graph._symbols.clear()     # automatic names may have stepped aside
         return self
 
-    def __add__(self, o): return self.graph.apply("add", self, o)
-    def __radd__(self, o): return self.graph.apply("add", o, self)
-    def __sub__(self, o): return self.graph.apply("sub", self, o)
-    def __rsub__(self, o): return self.graph.apply("sub", o, self)
-    def __mul__(self, o): return self.graph.apply("mul", self, o)
-    def __rmul__(self, o): return self.graph.apply("mul", o, self)
-    def __truediv__(self, o): return self.graph.apply("div", self, o)
-    def __rtruediv__(self, o): return self.graph.apply("div", o, self)
-    def __pow__(self, o): return self.graph.apply("pow", self, o)
-    def __rpow__(self, o): return self.graph.apply("pow", o, self)
+    def _binary(op, swap=False):
+        # the common case (operands of this graph, one shape and dtype, or Python
+        # numbers) goes straight to ``_plain``; anything else through ``apply``
+        def method(self, o):
+            args = (o, self) if swap else (self, o)
+            made = self.graph._plain(op, 2, args)
+            return made if made is not None else self.graph.apply(op, *args)
+        method.__name__ = f"__{'r' if swap else ''}{op}__"
+        return method
+
+    __add__, __radd__ = _binary("add"), _binary("add", True)
+    __sub__, __rsub__ = _binary("sub"), _binary("sub", True)
+    __mul__, __rmul__ = _binary("mul"), _binary("mul", True)
+    __truediv__, __rtruediv__ = _binary("div"), _binary("div", True)
+    __pow__, __rpow__ = _binary("pow"), _binary("pow", True)
+    del _binary
+
     def __neg__(self): return self.graph.apply("neg", self)
     def __pos__(self): return self
     def __abs__(self): return self.graph.apply("abs", self)
