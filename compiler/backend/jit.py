@@ -696,14 +696,14 @@ class _Upgrades:
 
     def __init__(self):
         self._pool = None
+        self._hooked = False
         self.cancelled = False
         self._guard = threading.Lock()
 
     def submit(self, fn, *args):
         with self._guard:
-            if self._pool is None:
+            if not self._hooked:
                 import atexit
-                self._pool = concurrent.futures.ThreadPoolExecutor(1, "symgrad-tier2")
                 atexit.register(self._stop)
                 # this thread takes the JIT's lock, then llvmlite's: so does a fork
                 locks = [get().lock, _llvmlite_lock()]
@@ -715,7 +715,15 @@ class _Upgrades:
                     def give():
                         for lock in reversed(locks):
                             lock.release()
-                    os.register_at_fork(before=take, after_in_parent=give, after_in_child=give)
+
+                    def in_child():     # the thread is the parent's: a child makes its own
+                        give()
+                        self._pool = None
+                    os.register_at_fork(before=take, after_in_parent=give,
+                                        after_in_child=in_child)
+                self._hooked = True
+            if self._pool is None:
+                self._pool = concurrent.futures.ThreadPoolExecutor(1, "symgrad-tier2")
             return self._pool.submit(fn, *args)
 
     def _stop(self):
