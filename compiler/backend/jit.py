@@ -650,6 +650,7 @@ class JIT:
         objects.append(main)
         obj = bundle(objects)
         with self.lock:
+            self._mapping_room()    # (a MemoryError here leaves the first tier in use)
             engine = CodeEngine(self.lock)
             addresses = engine.add(obj, names)
             engine.objects = OBJECTS_PER_ENGINE      # nothing else goes in
