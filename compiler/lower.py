@@ -524,16 +524,9 @@ class Lowerer:
         return fn, buffers
 
     def _loop_hints(self, k: Kernel, extent: int) -> tuple:
-        """Vector iterations of ``k``'s innermost loop to run side by side, for the loop
-        vectoriser.  LLVM interleaves only loops of under ~20 instructions, but a long body
-        is often one chain of dependent operations per element (an unrolled recurrence, a
-        step's value and its tangent): run alone, each vector waits on its own latency
-        (sin's ~20 ns) with the core mostly idle.  Side by side as far as the registers
-        hold every copy's live values, the 1,000-step chain's forward pass runs 2.6x
-        faster and its JVP 2.1x.  (Results do not change: the lanes are independent.)
-        Only where the body computes much for what it loads and stores: a VJP's loops
-        store each step's value for the reverse pass, wait on memory, gain nothing and
-        take LLVM 4x as long to compile (W5's unrolled gradient +0.9 s)."""
+        """What the loop vectoriser is told about ``k``'s innermost loop (of ``extent``
+        iterations): its width and interleaving.  Neither changes a result: elementwise
+        lanes are independent, and sums write their order out (see ``kernel``)."""
         return self._width(k, extent) + self._interleave(k, extent)
 
     def _width(self, k: Kernel, extent: int) -> tuple:
@@ -548,6 +541,15 @@ class Lowerer:
         return (("llvm.loop.vectorize.width", lanes),)
 
     def _interleave(self, k: Kernel, extent: int) -> tuple:
+        """Vector iterations to run side by side.  LLVM interleaves only loops of under
+        ~20 instructions, but a long body is often one chain of dependent operations per
+        element (an unrolled recurrence, a step's value and its tangent): run alone, each
+        vector waits on its own latency (sin's ~20 ns) with the core mostly idle.  Side
+        by side as far as the registers hold every copy's live values, the 1,000-step
+        chain's forward pass runs 2.6x faster and its JVP 2.1x.  Only where the body
+        computes much for what it loads and stores: a VJP's loops store each step's
+        value for the reverse pass, wait on memory, gain nothing and took LLVM 4x as long
+        to compile (W5's unrolled gradient +0.9 s)."""
         if self.operations is None or k.scatters or \
                 len(k.members) < 16 * max(1, len(k.loads) + len(k.stores)):
             return ()       # small, or busy with memory: side by side gains nothing there
