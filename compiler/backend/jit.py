@@ -687,11 +687,12 @@ TIERED = os.environ.get("SYMGRAD_TIERED", "1") != "0"
 
 
 class _Upgrades:
-    """One daemon thread that recompiles straight-line programs optimised (``JIT._upgrade``),
+    """One thread that recompiles straight-line programs optimised (``JIT._upgrade``),
     a program at a time, after their first tier is in use.
 
-    At exit the work not yet started is dropped and the current part finished (atexit
-    joins the thread), so LLVM is never torn down under it.  Around ``fork`` the JIT's
+    At exit the work not yet started is dropped and the part in progress finished (the
+    thread is joined, before the interpreter's shutdown), so LLVM is never torn down under
+    it and the exit waits for one part at most.  Around ``fork`` the JIT's
     and llvmlite's locks are held, so a child never inherits them taken by this thread
     (which the child does not have): the fork waits for the step in progress."""
 
@@ -704,8 +705,14 @@ class _Upgrades:
     def submit(self, fn, *args):
         with self._guard:
             if not self._hooked:
-                import atexit
-                atexit.register(self._stop)
+                concurrent.futures.ThreadPoolExecutor    # its exit hook first, then ours:
+                # ours runs before the executors' own exit hook, which would first run every
+                # queued program (threading runs these in reverse order of registration)
+                register = getattr(threading, "_register_atexit", None)
+                if register is None:
+                    import atexit
+                    register = atexit.register
+                register(self._stop)
                 # this thread takes the JIT's lock, then llvmlite's: so does a fork
                 locks = [get().lock, _llvmlite_lock()]
                 if None not in locks and hasattr(os, "register_at_fork"):
