@@ -181,7 +181,7 @@ def _peak_live(operations, loads: set, stores: set) -> int:
                 live += 1
         live += 1
         peak = max(peak, live)
-        live -= sum(1 for a in set(args) if last.get(a) == n and a in last)
+        live -= sum(1 for a in set(args) if last.get(a) == n)
         if m not in last:
             live -= 1
     return peak
@@ -208,8 +208,7 @@ class Lowerer:
         # written from member patterns (see ``_member_lines``)
         self.operations = None
         self._places = None     # buffer -> ("table", slot) | ("temp", offset), see _run
-        self.vector_registers = 16      # the host's (see ``_loop_hints``)
-        self.vector_bits = 256
+        self.vector_bits = 256          # the host's widest vector (see ``_loop_hints``)
 
     # ---- helpers ---------------------------------------------------------------
     def _fn(self, name, ret, params, kind=ir.Function):
@@ -404,7 +403,7 @@ class Lowerer:
         # a masked (fused embed) view's region dims stay loops of their own
         masked = {len(k.domain) - len(v.shape) + d for v in k.loads.values()
                   for d, _, _ in v.mask}
-        lanes = _lanes(k, red_strides)
+        lanes, along = _lanes(k, red_strides)
         if lanes > 1:      # the domain's own loops: a sum's order is the same in every entry
             masked = set(range(len(k.domain)))
         shape, flat, where = collapse(k.domain, [s for _, _, ss in accesses for s in ss],
@@ -489,7 +488,6 @@ class Lowerer:
         # body, so the same sum in two entries differed), and the lanes are independent
         # chains it turns into vectors side by side.
         n = shape[-1]
-        along = {i for i, st in red_strides.items() if st[_last_dim(k.domain)] == 0}
         partial = {}
         with b.goto_entry_block():
             for i in along:
@@ -534,7 +532,7 @@ class Lowerer:
         contiguous or broadcast: told, the loop vectoriser builds that one plan instead
         of one per width to compare costs, which was most of LLVM's time on W5's
         unrolled gradient (its choice was this width).  Results do not depend on it."""
-        lanes = self.vector_bits // (8 * k.dtype.itemsize)
+        lanes = self._vector_lanes(k)
         if len(k.members) < 32 or extent < lanes or k.scatters or any(
                 v.mask or v.indirect for v in k.loads.values()):
             return ()
@@ -554,12 +552,15 @@ class Lowerer:
                 len(k.members) < 16 * max(1, len(k.loads) + len(k.stores)):
             return ()       # small, or busy with memory: side by side gains nothing there
         peak = _peak_live(self.operations(k), set(k.loads), set(k.stores))
+        registers = 32 if self.vector_bits >= 512 else 16     # AVX-512's, else AVX's or SSE's
         count = 4
-        lanes = 64 // k.dtype.itemsize           # a 512-bit vector's lanes, at most
-        while count > 1 and (count * peak + len(k.consts) > self.vector_registers
-                             or count * lanes > extent):
+        while count > 1 and (count * peak + len(k.consts) > registers
+                             or count * self._vector_lanes(k) > extent):
             count //= 2
         return (("llvm.loop.interleave.count", count),) if count > 1 else ()
+
+    def _vector_lanes(self, k: Kernel) -> int:
+        return self.vector_bits // (8 * k.dtype.itemsize)
 
     def _sympy_members(self, b, sk, ty, loaded):
         """The kernel's members from its SymPy assignments (``ExprLowering``); returns
@@ -890,15 +891,15 @@ def _last_dim(domain: tuple):
     return dims[-1] if dims else None
 
 
-def _lanes(k: Kernel, red_strides: dict) -> int:
-    """Lanes a reduction along the kernel's innermost axis is summed in (see
-    ``Lowerer.kernel``): 1 (in order) for short axes, where lanes would cost more than
-    they give, and in kernels with a fused scatter."""
+def _lanes(k: Kernel, red_strides: dict) -> tuple:
+    """(lanes, the reductions along the kernel's innermost axis): the lanes those are
+    summed in (see ``Lowerer.kernel``); 1 (in order) for short axes, where lanes would
+    cost more than they give, and in kernels with a fused scatter."""
     d = _last_dim(k.domain)
-    if d is None or k.scatters or not any(st[d] == 0 for st in red_strides.values()):
-        return 1
-    n = k.domain[d]
-    return 32 if n >= 128 else 16 if n >= 32 else 1
+    along = set() if d is None or k.scatters else \
+        {i for i, st in red_strides.items() if st[d] == 0}
+    n = k.domain[d] if along else 0
+    return (32 if n >= 128 else 16 if n >= 32 else 1), along
 
 
 def _reduction_strides(domain, r):

@@ -146,7 +146,7 @@ class Artifact:
         lowered (see ``Lowerer.program``), and the text returned holds the entries."""
         module = new_module(self.prefix)
         lowerer = Lowerer(module, blas=blas, fast_math=self.fast_math)
-        lowerer.vector_registers, lowerer.vector_bits = jit.vector_registers(), jit.vector_bits()
+        lowerer.vector_bits = jit.vector_bits()
         handed = False
         for entry in self.entries:
             prog = schedule(self.graph, entry.inputs, entry.outputs)

@@ -15,6 +15,7 @@ calls are not.  This module imports only llvmlite, numpy and the standard librar
 from __future__ import annotations
 
 import concurrent.futures
+import concurrent.futures.thread    # its exit hook before ours (see _Upgrades.submit)
 import contextlib
 import ctypes
 import ctypes.util
@@ -88,12 +89,6 @@ def vector_variants(name: str, arity: int, single: bool) -> tuple:
             seen.add(width)
             out.append((vname, width))
     return tuple(out)
-
-
-@functools.lru_cache(maxsize=None)
-def vector_registers() -> int:
-    """The host's vector registers: 32 with AVX-512, 16 with AVX or SSE."""
-    return 32 if llvm.get_host_cpu_features().get("avx512f") else 16
 
 
 @functools.lru_cache(maxsize=None)
@@ -602,13 +597,17 @@ class JIT:
                 known = self._known(memory_key or key)
                 if known is not None:
                     return known
-        parts, worker, texts = [], None, []
+        # the parts' texts, kept for a second tier while every part is straight-line
+        parts, worker, texts = [], None, [] if tiered and TIERED else None
 
         def hand_over(text, straight_line=False):
-            nonlocal worker
+            nonlocal worker, texts
             with self.lock:                       # binds the libm shims on first use
                 text = add_vector_variants(text)
-            texts.append((text, straight_line))
+            if texts is not None and straight_line:
+                texts.append(text)
+            else:
+                texts = None
             if worker is None:
                 worker = concurrent.futures.ThreadPoolExecutor(1, "symgrad-llvm")
             parts.append(worker.submit(self._compile_part, text, straight_line))
@@ -630,9 +629,9 @@ class JIT:
             main = add_vector_variants(main)
             objects.append(self._compile_part(main))
             loaded = self._keep(bundle(objects), names, key, memory_key)
-        if tiered and TIERED and texts and all(straight for _, straight in texts):
+        if texts:
             loaded.upgrade = _upgrades.submit(
-                self._upgrade, [t for t, _ in texts], objects[-1], names, key, memory_key)
+                self._upgrade, texts, objects[-1], names, key, memory_key)
         return loaded
 
     def _upgrade(self, texts: list, main: bytes, names, key, memory_key) -> Loaded | None:
@@ -705,9 +704,8 @@ class _Upgrades:
     def submit(self, fn, *args):
         with self._guard:
             if not self._hooked:
-                concurrent.futures.ThreadPoolExecutor    # its exit hook first, then ours:
-                # ours runs before the executors' own exit hook, which would first run every
-                # queued program (threading runs these in reverse order of registration)
+                # threading runs exit hooks in reverse order of registration: ours before
+                # the executors' (registered on import), which would run every queued program
                 register = getattr(threading, "_register_atexit", None)
                 if register is None:
                     import atexit
