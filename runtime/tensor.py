@@ -1143,13 +1143,13 @@ _BUILD1 = {}   # op -> builder of a unary node (one closure per operator, not pe
 _BUILD2 = {}
 
 
-def _quiet(reduction, *args, **kwargs):
-    """A numpy reduction with its warnings silenced: inf − inf and overflow give nan
-    and inf as in PyTorch, which does not warn of them (a variance with too few
-    degrees of freedom warns as PyTorch words it: ``_variance``)."""
+def _quiet(call, *args, **kwargs):
+    """A numpy reduction or conversion with its warnings silenced: inf − inf and
+    overflow give nan and inf as in PyTorch, which does not warn of them (a variance
+    with too few degrees of freedom warns as PyTorch words it: ``_variance``)."""
     with np.errstate(all="ignore"), warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)     # np.var's ddof ≥ n warning
-        return reduction(*args, **kwargs)
+        return call(*args, **kwargs)
 
 
 def _numpy(op, *args):

@@ -233,8 +233,7 @@ class NativeFunction:
         optimised in the background); True when no entry is still waiting."""
         pending = [a.upgrade for a in list(self._artifacts.values())
                    if getattr(a, "upgrade", None) is not None]
-        done, not_done = concurrent.futures.wait(pending, timeout)
-        return not not_done
+        return not concurrent.futures.wait(pending, timeout).not_done
 
     def _specialised_vjp(self):
         """``vjp`` written out for this function's outputs: the Python around the native
@@ -248,6 +247,7 @@ class NativeFunction:
                 text += ".copy()"
             seen.add(i)
             return text
+
         def run(ids):   # scalars at consecutive places: one slice of the result tuple
             places = [where[i] for i in ids]
             if len(ids) > 1 and all(tag == "s" for tag, _ in places) and \
