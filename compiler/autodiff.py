@@ -144,23 +144,79 @@ def grad(g: Graph, outputs, wrt, seeds=None) -> list[Expr]:
             raise GraphError(f"{e!r} is not a node of this graph")
     seeds = _seeds(g, outputs, seeds)
     live = relevant_nodes(g, outputs, wrt)
-    adjoint: dict[int, Expr] = {}
+    # each node's contributions P_j·J_{i→j}, added up when the node is reached: every one
+    # has arrived by then (ids are a topological order)
+    contributions: dict[int, list] = {}
     for o, s in zip(outputs, seeds):
         if o.id in live:
-            adjoint[o.id] = adjoint[o.id] + s if o.id in adjoint else s
-    for i in sorted(live, reverse=True):  # ids are a topological order
-        if i not in adjoint:
+            contributions.setdefault(o.id, []).append(s)
+    adjoint: dict[int, Expr] = {}
+    for i in sorted(live, reverse=True):
+        if i not in contributions:
             continue
+        adjoint[i] = _total(g, contributions.pop(i))
         node = Expr(g, i)
         if node.op in ("input", "const", "array"):
             continue
         args = node.args
         for arg, contribution in zip(args, vjp(node.op, node.params, adjoint[i], args, node, g)):
-            if contribution is None or arg.id not in live:
-                continue
-            prev = adjoint.get(arg.id)
-            adjoint[arg.id] = contribution if prev is None else prev + contribution
+            if contribution is not None and arg.id in live:
+                contributions.setdefault(arg.id, []).append(contribution)
     return [adjoint[w.id] if w.id in adjoint else _zeros(g, w) for w in wrt]
+
+
+def _total(g: Graph, terms: list) -> Expr:
+    """The sum of an adjoint's contributions, in the order they came.  Embeds of one
+    tensor at distinct leading positions — the adjoints of x[0], x[1], … read one by one —
+    are joined into one embed of all the pieces (where there are three or more): adding
+    k one-hot tensors costs k·size and makes a k-deep sum, the joined embed one pass."""
+    if len(terms) >= 3:
+        terms = _joined_embeds(g, terms)
+    total = terms[0]
+    for term in terms[1:]:
+        total = total + term
+    return total
+
+
+def _leading_position(spec, shape):
+    """The ints of a spec that picks one position on leading axes and keeps the rest
+    whole (x[3], x[2, 1]), or None."""
+    ints = []
+    for k, it in enumerate(spec):
+        if it[0] != "int":
+            break
+        ints.append(it[1])
+    rest = spec[len(ints):]
+    if not ints or any(it != ops.full_slice(n) for it, n in zip(rest, shape[len(ints):])) or \
+            len(spec) > len(shape):
+        return None
+    return tuple(ints)
+
+
+def _joined_embeds(g: Graph, terms: list) -> list:
+    groups: dict = {}   # (shape, dtype, depth) -> [its terms' places, pieces, specs, positions]
+    kept = list(terms)
+    for k, t in enumerate(terms):
+        if t.op != "embed":
+            continue
+        shape, specs = t.params[0], t.params[1:]
+        positions = [_leading_position(spec, shape) for spec in specs]
+        if any(p is None for p in positions) or len({len(p) for p in positions}) != 1:
+            continue
+        group = groups.setdefault((shape, t.dtype, len(positions[0])), [[], [], [], set()])
+        if group[3].intersection(positions) or len(set(positions)) != len(positions):
+            continue        # a position twice: added
+        group[0].append(k)
+        group[1].extend(t.args)
+        group[2].extend(specs)
+        group[3].update(positions)
+    for (shape, dtype, _), (places, pieces, specs, _) in groups.items():
+        if len(places) > 1:     # (+ 0: a −0 piece is +0, as in the sum of one-hot tensors)
+            pieces = [p + 0.0 for p in pieces]
+            kept[places[0]] = g._structured("embed", pieces, (shape, *specs), dtype)
+            for k in places[1:]:
+                kept[k] = None
+    return [t for t in kept if t is not None]
 
 
 def _seeds(g, outputs, seeds):

@@ -857,7 +857,8 @@ class Graph:
         if ops.index_shape([shape], (spec,)) != x.shape:
             raise ShapeError(f"embed: {x.name} has shape {x.shape}, the region "
                              f"[{ops.index_text(spec)}] of {shape} does not")
-        if x.op == "embed" and all(it[0] == "slice" for it in spec + x.params[1]):
+        if x.op == "embed" and len(x.args) == 1 and \
+                all(it[0] == "slice" for it in spec + x.params[1]):
             # a region inside a region: one embed (so it can fuse into the loop reading it)
             spec = tuple(("slice", outer[1] + inner[1] * outer[2], inner[2] * outer[2],
                           inner[3]) for outer, inner in zip(spec, x.params[1]))

@@ -701,17 +701,27 @@ structured("index", "view", index_shape,
 
 def _embedded(args, p):
     out = np.zeros(p[0], dtype=np.asarray(args[0]).dtype)
-    out[numpy_index(p[1])] = args[0]
+    for a, spec in zip(args, p[1:]):
+        out[numpy_index(spec)] = a
     return out
 
 
-# embed(a, shape, spec): zeros of ``shape`` with a at [spec]; its adjoint is P[spec].
+def _embed_fill(p):
+    """0 around the pieces; none where they cover the whole result (regions are disjoint)."""
+    covered = sum(math.prod(index_shape([p[0]], (spec,))) for spec in p[1:])
+    return None if covered == math.prod(p[0]) else 0.0
+
+
+# embed(a, b, …; shape, spec_a, spec_b, …): zeros of ``shape`` with each operand at its
+# region (the regions are disjoint); operand k's adjoint is P[spec_k].  One operand is
+# indexing's adjoint; several are the adjoints of x[0], x[1], … read one by one, joined.
 structured("embed", "assemble", lambda shapes, p: p[0], _embedded,
-           lambda adj, args, out, p: [adj.apply("index", params=(p[1],))],
-           lambda x, p, shapes, tex: written_call("embed", [x[0], str(p[0]),
-                                                            f"[{index_text(p[1], p[0])}]"], tex),
-           lambda slot, P, x, p, shapes, tex: _indexed(P, p[1], tex, p[0]),
-           regions=lambda shapes, p: [p[1]], fill=lambda p: 0.0)
+           lambda adj, args, out, p: [adj.apply("index", params=(spec,)) for spec in p[1:]],
+           lambda x, p, shapes, tex: written_call(
+               "embed", [*x, str(p[0]), *[f"[{index_text(spec, p[0])}]" for spec in p[1:]]],
+               tex),
+           lambda slot, P, x, p, shapes, tex: _indexed(P, p[1 + slot], tex, p[0]),
+           regions=lambda shapes, p: list(p[1:]), fill=_embed_fill)
 
 
 def _concat_regions(shapes, params):

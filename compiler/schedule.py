@@ -355,8 +355,8 @@ def _fusable_embed(i, a, consumers, attrs, out_index) -> bool:
     """An embed read only by kernels, with a region of unit-step slices on axes longer
     than 1: its consumers read the operand through a masked view, with no buffer of its
     own (the adjoint of x[1:] - x[:-1] is then one loop, not a fill and a copy each)."""
-    if i in out_index or not all(kind_of(attrs[c]["op"]) in ("elementwise", "reduction")
-                                 for c in consumers):
+    if i in out_index or len(a["args"]) > 1 or \
+            not all(kind_of(attrs[c]["op"]) in ("elementwise", "reduction") for c in consumers):
         return False
     shape, spec = a["params"]
     return all(it[0] == "slice" and it[2] in (1, -1) and (n > 1 or it == ("slice", 0, 1, n))

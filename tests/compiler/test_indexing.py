@@ -152,6 +152,32 @@ def test_the_adjoint_of_slices_is_read_inside_the_loop_not_assembled():
     np.testing.assert_allclose(f.vjp(xv)[1][0], t.grad.numpy(), rtol=1e-14, atol=1e-15)
 
 
+def test_elements_read_one_by_one_get_one_joined_embed_as_their_adjoint():
+    """x[0], x[1], … read one by one (a scalar program over a vector input): their
+    adjoints are one embed of all the pieces, not a sum of one-hot tensors (quadratic in
+    the length), with torch's values — a -0.0 adjoint stays -0.0, and an element read
+    twice, or rows beside whole-tensor uses, add up."""
+    g = Graph()
+    x = g.input("x", (6,))
+    m = g.input("m", (4, 3))
+    xs = [x[k] for k in range(6)]
+    y = xs[0] * xs[1] + C.sin(xs[2]) * xs[5] + xs[3] * -0.0 + xs[1] ** 3 + x[1:2][0] * 2.0
+    y = y + (m[0] * m[2]).sum() + (m[1] ** 2).sum() + (m * x[4]).sum()
+    f = g.compile(y, wrt=[x, m])
+    joined = [a for a in f.artifact("vjp").graph.nx.nodes.values() if a["op"] == "embed"]
+    assert sorted(len(a["args"]) for a in joined if len(a["args"]) > 1) == [3, 6]
+    xv, mv = np.linspace(-1.0, 2.0, 6), np.arange(12.0).reshape(4, 3) / 7
+    t, tm = torch().tensor(xv, requires_grad=True), torch().tensor(mv, requires_grad=True)
+    ty = t[0] * t[1] + t[2].sin() * t[5] + t[3] * -0.0 + t[1] ** 3 + t[1:2][0] * 2.0
+    ty = ty + (tm[0] * tm[2]).sum() + (tm[1] ** 2).sum() + (tm * t[4]).sum()
+    ty.backward()
+    value, (gx, gm) = f.vjp(xv, mv)
+    np.testing.assert_allclose(value, ty.item(), rtol=1e-14)
+    np.testing.assert_allclose(gx, t.grad.numpy(), rtol=1e-14)
+    np.testing.assert_allclose(gm, tm.grad.numpy(), rtol=1e-14)
+    np.testing.assert_array_equal(np.signbit(gx), np.signbit(t.grad.numpy()))
+
+
 GATHERS = {
     # name: (shape of x, symgrad expression, the same in torch)
     "pairs": ((6, 3), lambda x, i, j: C.sqrt(((x[i] - x[j]) ** 2).sum(1)),
