@@ -597,17 +597,15 @@ class JIT:
                 known = self._known(memory_key or key)
                 if known is not None:
                     return known
-        # the parts' texts, kept for a second tier while every part is straight-line
+        # the straight-line parts' texts (None for the others), kept for a second tier
         parts, worker, texts = [], None, [] if tiered and TIERED else None
 
         def hand_over(text, straight_line=False):
-            nonlocal worker, texts
+            nonlocal worker
             with self.lock:                       # binds the libm shims on first use
                 text = add_vector_variants(text)
-            if texts is not None and straight_line:
-                texts.append(text)
-            else:
-                texts = None
+            if texts is not None:
+                texts.append(text if straight_line else None)
             if worker is None:
                 worker = concurrent.futures.ThreadPoolExecutor(1, "symgrad-llvm")
             parts.append(worker.submit(self._compile_part, text, straight_line))
@@ -629,24 +627,27 @@ class JIT:
             main = add_vector_variants(main)
             objects.append(self._compile_part(main))
             loaded = self._keep(bundle(objects), names, key, memory_key)
-        if texts:
+        if texts is not None and any(t is not None for t in texts):
             loaded.upgrade = _upgrades.submit(
-                self._upgrade, texts, objects[-1], names, key, memory_key)
+                self._upgrade, texts, objects, names, key, memory_key)
         return loaded
 
-    def _upgrade(self, texts: list, main: bytes, names, key, memory_key) -> Loaded | None:
-        """Tier 2 of a straight-line program: its parts again with instcombine and the
-        optimising code generator (register allocation and scheduling: Lennard-Jones
-        N=30 evaluates in 6.4 us instead of 9.4), loaded into an engine of its own (the
-        symbols are the first tier's), stored in the cache over the first tier's object
-        and given to ``memory_key``'s later users.  Bit for bit the same results: the
-        code carries no fast-math flags, and both tiers call the same libm shims."""
+    def _upgrade(self, texts: list, first: list, names, key, memory_key) -> Loaded | None:
+        """Tier 2 of a program's straight-line parts: compiled again with instcombine and
+        the optimising code generator (register allocation and scheduling: Lennard-Jones
+        N=30 evaluates in 6.4 us instead of 9.4); the other parts' (loops, already
+        optimised) and the entries' objects are the first tier's.  Loaded into an engine
+        of its own (the symbols are the first tier's), stored in the cache over the first
+        tier's object and given to ``memory_key``'s later users.  Bit for bit the same
+        results: the written code carries no fast-math flags, and both tiers call the
+        same libm shims."""
         objects = []
-        for text in texts:
+        for text, obj in zip(texts, first):
             if _upgrades.cancelled:
                 return None
-            objects.append(self._compile_part(text, True, self.machine))
-        objects.append(main)
+            objects.append(obj if text is None else
+                           self._compile_part(text, True, self.machine))
+        objects.append(first[-1])
         obj = bundle(objects)
         with self.lock:
             self._mapping_room()    # (a MemoryError here leaves the first tier in use)

@@ -216,6 +216,20 @@ assert fn.wait_optimized(120)
 second, tier2 = bits(fn), fn.artifact("vjp").address
 again = rosenbrock(100.0)           # the same code again in this process: tier 2 at once
 third, reused = bits(again), again.artifact("vjp").address
+# a vector input read element by element: its gradient is assembled by a step with
+# llvmlite blocks, so the program is mixed; its straight-line parts still get tier 2
+parts, straight = stats.parts_compiled, stats.parts_straight_line
+g = Graph()
+v = g.input("v", (300,))
+vs = [v[i] for i in range(300)]
+mixed = g.compile([sum(100.0 * (vs[i + 1] - vs[i] * vs[i]) ** 2 + (1.0 - vs[i]) ** 2
+                       for i in range(299))], wrt=[v])
+is_mixed = 0 < stats.parts_straight_line - straight < stats.parts_compiled - parts
+mixed_first, mixed_tier1 = np.r_[mixed.vjp(x0)[1][0]].tobytes(), mixed.artifact("vjp").address
+assert mixed.wait_optimized(120)
+mixed_moved = mixed.artifact("vjp").address != mixed_tier1
+mixed_same = np.r_[mixed.vjp(x0)[1][0]].tobytes() == mixed_first == \
+    np.r_[fn.vjp(*x0)[1]].tobytes()
 pending = rosenbrock(200.0)         # optimising in the background while we fork
 pid = os.fork()
 if pid == 0:        # compiles, and optimises in a thread of its own
@@ -230,7 +244,7 @@ _, status = os.waitpid(pid, 0)
 one_tier = rosenbrock(300.0, fast_math=True).artifact("vjp").upgrade is None
 assert pending.wait_optimized(120)
 print(stats.upgrades, tier1 != tier2, tier2 == reused, first == second == third,
-      os.waitstatus_to_exitcode(status), one_tier)
+      os.waitstatus_to_exitcode(status), one_tier, is_mixed and mixed_moved and mixed_same)
 # exits while a large program is optimised: its work is dropped, not waited for
 import atexit
 atexit.register(lambda: print(stats.upgrades, flush=True))
@@ -250,8 +264,8 @@ def test_straight_line_code_is_optimised_in_the_background_to_the_same_bits(tmp_
     done = subprocess.run([sys.executable, str(script)], env=env, capture_output=True,
                           text=True, timeout=300)
     assert done.returncode == 0, done.stderr
-    upgrades, moved, reused, same, child, one_tier, at_exit = done.stdout.split()
-    assert int(upgrades) >= 1 and moved == reused == same == one_tier == "True"
+    upgrades, moved, reused, same, child, one_tier, mixed, at_exit = done.stdout.split()
+    assert int(upgrades) >= 3 and moved == reused == same == one_tier == mixed == "True"
     assert child == "0"
     assert int(at_exit) == int(upgrades)        # the last program's was dropped
 
