@@ -133,6 +133,7 @@ class Artifact:
         self._optimized = ""
         self.engine = None
         self.upgrade = None     # a Future of the optimised code (see jit.JIT._upgrade)
+        self.start_upgrade = None       # what starts it (Loaded.start_upgrade)
         self.key, self.names = None, ()     # set by build: what a pickled copy ships
 
     @property
@@ -419,5 +420,5 @@ def build(work: Graph, entries: list, name=None, fast_math=False) -> Artifact:
         e.address = loaded.addresses[e.name]
     artifact.key, artifact.names = key, names
     artifact.engine = loaded.engine      # the code lives as long as the artifact holds it
-    artifact.upgrade = loaded.upgrade    # tier 2 of straight-line code, on its way
+    artifact.start_upgrade = loaded.start_upgrade    # tier 2 of straight-line code
     return artifact

@@ -200,6 +200,10 @@ class NativeFunction:
             self._engines.append(artifact.engine)
             self._use(kind, artifact.address)
             self._artifacts[kind] = artifact
+        # the second tier starts once the call paths are made (their glue is LLVM work)
+        start, artifact.start_upgrade = getattr(artifact, "start_upgrade", None), None
+        if start is not None:
+            artifact.upgrade = start()
         upgrade = getattr(artifact, "upgrade", None)
         if upgrade is not None:      # (run at once if done: so outside the lock)
             upgrade.add_done_callback(functools.partial(_upgraded, weakref.ref(self), kind))
