@@ -60,6 +60,29 @@ def _lennard_jones(n):
     return g, energy, xs
 
 
+def test_scalar_temporaries_are_packed_and_tensors_start_on_cache_lines():
+    """Values a scalar program passes between its functions lie side by side in the
+    workspace (8 bytes each: they share cache lines); a tensor temporary starts on a
+    64-byte boundary."""
+    from symgrad.compiler import lower
+    g, energy, xs = _lennard_jones(16)
+    plan = prepare(g, [energy], xs)
+    entry = plan.entries["vjp"]
+    prog = schedule.schedule(plan.work, entry.inputs, entry.outputs)
+    offsets, total = lower._temporaries("lj", prog)
+    temps = [prog.buffers[k] for k, _ in offsets]
+    assert len(temps) > 100 and all(b.size == 1 for b in temps)
+    assert total == 8 * len(temps) and [at for _, at in offsets] == list(range(0, total, 8))
+    h = Graph()
+    x = h.input("x", (5,))
+    prog = schedule.schedule(h, [x.id], [(h.sum(x * x) * x).id])   # a scalar, then a tensor
+    offsets, _ = lower._temporaries("mixed", prog)
+    assert [(prog.buffers[k].size, at) for k, at in offsets] == [(1, 0)]
+    prog.buffers.append(type(prog.buffers[0])("temp", 1, 3, np.dtype(np.float64)))
+    offsets, total = lower._temporaries("mixed", prog)
+    assert [at for _, at in offsets] == [0, 64] and total == 64 + 24
+
+
 def test_scalar_code_is_cut_into_functions_where_few_values_cross(monkeypatch):
     """Straight-line scalar code is cut in depth-first order from the outputs, so the
     reverse pass's members sit beside the forward values they read: cut in creation
