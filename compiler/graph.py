@@ -8,6 +8,7 @@ operands) are folded as nodes are made, so the reverse graph starts lean.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import math
@@ -88,7 +89,15 @@ def _slot_keys(slot: int) -> _EdgeData:
 
 
 def ancestors(g: "Graph", ids) -> set:
-    """The node ids ``ids`` depend on, themselves included (an explicit stack: any depth)."""
+    """The node ids ``ids`` depend on, themselves included (an explicit stack: any depth).
+    Inside ``g.remembering_ancestors()`` the same ids' set is computed once (a node's
+    operands never change): the caller must not change it."""
+    memo = g._ancestry
+    if memo is not None:
+        key = tuple(ids)
+        known = memo.get(key)
+        if known is not None:
+            return known
     need, stack = set(), list(ids)
     nodes = g.attrs
     while stack:
@@ -96,6 +105,8 @@ def ancestors(g: "Graph", ids) -> set:
         if i not in need:
             need.add(i)
             stack.extend(nodes[i]["args"])
+    if memo is not None:
+        memo[key] = need
     return need
 
 
@@ -402,8 +413,24 @@ class Graph:
         self._inputs: dict[str, int] = {}
         self._user_names: set = set()       # names given by the user (inputs, named nodes)
         self._symbols: dict[int, sp.Symbol] = {}
+        self._array_ids: list[int] = []     # the array constants (few: no walk finds them)
 
     _depth = 0      # how many loop bodies this graph is nested in (``loops.BodyGraph``)
+    _ancestry = None    # ids -> their ancestors, while remembered (``remembering_ancestors``)
+
+    @contextlib.contextmanager
+    def remembering_ancestors(self):
+        """Within, ``ancestors`` of the same ids is computed once: a compile asks for the
+        nodes an entry reads for its cache key, its constants and its schedule (each a
+        walk over the whole graph, ~20 ms at Lennard-Jones N=60)."""
+        if self._ancestry is not None:
+            yield
+            return
+        self._ancestry = {}
+        try:
+            yield
+        finally:
+            self._ancestry = None
 
     def __len__(self):
         return self.nx.number_of_nodes()
@@ -524,6 +551,8 @@ class Graph:
         if name:
             attrs["name"] = name
         graph._node[id] = attrs
+        if op == "array":
+            self._array_ids.append(id)
         succ, pred = graph._succ, {}
         succ[id], graph._pred[id] = {}, pred
         for slot, a in enumerate(args):
@@ -995,6 +1024,7 @@ class Graph:
         other.nx._succ.update((i, dict(n)) for i, n in self.nx._succ.items())
         other.nx._pred.update(self.nx._pred)
         other._interned = dict(self._interned)
+        other._array_ids = list(self._array_ids)
         other._inputs = dict(self._inputs)
         other._user_names = set(self._user_names)
         return other

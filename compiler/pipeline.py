@@ -221,10 +221,10 @@ def structural_key(work: Graph, entries: list, fast_math: bool = False) -> str:
         need |= ancestors(work, e.outputs) | set(e.inputs)
     h = hashlib.sha256()
     nodes = work.attrs
-    for i in sorted(need):
-        a = nodes[i]
-        h.update(repr((i, a["op"], a["args"], a["params"], a["shape"], a["dtype"].char))
-                 .encode())
+    order = sorted(need)
+    for start in range(0, len(order), 4096):    # one repr per 4,096 nodes: the loop in C
+        h.update(repr([(i, a["op"], a["args"], a["params"], a["shape"], a["dtype"].char)
+                       for i in order[start:start + 4096] for a in (nodes[i],)]).encode())
     h.update(repr(sorted((e.kind, e.outputs, e.inputs) for e in entries)).encode())
     h.update(b"fast_math" if fast_math else b"ieee")
     return h.hexdigest()
@@ -291,8 +291,10 @@ def prepare(g: Graph, outputs, wrt, inputs=None, fast_math=False,
 def _entry(work: Graph, kind, args, outputs) -> Entry:
     """An entry reading ``args`` and the array constants its outputs need (passed after
     the arguments at every call: the code does not depend on their values)."""
-    nodes = work.attrs
-    constants = sorted(i for i in ancestors(work, outputs) if nodes[i]["op"] == "array")
+    constants = []
+    if work._array_ids:
+        need = ancestors(work, outputs)
+        constants = [i for i in work._array_ids if i in need]     # (ids are in order)
     return Entry(kind, args + constants, outputs, constants=constants)
 
 
@@ -391,6 +393,11 @@ def export_ir(work: Graph, entries: list, name: str, fast_math=False) -> tuple[s
 def build(work: Graph, entries: list, name=None, fast_math=False) -> Artifact:
     """Schedule, simplify and lower each entry into one module and JIT it — or take the
     same code from the compile cache, keyed by the graph's structure."""
+    with work.remembering_ancestors():     # the key's and the schedule's: one walk
+        return _build(work, entries, name, fast_math)
+
+
+def _build(work: Graph, entries: list, name, fast_math) -> Artifact:
     blas = jit.blas() is not None
     key = structural_key(work, entries, fast_math)
     prefix = f"{name or 'sg'}_{key[:24]}"
