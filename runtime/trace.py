@@ -490,7 +490,7 @@ class Compiled:
         self.plain_args = all(t._data.dtype == d for t, d in zip(trace.args, self.arg_dtypes))
         self.plain_slots = [s.tensor for s in self.slots] if all(
             type(s) is TensorSlot and s.dtype == s.stored for s in self.slots) else None
-        self.direct = self.fn.direct() if self.fn is not None else None
+        self.direct = self.fn.direct(self._upgraded) if self.fn is not None else None
         self.to_fix = [k for k, copy in enumerate(self.copies) if copy or (
             self.direct is not None and self.direct[2][k][0] == "s")]
         if self.direct is not None:
@@ -501,6 +501,12 @@ class Compiled:
             self.kept = [np.empty(shape, dtype) if j in kept else None
                          for j, (shape, dtype) in enumerate(self.direct[1])]
         self.fast = _specialise(self) if self.direct is not None else None
+
+    def _upgraded(self):
+        """The compiled function's optimised code is in: call it from now on (its
+        signature, so the outputs' specs and placement, are the same)."""
+        self.direct = self.fn.direct()
+        self.fast = _specialise(self)
 
     def holds(self) -> str | None:
         """None when this trace describes the call about to run, else why not."""

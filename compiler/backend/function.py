@@ -180,6 +180,7 @@ class NativeFunction:
         self._names = {n: k for k, (n, _, _) in enumerate(self.inputs)}
         self._artifacts, self._entries, self._fast = {}, {}, {}
         self._engines = []               # CodeEngines holding this function's code
+        self._told = []                  # weak methods: direct() callers to tell of tier 2
         self._lock = threading.Lock()
         self._tangent_lock = threading.Lock()     # forward mode is added on first use
         self._tangent_ids = {}
@@ -210,6 +211,9 @@ class NativeFunction:
 
     def _use(self, kind, address):
         """Call the entry at ``address`` for ``kind`` from now on (with the lock held)."""
+        if kind.startswith("batch:"):
+            self._entries[kind] = (jit.BATCH(address), self._specs[kind[6:]])
+            return
         spec = self._specs[kind]
         self._entries[kind] = (jit.ENTRY(address), spec)
         self._fast[kind] = self._fast_entry(kind, address, spec)
@@ -226,6 +230,11 @@ class NativeFunction:
             artifact.engine = loaded.engine
             self._engines.append(loaded.engine)
             self._use(kind, artifact.address)
+            told = list(self._told) if kind == "forward" else []
+        for ref in told:            # direct() callers: their call is out of date
+            tell = ref()
+            if tell is not None:
+                tell()
 
     def artifact(self, kind):
         self._load(kind)
@@ -380,12 +389,7 @@ class NativeFunction:
         """Entry ``kind`` over a batch of ``count`` elements in one native call: argument k
         advances ``steps[k]`` bytes per element, every result is ``(count,) + shape``."""
         key = "batch:" + kind
-        if key not in self._entries:
-            with self._lock:
-                if key not in self._artifacts:
-                    artifact = self.source.build(key)
-                    self._artifacts[key] = artifact
-                    self._entries[key] = (jit.BATCH(artifact.address), self._specs[kind])
+        self._load(key)
         fn, spec = self._entries[key]
         arrays = list(arrays) + list(spec.constants)
         steps = list(steps) + [0] * len(spec.constants)
@@ -420,14 +424,19 @@ class NativeFunction:
             return None
         return {i: (outs[k] if tag == "a" else scalars[k]) for i, (tag, k) in where.items()}
 
-    def direct(self):
+    def direct(self, on_upgrade=None):
         """``(call, array_outputs, placement)`` for callers that keep their own output
         arrays (a caller calling the same function many times): ``call(*inputs, *outs)`` runs the
         forward entry on the native fast path writing ``outs`` — fresh or reused arrays,
         one per ``array_outputs`` entry ``(shape, dtype)`` — and returns the scalar outputs
         as a tuple, or ``fastcall.FALLBACK`` (then call the function itself).
         ``placement[k]`` is ``("a", j)`` or ``("s", j)``: output ``k`` is array ``j`` or
-        scalar ``j``.  None when this function has no fast path."""
+        scalar ``j``.  None when this function has no fast path.  ``on_upgrade``, a
+        bound method (held weakly), is called when the optimised second tier replaces
+        the code (from another thread): ``direct()`` then gives the new ``call``."""
+        if on_upgrade is not None:
+            with self._lock:
+                self._told.append(weakref.WeakMethod(on_upgrade))
         if "forward" not in self._entries:
             self._load("forward")
         fast = self._fast.get("forward")

@@ -253,6 +253,19 @@ assert mixed.wait_optimized(120)
 mixed_moved = mixed.artifact("vjp").address != mixed_tier1
 mixed_same = np.r_[mixed.vjp(x0)[1][0]].tobytes() == mixed_first == \
     np.r_[fn.vjp(*x0)[1]].tobytes()
+# direct() callers are told when tier 2 replaces the forward entry
+class Told:
+    count = 0
+
+    def up(self):
+        Told.count += 1
+
+
+told, told_fn = Told(), rosenbrock(150.0)
+call0 = told_fn.direct(told.up)[0]
+assert told_fn.wait_optimized(120)
+call1 = told_fn.direct()[0]
+direct_ok = Told.count == 1 and call1 is not call0 and call1(*x0) == call0(*x0)
 pending = rosenbrock(200.0)         # optimising in the background while we fork
 pid = os.fork()
 if pid == 0:        # compiles, and optimises in a thread of its own
@@ -267,7 +280,8 @@ _, status = os.waitpid(pid, 0)
 one_tier = rosenbrock(300.0, fast_math=True).artifact("vjp").upgrade is None
 assert pending.wait_optimized(120)
 print(stats.upgrades, tier1 != tier2, tier2 == reused, first == second == third,
-      os.waitstatus_to_exitcode(status), one_tier, is_mixed and mixed_moved and mixed_same)
+      os.waitstatus_to_exitcode(status), one_tier,
+      is_mixed and mixed_moved and mixed_same and direct_ok)
 # exits while a large program is optimised: its work is dropped, not waited for
 import atexit
 atexit.register(lambda: print(stats.upgrades, flush=True))

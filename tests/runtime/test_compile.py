@@ -388,3 +388,27 @@ def test_class_indices_computed_inside_the_step_are_refused_clearly():
         return loss
     with pytest.raises(TraceError, match="test_compile.py"):
         step(x)
+
+
+def test_a_compiled_step_moves_to_the_optimised_second_tier(monkeypatch):
+    """A step whose program compiles in straight-line parts runs first from the quick
+    compile; when the optimised second tier is in, the step is told and calls it, with
+    the same bits (and eager's numbers to the last bits: eager sin is numpy's)."""
+    from symgrad.compiler import lower, pipeline
+    monkeypatch.setattr(pipeline, "LARGE_PROGRAM", 1)
+    monkeypatch.setattr(lower, "PART_MEMBERS", 50)
+
+    def chain(x):
+        h = x
+        for _ in range(100):
+            h = (h * h + 0.5).sin()
+        return h
+    step, x = sg.compile(chain), sg.tensor(0.3, dtype=sg.float64)
+    step(x)                             # traced (eager), then compiled
+    first = step(x).item()
+    (c,) = [c for cs in step.entries.values() for c in cs]
+    quick = c.direct[0]
+    assert c.fn.wait_optimized(120)
+    assert c.direct[0] is not quick
+    assert step(x).item() == first
+    assert abs(first - chain(x).item()) < 1e-14
