@@ -54,7 +54,8 @@ def vjp(op: str, params, adjoint, args, out, owner):
             contributions.append(None)
             continue
         j = instantiate(op, slot, args, out, owner)
-        contributions.append(ops.unbroadcast(adjoint * j, arg.shape))
+        term = adjoint if type(j) is float and j == 1.0 else adjoint * j   # (as P·1 folds)
+        contributions.append(ops.unbroadcast(term, arg.shape))
     return contributions
 
 
@@ -151,15 +152,17 @@ def grad(g: Graph, outputs, wrt, seeds=None) -> list[Expr]:
         if o.id in live:
             contributions.setdefault(o.id, []).append(s)
     adjoint: dict[int, Expr] = {}
+    nodes = g.attrs
     for i in sorted(live, reverse=True):
         if i not in contributions:
             continue
-        adjoint[i] = _total(g, contributions.pop(i))
-        node = Expr(g, i)
-        if node.op in ("input", "const", "array"):
+        adjoint[i] = total = _total(g, contributions.pop(i))
+        at = nodes[i]
+        if at["op"] in ("input", "const", "array"):
             continue
-        args = node.args
-        for arg, contribution in zip(args, vjp(node.op, node.params, adjoint[i], args, node, g)):
+        args = tuple(Expr(g, a) for a in at["args"])
+        for arg, contribution in zip(args, vjp(at["op"], at["params"], total, args, Expr(g, i),
+                                               g)):
             if contribution is not None and arg.id in live:
                 contributions.setdefault(arg.id, []).append(contribution)
     return [adjoint[w.id] if w.id in adjoint else _zeros(g, w) for w in wrt]

@@ -179,11 +179,12 @@ class Expr:
     def _attrs(self):
         return self.graph.attrs[self.id]
 
-    shape = property(lambda self: self._attrs["shape"])
-    dtype = property(lambda self: self._attrs["dtype"])
-    op = property(lambda self: self._attrs["op"])
-    params = property(lambda self: self._attrs["params"])
-    args = property(lambda self: tuple(Expr(self.graph, a) for a in self._attrs["args"]))
+    shape = property(lambda self: self.graph.attrs[self.id]["shape"])
+    dtype = property(lambda self: self.graph.attrs[self.id]["dtype"])
+    op = property(lambda self: self.graph.attrs[self.id]["op"])
+    params = property(lambda self: self.graph.attrs[self.id]["params"])
+    args = property(lambda self: tuple(Expr(self.graph, a)
+                                       for a in self.graph.attrs[self.id]["args"]))
     ndim = property(lambda self: len(self.shape))
     size = property(lambda self: math.prod(self.shape))
 
@@ -393,13 +394,6 @@ class Graph:
     (15.0, (3.0, 8.0))
     """
 
-    @property
-    def attrs(self) -> dict:
-        """Node id -> its attribute dict (op, args, params, shape, dtype): networkx's own
-        dicts (``nx._node``, its documented storage), read without the view objects that
-        ``nx.nodes[i]`` goes through — the compiler reads them millions of times."""
-        return self.nx._node
-
     def set_attr(self, id: int, key: str, value) -> None:
         """Set one attribute of node ``id``.  A node's attribute dict may be shared with
         the graph this one was copied from (``copy``), so it is replaced, never changed."""
@@ -408,6 +402,11 @@ class Graph:
 
     def __init__(self, dtype=np.float64):
         self.nx = nx.MultiDiGraph()
+        # node id -> its attribute dict (op, args, params, shape, dtype): networkx's own
+        # dicts (``nx._node``, its documented storage, one dict for the graph's life),
+        # read without the view objects ``nx.nodes[i]`` goes through — the compiler reads
+        # them millions of times
+        self.attrs: dict = self.nx._node
         self.dtype = as_dtype(dtype)
         self._interned: dict[tuple, int] = {}
         self._inputs: dict[str, int] = {}
