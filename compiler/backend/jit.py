@@ -457,6 +457,8 @@ class JIT:
 
     def __init__(self):
         self.lock = threading.RLock()
+        # compiles a caller is waiting for: the second tier waits while there are any
+        self._foreground, self._quiet = 0, threading.Condition()
         llvm.initialize_native_target()
         llvm.initialize_native_asmprinter()
         for lib in ("m", "mvec"):
@@ -570,7 +572,31 @@ class JIT:
             bind_object_names(obj)
             return self._add_object(obj, names, memory_key or key)
 
+    @contextlib.contextmanager
+    def _waited_for(self):
+        """A compile someone waits for.  llvmlite lets one thread into LLVM at a time, so
+        the second tier (``_upgrade``) holds back meanwhile: compiling W9's rocket while
+        the unrolled form's second tier ran took 0.32 s instead of 0.18."""
+        with self._quiet:
+            self._foreground += 1
+        try:
+            yield
+        finally:
+            with self._quiet:
+                self._foreground -= 1
+                self._quiet.notify_all()
+
+    def _until_quiet(self) -> None:
+        """Wait until no compile is waited for (checking for exit now and then)."""
+        with self._quiet:
+            while self._foreground and not _upgrades.cancelled:
+                self._quiet.wait(0.1)
+
     def load(self, ir_text: str, names, key=None, memory_key=None, optimize_ir=True) -> Loaded:
+        with self._waited_for():
+            return self._load(ir_text, names, key, memory_key, optimize_ir)
+
+    def _load(self, ir_text: str, names, key, memory_key, optimize_ir) -> Loaded:
         with self.lock:
             if key is not None:
                 known = self._known(memory_key or key)
@@ -595,6 +621,10 @@ class JIT:
         by a worker thread as it arrives, so LLVM works while Python lowers the next part
         (llvmlite lets go of the interpreter's lock inside LLVM).  Parts are large
         programs: they get the settings of a LARGE_MODULE, as the one module would."""
+        with self._waited_for():
+            return self._load_parts(produce, names, key, memory_key, tiered)
+
+    def _load_parts(self, produce, names, key, memory_key, tiered) -> Loaded:
         if key is not None:
             with self.lock:
                 known = self._known(memory_key or key)
@@ -648,6 +678,8 @@ class JIT:
         same libm shims."""
         objects = []
         for text, obj in zip(texts, first):
+            if text is not None:
+                self._until_quiet()
             if _upgrades.cancelled:
                 return None
             objects.append(obj if text is None else
@@ -736,6 +768,7 @@ class _Upgrades:
                     def in_child():     # the thread is the parent's: a child makes its own
                         give()
                         self._pool = None
+                        get()._foreground = 0       # (compiles of the parent's threads)
                     os.register_at_fork(before=take, after_in_parent=give,
                                         after_in_child=in_child)
                 self._hooked = True

@@ -307,6 +307,72 @@ def test_straight_line_code_is_optimised_in_the_background_to_the_same_bits(tmp_
     assert int(at_exit) == int(upgrades)        # the last program's was dropped
 
 
+_QUIET_SCRIPT = """
+import threading
+import time
+import numpy as np
+from symgrad.compiler import Graph, lower, pipeline
+from symgrad.compiler.backend import jit
+pipeline.LARGE_PROGRAM = 1          # in parts, all straight-line: two tiers
+lower.PART_MEMBERS = 100
+events, lock = [], threading.Lock()
+compile_part, load_parts = jit.JIT._compile_part, jit.JIT.load_parts
+
+
+def logged_part(self, text, straight_line=False, machine=None, instcombine=True):
+    if machine is None:
+        return compile_part(self, text, straight_line, machine, instcombine)
+    with lock:
+        events.append(("tier 2 starts", time.perf_counter()))
+    return compile_part(self, text, straight_line, machine, instcombine)
+
+
+def logged_load(self, *args, **kwargs):
+    with lock:
+        events.append(("compile", time.perf_counter()))
+    try:
+        return load_parts(self, *args, **kwargs)
+    finally:
+        with lock:
+            events.append(("compiled", time.perf_counter()))
+
+
+jit.JIT._compile_part, jit.JIT.load_parts = logged_part, logged_load
+
+
+def rosenbrock(scale, n=400):
+    g = Graph()
+    xs = [g.input(f"x{i}") for i in range(n)]
+    f = 0.0
+    for i in range(n - 1):
+        f = f + scale * (xs[i + 1] - xs[i] * xs[i]) ** 2 + (1.0 - xs[i]) ** 2
+    return g.compile([f], wrt=xs)
+
+
+first = rosenbrock(100.0)           # its second tier runs while the next ones compile
+others = [rosenbrock(100.0 + k) for k in range(1, 4)]
+assert all(f.wait_optimized(120) for f in [first] + others)
+inside, active = 0, 0
+for what, _ in sorted(events, key=lambda e: e[1]):
+    active += {"compile": 1, "compiled": -1}.get(what, 0)
+    inside += what == "tier 2 starts" and active > 0
+print(inside, sum(what == "tier 2 starts" for what, _ in events))
+"""
+
+
+def test_the_second_tier_waits_while_a_compile_is_waited_for(tmp_path):
+    """llvmlite lets one thread into LLVM at a time: the second tier starts no part while
+    a compile someone waits for is running (it slowed the next compile by half)."""
+    script = tmp_path / "quiet.py"
+    script.write_text(_QUIET_SCRIPT)
+    env = dict(os.environ, SYMGRAD_CACHE_DIR=str(tmp_path / "cache"))
+    done = subprocess.run([sys.executable, str(script)], env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    inside, started = map(int, done.stdout.split())
+    assert started >= 4 and inside == 0
+
+
 def test_the_users_thread_switch_interval_is_back_after_a_compile_in_parts(monkeypatch):
     """Parts compile under a short switch interval (the worker waits less for the lock
     between its LLVM calls); the user's interval is restored, after a failure too."""
