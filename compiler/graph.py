@@ -618,6 +618,8 @@ class Graph:
                 return self.matmul(*args)
             if op == "concatenate":
                 return self.concatenate(args, *params)
+            if op == "embed" and len(args) > 1:     # joined adjoints (autodiff._total)
+                return self._structured("embed", args, params)
             return getattr(self, op)(*args, *params)
         if op not in ELEMENTWISE:
             raise GraphError(f"unknown operator {op!r}; known: {sorted(ELEMENTWISE)}"

@@ -178,6 +178,26 @@ def test_elements_read_one_by_one_get_one_joined_embed_as_their_adjoint():
     np.testing.assert_array_equal(np.signbit(gx), np.signbit(t.grad.numpy()))
 
 
+def test_the_joined_embed_has_a_tangent_and_an_adjoint_hessians_through_element_reads():
+    """Forward over reverse through the joined embed (its tangent is the embed of the
+    pieces' tangents) and reverse over reverse (its adjoint, one index per piece)."""
+    g = Graph()
+    x = g.input("x", (4,))
+    y = x[0] * x[1] - x[-1] * x[0] + C.sin(x[2]) * x[1]
+    f = g.compile(y, wrt=[x])
+    (gx,) = g.grad(y, [x])
+    second = g.compile([(gx * gx).sum()], wrt=[x])
+    xv = np.array([0.3, -1.2, 0.7, 2.0])
+    tf = torch().func
+
+    def ty(t):
+        return t[0] * t[1] - t[-1] * t[0] + t[2].sin() * t[1]
+    np.testing.assert_allclose(f.hessian(xv), tf.hessian(ty)(torch().tensor(xv)).numpy(),
+                               rtol=1e-14, atol=1e-15)
+    expect = tf.grad(lambda t: (tf.grad(ty)(t) ** 2).sum())(torch().tensor(xv)).numpy()
+    np.testing.assert_allclose(second.vjp(xv)[1][0], expect, rtol=1e-14, atol=1e-15)
+
+
 GATHERS = {
     # name: (shape of x, symgrad expression, the same in torch)
     "pairs": ((6, 3), lambda x, i, j: C.sqrt(((x[i] - x[j]) ** 2).sum(1)),

@@ -34,7 +34,8 @@ def recipes(draw, max_steps=8, loops=False):
     steps = []
     for _ in range(draw(st.integers(1, max_steps))):
         kind = draw(st.sampled_from(["unary", "binary", "binary", "sum", "view", "matmul",
-                                     "slice", "where", "cat", "amax", "gather", "cumsum"]
+                                     "slice", "where", "cat", "amax", "gather", "cumsum",
+                                     "rows"]
                                     + ["loop"] * loops))
         i = draw(st.integers(0, len(pool) - 1))
         shape = pool[i]
@@ -91,6 +92,11 @@ def recipes(draw, max_steps=8, loops=False):
                 continue
             steps.append(("gather", i))
             shape = (3,) + shape[1:]
+        elif kind == "rows":          # x[0]·x[1] − x[-1]: rows read one by one (their
+            if not shape or shape[0] < 2:   # adjoints are joined into one embed)
+                continue
+            steps.append(("rows", i))
+            shape = shape[1:]
         elif kind == "cumsum":
             if not shape:
                 continue
@@ -140,6 +146,9 @@ def replay(recipe, inputs, F):
             pool.append(F.amax(pool[step[1]], step[2], step[3]))
         elif kind == "gather":
             pool.append(pool[step[1]][[0, -1, 0]])
+        elif kind == "rows":
+            x = pool[step[1]]
+            pool.append(x[0] * x[1] - x[-1])
         elif kind == "cumsum":
             pool.append(F.cumsum(pool[step[1]], step[2]))
         elif kind == "loop":
