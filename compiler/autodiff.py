@@ -169,10 +169,11 @@ def grad(g: Graph, outputs, wrt, seeds=None) -> list[Expr]:
 
 
 def _total(g: Graph, terms: list) -> Expr:
-    """The sum of an adjoint's contributions, in the order they came.  Embeds of one
-    tensor at distinct leading positions — the adjoints of x[0], x[1], … read one by one —
-    are joined into one embed of all the pieces (where there are three or more): adding
-    k one-hot tensors costs k·size and makes a k-deep sum, the joined embed one pass."""
+    """The sum of an adjoint's contributions, in the order they came.  A run of embeds of
+    one tensor at distinct leading positions — the adjoints of x[0], x[1], … read one by
+    one — is one embed of all the pieces: adding k one-hot tensors costs k·size and makes
+    a k-deep sum, the joined embed one pass.  Only consecutive ones, so every element
+    still adds up in the order it did (and as the eager runtime does), bit for bit."""
     if len(terms) >= 3:
         terms = _joined_embeds(g, terms)
     total = terms[0]
@@ -185,7 +186,7 @@ def _leading_position(spec, shape):
     """The ints of a spec that picks one position on leading axes and keeps the rest
     whole (x[3], x[2, 1]), or None."""
     ints = []
-    for k, it in enumerate(spec):
+    for it in spec:
         if it[0] != "int":
             break
         ints.append(it[1])
@@ -196,30 +197,43 @@ def _leading_position(spec, shape):
     return tuple(ints)
 
 
+def _joinable(t):
+    """(group key, the embed's positions) of a term that can join a run, or None."""
+    if t.op != "embed":
+        return None
+    shape, specs = t.params[0], t.params[1:]
+    positions = [_leading_position(spec, shape) for spec in specs]
+    if any(p is None for p in positions) or len({len(p) for p in positions}) != 1 or \
+            len(set(positions)) != len(positions):
+        return None
+    return (shape, t.dtype, len(positions[0])), positions
+
+
 def _joined_embeds(g: Graph, terms: list) -> list:
-    groups: dict = {}   # (shape, dtype, depth) -> [its terms' places, pieces, specs, positions]
-    kept = list(terms)
-    for k, t in enumerate(terms):
-        if t.op != "embed":
+    out, run, key, seen = [], [], None, set()
+
+    def close():
+        if len(run) > 1:   # (+ 0: a −0 piece is +0, as in the sum of one-hot tensors)
+            shape, dtype, _ = key
+            pieces = [p + 0.0 for t in run for p in t.args]
+            specs = tuple(spec for t in run for spec in t.params[1:])
+            out.append(g._structured("embed", pieces, (shape, *specs), dtype))
+        else:
+            out.extend(run)
+    for t in terms:
+        joinable = _joinable(t)
+        if joinable is not None and joinable[0] == key and not seen.intersection(joinable[1]):
+            run.append(t)
+            seen.update(joinable[1])
             continue
-        shape, specs = t.params[0], t.params[1:]
-        positions = [_leading_position(spec, shape) for spec in specs]
-        if any(p is None for p in positions) or len({len(p) for p in positions}) != 1:
-            continue
-        group = groups.setdefault((shape, t.dtype, len(positions[0])), [[], [], [], set()])
-        if group[3].intersection(positions) or len(set(positions)) != len(positions):
-            continue        # a position twice: added
-        group[0].append(k)
-        group[1].extend(t.args)
-        group[2].extend(specs)
-        group[3].update(positions)
-    for (shape, dtype, _), (places, pieces, specs, _) in groups.items():
-        if len(places) > 1:     # (+ 0: a −0 piece is +0, as in the sum of one-hot tensors)
-            pieces = [p + 0.0 for p in pieces]
-            kept[places[0]] = g._structured("embed", pieces, (shape, *specs), dtype)
-            for k in places[1:]:
-                kept[k] = None
-    return [t for t in kept if t is not None]
+        close()
+        if joinable is None:
+            out.append(t)
+            run, key, seen = [], None, set()
+        else:
+            run, key, seen = [t], joinable[0], set(joinable[1])
+    close()
+    return out
 
 
 def _seeds(g, outputs, seeds):

@@ -198,6 +198,26 @@ def test_the_joined_embed_has_a_tangent_and_an_adjoint_hessians_through_element_
     np.testing.assert_allclose(second.vjp(xv)[1][0], expect, rtol=1e-14, atol=1e-15)
 
 
+def test_joining_element_adjoints_changes_no_bit_of_the_gradient(monkeypatch):
+    """Only embeds that follow each other in the sum are joined, so each gradient element
+    is added up in the order of the plain sum of one-hot tensors: the same bits."""
+    from symgrad.compiler import autodiff
+
+    def gradient():
+        g = Graph()
+        w, x = g.input("w", (4,)), g.input("x", (4,))
+        y = (w * x).sum() * w[0] + w[1] * w[2] * x[0] + (w * w).sum() * w[3] + \
+            w[2] * x[1] + w[0] * w[3] + C.sin(w).sum() * w[1]
+        return g.compile(y, wrt=[w])
+    joined = gradient()
+    monkeypatch.setattr(autodiff, "_joined_embeds", lambda g, terms: terms)
+    plain = gradient()
+    rng = np.random.default_rng(3)
+    for _ in range(300):
+        wv, xv = rng.standard_normal(4) * 10.0 ** rng.integers(-3, 4), rng.standard_normal(4)
+        assert joined.vjp(wv, xv)[1][0].tobytes() == plain.vjp(wv, xv)[1][0].tobytes()
+
+
 GATHERS = {
     # name: (shape of x, symgrad expression, the same in torch)
     "pairs": ((6, 3), lambda x, i, j: C.sqrt(((x[i] - x[j]) ** 2).sum(1)),

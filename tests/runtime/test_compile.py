@@ -412,3 +412,31 @@ def test_a_compiled_step_moves_to_the_optimised_second_tier(monkeypatch):
     assert c.direct[0] is not quick
     assert step(x).item() == first
     assert abs(first - chain(x).item()) < 1e-14
+
+
+def test_parameters_read_element_by_element_train_as_eager_bit_for_bit():
+    """A parameter read as w[0], w[1], w[2] between whole-tensor uses: the compiled
+    backward joins the element adjoints only where eager adds them in a row, so every
+    gradient element is added up in eager's order."""
+    def model(compiled):
+        w = sg.tensor([0.7, -1.3, 0.4, 2.1], dtype=sg.float64, requires_grad=True)
+        opt = sg.optim.SGD([w], lr=1e-3, momentum=0.5)
+
+        def step(x):
+            y = (w * x).sum() * w[0] + w[1] * w[2] * x[0] + (w * w).sum() * w[3] \
+                + w[2] * x[1] + w[0] * w[3]
+            loss = (y - 1.0) ** 2
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            return loss
+        return (sg.compile(step) if compiled else step), w
+    x = sg.tensor([0.3, -0.8, 1.1, 0.05], dtype=sg.float64)
+    results = []
+    for compiled in (False, True):
+        step, w = model(compiled)
+        losses = [step(x).item() for _ in range(50)]
+        assert np.isfinite(losses).all() and losses[-1] < 0.5 * losses[0]
+        results.append((w.detach().numpy().copy(), losses))
+    (we, le), (wc, lc) = results
+    assert np.array_equal(we, wc) and le == lc
