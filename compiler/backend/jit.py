@@ -27,6 +27,7 @@ import re
 import struct
 import sys
 import threading
+import time
 import weakref
 from dataclasses import dataclass
 
@@ -457,8 +458,9 @@ class JIT:
 
     def __init__(self):
         self.lock = threading.RLock()
-        # compiles a caller is waiting for: the second tier waits while there are any
-        self._foreground, self._quiet = 0, threading.Condition()
+        # compiles a caller is waiting for: the second tier waits while there are any,
+        # and for QUIET seconds after the last
+        self._foreground, self._quiet, self._last_wait = 0, threading.Condition(), 0.0
         llvm.initialize_native_target()
         llvm.initialize_native_asmprinter()
         for lib in ("m", "mvec"):
@@ -584,13 +586,19 @@ class JIT:
         finally:
             with self._quiet:
                 self._foreground -= 1
+                self._last_wait = time.monotonic()
                 self._quiet.notify_all()
 
     def _until_quiet(self) -> None:
-        """Wait until no compile is waited for (checking for exit now and then)."""
+        """Wait until no compile has been waited for these QUIET seconds: a user's compile,
+        first call and Jacobian are several compiles in a row, with Python between them
+        (checking for exit now and then)."""
         with self._quiet:
-            while self._foreground and not _upgrades.cancelled:
-                self._quiet.wait(0.1)
+            while not _upgrades.cancelled:
+                idle = time.monotonic() - self._last_wait
+                if not self._foreground and idle >= QUIET:
+                    return
+                self._quiet.wait(min(0.1, QUIET - idle) if not self._foreground else 0.1)
 
     def load(self, ir_text: str, names, key=None, memory_key=None, optimize_ir=True) -> Loaded:
         with self._waited_for():
@@ -726,6 +734,7 @@ class JIT:
 
 # ---- tier 2: straight-line programs optimised in the background -----------------------
 TIERED = os.environ.get("SYMGRAD_TIERED", "1") != "0"
+QUIET = 0.1     # seconds without a compile someone waits for before a second-tier part
 
 
 class _Upgrades:
