@@ -9,6 +9,7 @@ import contextlib
 import dataclasses
 import gc
 import hashlib
+import marshal
 from dataclasses import dataclass, field
 
 from . import progress
@@ -218,13 +219,18 @@ def structural_key(work: Graph, entries: list, fast_math: bool = False) -> str:
     in creation order, with operators, parameters, shapes and dtypes."""
     need = set()
     for e in entries:
-        need |= ancestors(work, e.outputs) | set(e.inputs)
+        need |= ancestors(work, e.outputs)
+        need.update(e.inputs)
     h = hashlib.sha256()
     nodes = work.attrs
     order = sorted(need)
-    for start in range(0, len(order), 4096):    # one repr per 4,096 nodes: the loop in C
-        h.update(repr([(i, a["op"], a["args"], a["params"], a["shape"], a["dtype"].char)
-                       for i in order[start:start + 4096] for a in (nodes[i],)]).encode())
+    for start in range(0, len(order), 4096):    # 4,096 nodes at a time: the loop in C
+        rows = [(i, a["op"], a["args"], a["params"], a["shape"], a["dtype"].char)
+                for i in order[start:start + 4096] for a in (nodes[i],)]
+        try:    # marshal's format 0 has no references or interning marks: the same
+            h.update(marshal.dumps(rows, 0))    # rows, the same bytes in any process
+        except ValueError:      # parameters that are objects (array constants, bodies)
+            h.update(repr(rows).encode())
     h.update(repr(sorted((e.kind, e.outputs, e.inputs) for e in entries)).encode())
     h.update(b"fast_math" if fast_math else b"ieee")
     return h.hexdigest()
