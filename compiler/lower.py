@@ -587,16 +587,21 @@ class Lowerer:
         lines = []
         consts = {i: ir.Constant(ty, float(c)).get_reference() for i, c in k.consts.items()}
         value.update(consts)
+        patterns = {}           # (op, fixed) -> pattern, its declarations made once
         for m, op, args in self.operations(k):
-            fixed = tuple((j, k.consts[a]) for j, a in enumerate(args) if a in consts)
-            pattern = member_ir(op, ty, self.arith, fixed)
+            fixed = tuple((j, k.consts[a]) for j, a in enumerate(args) if a in consts) \
+                if consts else ()
+            pattern = patterns.get((op, fixed))
+            if pattern is None:
+                pattern = patterns[op, fixed] = member_ir(op, ty, self.arith, fixed)
+                for decl_name, decl_type in pattern.declarations:
+                    if decl_name not in self.module.globals:
+                        ir.Function(self.module, decl_type, name=decl_name)
             operands = [value[a] for a in args]
+            name = f"m{m}{tag}"
             if pattern.lines:
-                lines.append(pattern.lines.format(*operands, r=f"m{m}{tag}"))
-            value[m] = pattern.result.format(*operands, r=f"m{m}{tag}")
-            for decl_name, decl_type in pattern.declarations:
-                if decl_name not in self.module.globals:
-                    ir.Function(self.module, decl_type, name=decl_name)
+                lines.append(pattern.lines.format(*operands, r=name))
+            value[m] = pattern.result.format(*operands, r=name)
         return lines
 
     # ---- a straight-line scalar kernel, written from member patterns ----------------------

@@ -488,15 +488,15 @@ def _depth_first(attrs, outputs) -> dict:
     (Lennard-Jones N=30: 2,782 stores instead of 4,336, evaluation ~10% faster)."""
     rank, seen = {}, set()
     for o in reversed(outputs):
-        stack = [(o, False)]
+        stack = [o]
         while stack:
-            i, done = stack.pop()
-            if done:
-                rank[i] = len(rank)
-            elif i not in seen:
+            i = stack.pop()
+            if i < 0:                   # ~i: node i's operands are all ranked
+                rank[~i] = len(rank)
+            elif i not in seen:         # (node ids are positive)
                 seen.add(i)
-                stack.append((i, True))
-                stack.extend((a, False) for a in reversed(attrs[i]["args"]) if a not in seen)
+                stack.append(~i)
+                stack.extend(reversed(attrs[i]["args"]))
     return rank
 
 
