@@ -434,4 +434,5 @@ def _build(work: Graph, entries: list, name, fast_math) -> Artifact:
     artifact.key, artifact.names = key, names
     artifact.engine = loaded.engine      # the code lives as long as the artifact holds it
     artifact.start_upgrade = loaded.start_upgrade    # tier 2 of straight-line code
+    artifact.upgrade = loaded.upgrade        # or, taken from memory, its tier 2 under way
     return artifact

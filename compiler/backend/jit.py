@@ -324,6 +324,8 @@ class Loaded:
     # work is done: llvmlite runs one call into LLVM at a time, and a call of the second
     # tier's (~0.1 s) made the fast-call glue of Lennard-Jones N=60 wait 0.2 s
     start_upgrade: object = None
+    # the same code taken from memory while its second tier is under way: that Future
+    upgrade: object = None
 
 
 def _host_machine(**options):
@@ -477,6 +479,7 @@ class JIT:
         # cache key -> (weak reference to its CodeEngine, addresses): code is never loaded
         # twice while loaded, and forgotten when its engine closes
         self.loaded: dict = {}
+        self.upgrading: dict = {}    # cache key -> the Future of its second tier, meanwhile
         self.loads_since_check = _MAPPINGS_EVERY
 
     # ---- optimising ---------------------------------------------------------------------
@@ -523,9 +526,25 @@ class JIT:
         if hit is not None:
             engine = hit[0]()
             if engine is not None:
-                return Loaded(hit[1], engine=engine)
+                return Loaded(hit[1], engine=engine, upgrade=self.upgrading.get(key))
             del self.loaded[key]
         return None
+
+    def _start_upgrade(self, memory_key, *args):
+        """Start the second tier of the code loaded under ``memory_key``; later users of
+        that code (``_known``) get its Future too, so they move to it as well."""
+        future = _upgrades.submit(self._upgrade, *args)
+        if memory_key is None:
+            return future
+        with self.lock:
+            self.upgrading[memory_key] = future
+
+        def done(_):
+            with self.lock:
+                if self.upgrading.get(memory_key) is future:
+                    del self.upgrading[memory_key]
+        future.add_done_callback(done)
+        return future
 
     def _mapping_room(self) -> None:
         """Refuse to load more code when the process nears the kernel's limit on memory
@@ -672,7 +691,8 @@ class JIT:
             loaded = self._keep(bundle(objects), names, key, memory_key)
         if texts is not None and any(t is not None for t in texts):
             loaded.start_upgrade = functools.partial(
-                _upgrades.submit, self._upgrade, texts, objects, names, key, memory_key)
+                self._start_upgrade, memory_key or key, texts, objects, names, key,
+                memory_key)
         return loaded
 
     def _upgrade(self, texts: list, first: list, names, key, memory_key) -> Loaded | None:

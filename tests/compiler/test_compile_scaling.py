@@ -235,7 +235,10 @@ def bits(fn):
 
 fn = rosenbrock(100.0)
 first, tier1 = bits(fn), fn.artifact("vjp").address
-assert fn.wait_optimized(120)
+twin = rosenbrock(100.0)        # the same code from memory, its second tier under way
+assert twin.artifact("vjp").address == tier1
+assert fn.wait_optimized(120) and twin.wait_optimized(120)
+twin_moved = twin.artifact("vjp").address != tier1 and bits(twin) == first
 second, tier2 = bits(fn), fn.artifact("vjp").address
 again = rosenbrock(100.0)           # the same code again in this process: tier 2 at once
 third, reused = bits(again), again.artifact("vjp").address
@@ -281,7 +284,7 @@ one_tier = rosenbrock(300.0, fast_math=True).artifact("vjp").upgrade is None
 assert pending.wait_optimized(120)
 print(stats.upgrades, tier1 != tier2, tier2 == reused, first == second == third,
       os.waitstatus_to_exitcode(status), one_tier,
-      is_mixed and mixed_moved and mixed_same and direct_ok)
+      is_mixed and mixed_moved and mixed_same and direct_ok and twin_moved)
 # exits while a large program is optimised: its work is dropped, not waited for
 import atexit
 atexit.register(lambda: print(stats.upgrades, flush=True))
