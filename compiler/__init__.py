@@ -14,6 +14,7 @@ Every elementwise operator of the table (``ops.ELEMENTWISE``) is a function here
 from . import functions, ops
 from .autodiff import Adjoint, LinearMap
 from .backend.batch import Batched, vmap
+from .backend.jit import wait_optimized
 from .distributed import map_blocks
 from .errors import GraphError, ShapeError
 from .function import CompiledFunction
@@ -30,7 +31,7 @@ globals().update({name: getattr(functions, name) for name in functions.PUBLIC})
 
 __all__ = ["Graph", "Expr", "GraphError", "ShapeError", "Adjoint", "LinearMap",
            "CompiledFunction", "ELEMENTWISE", "STRUCTURED", "as_dtype", "parse", "ParseError",
-           "Program", "vmap", "Batched", "scan", "fori_loop", "map_blocks",
+           "Program", "vmap", "Batched", "scan", "fori_loop", "map_blocks", "wait_optimized",
            *functions.STRUCTURED_FUNCTIONS, *functions.PUBLIC]
 
 

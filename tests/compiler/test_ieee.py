@@ -11,7 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from symgrad.compiler import Graph, exp, functions, log, pipeline, sin, sqrt
+from symgrad.compiler import Graph, exp, functions, log, pipeline, sin, sqrt, wait_optimized
 from symgrad.compiler.backend import jit
 from symgrad.compiler.ops import ELEMENTWISE
 from tests.fuzz.recipes import SymgradOps, recipes, replay
@@ -283,6 +283,59 @@ def test_loop_kernels_written_from_patterns_give_sympys_bits(monkeypatch):
         _through_sympy(patched)
         through_sympy = run(program())
     assert run(written) == through_sympy
+
+
+def test_both_tiers_of_loop_programs_give_the_same_bits(monkeypatch):
+    """A module of jit.TIER_LINES lines or more runs first from a quick compile (no IR
+    optimisation, the fast code generator) and then from the optimised one: every operator
+    of the table in vector loops (both dtypes), and the loop-kernel features above —
+    values and gradients — give the same bits from both tiers.  NaNs aside: a NaN's sign
+    and payload depend on which operand of a commuted a·b or a + b is the NaN (x86 keeps
+    the first's), and the optimiser may commute them."""
+    from symgrad.compiler.backend.stats import stats
+    monkeypatch.setattr(jit, "TIER_LINES", 1)             # every module: two tiers
+    monkeypatch.setattr(jit, "lookup", lambda *args, **kwargs: None)     # compiled anew
+    monkeypatch.setattr(jit.JIT, "_known", lambda self, key: None)
+    ops = sorted((e.name, e.arity) for e in ELEMENTWISE.values() if e.name != "broadcast")
+    rng = np.random.default_rng(11)
+
+    def programs():
+        runs = []
+        for dtype in (np.float64, np.float32):
+            xs, ys = (np.concatenate([v, rng.standard_normal(200).astype(dtype)])
+                      for v in _points(dtype))
+            zs = ys[::-1].copy()
+            g = Graph(dtype)
+            x, y, z = [g.input(n, (len(xs),)) for n in "xyz"]
+            outs = [g.apply(name, *(x, y, z)[:arity]) for name, arity in ops]
+            outs = [o if o.dtype == dtype else g.apply("where", o, 1.0, 0.0) for o in outs]
+            outs += [x ** p for p in POWERS]
+            f = g.compile(outs + [sum((o * o).sum() for o in outs)], wrt=[x, y, z])
+            seed = (*[np.ones(len(xs))] * len(outs), 1.0)
+            runs.append((f, lambda f=f, a=(xs, ys, zs), s=seed: [*f(*a), *f.vjp(*a, seed=s)[1]]))
+        a, b = rng.standard_normal((6, 5)), rng.standard_normal(5)
+        g = Graph()
+        av, bv = g.input("a", (6, 5)), g.input("b", (5,))
+        t = (functions.tanh(av * bv) + exp(-av) / (1.0 + bv * bv)) ** 2.0
+        f = g.compile([t.sum(axis=0), functions.amax(av, axis=1),
+                       (av.T[1:4] * 0.5 + 1.0).prod()], [av, bv])
+        seed = (np.ones(5), np.ones(6), 1.0)
+        runs.append((f, lambda f=f: [*f(a, b), *f.vjp(a, b, seed=seed)[1]]))
+        return runs
+
+    def bits(results):
+        return [np.where(np.isnan(r), np.nan, r).tobytes() for r in map(np.asarray, results)]
+    upgrades = stats.upgrades
+    with jit.get()._waited_for():   # no second tier starts before the first is recorded
+        runs = programs()
+        first = [bits(run()) for _, run in runs]
+        quick = [(f.artifact("forward").address, f.artifact("vjp").address) for f, _ in runs]
+    assert wait_optimized(120)              # everything compiled so far
+    assert all(f.wait_optimized(0) for f, _ in runs)
+    assert stats.upgrades >= upgrades + 2 * len(runs)           # forward and vjp each
+    assert all(f.artifact("forward").address != q[0] and f.artifact("vjp").address != q[1]
+               for (f, _), q in zip(runs, quick))
+    assert [bits(run()) for _, run in runs] == first
 
 
 def test_pow_forward_and_vjp_entries_agree_on_a_broadcast_exponent():
