@@ -34,8 +34,22 @@ def peer(name):
         return None
 
 
-def median_time(fn, min_runs=5, min_seconds=0.3, max_runs=100_000):
-    """Median seconds per call; small calls are batched so the clock resolves them."""
+def settle():
+    """Wait for symgrad's background work (optimised second tiers) to finish: before a
+    steady-state timing, and before a cold compile, which would otherwise share LLVM with
+    an earlier program's optimisation."""
+    try:
+        from symgrad.compiler import wait_optimized
+    except ImportError:
+        return
+    wait_optimized()
+
+
+def median_time(fn, min_runs=5, min_seconds=0.3, max_runs=100_000, settled=True):
+    """Median seconds per call; small calls are batched so the clock resolves them.
+    ``settled``: first wait for symgrad's optimised second tiers (the steady state)."""
+    if settled:
+        settle()
     fn()
     start = time.perf_counter()
     fn()

@@ -8,7 +8,7 @@ import time
 
 import numpy as np
 
-from common import agree, median_time, peer, report
+from common import agree, median_time, peer, report, settle
 
 N = 1000
 
@@ -19,6 +19,7 @@ def main(ks=(10, 100, 1000)):
     for k in ks:
         case = f"K={k}"
         from symgrad.compiler import Graph, sin
+        settle()        # each cold compile alone (no earlier program's optimisation running)
         start = time.perf_counter()
         g = Graph()
         x = g.input("x", (N,))
@@ -33,6 +34,7 @@ def main(ks=(10, 100, 1000)):
         rows.append(dict(case=case + " steady", system="symgrad",
                          seconds=median_time(lambda: f.vjp(h0))))
 
+        settle()
         start = time.perf_counter()
         f = _scan_chain(k)
         value, (grad,) = f.vjp(h0)
@@ -77,6 +79,7 @@ def main(ks=(10, 100, 1000)):
             rows.append(dict(case=case + " steady", system="casadi MX",
                              seconds=median_time(lambda: cf(h0))))
     for k in (10, 100_000):          # the scan's body is compiled once, whatever K
+        settle()
         start = time.perf_counter()
         _scan_chain(k, 1.0002)       # a body not compiled above: both cold
         rows.append(dict(case=f"K={k} compile", system="symgrad scan",
