@@ -42,25 +42,27 @@ class Progress:
         if self._done.wait(self.after):
             return
         while True:
-            if self.tty:
-                self._write("\r" + self.line().ljust(78))
-            else:
-                self._log()
-            self.shown = True
+            with self._lock:    # (shown and the line together: stage() sees both or none)
+                self.shown = True
+                if self.tty:
+                    self._write("\r" + self.line().ljust(78))
+                else:
+                    self._log()
             if self._done.wait(0.25):
                 return
 
     def _log(self) -> None:
-        """A log's line for the current stage, once (stages shorter than a tick too)."""
-        with self._lock:
-            if self.stage_name != self._logged:
-                self._logged = self.stage_name
-                self._write(self.line() + "\n")
+        """A log's line for the current stage, once (stages shorter than a tick too);
+        called with the lock held."""
+        if self.stage_name != self._logged:
+            self._logged = self.stage_name
+            self._write(self.line() + "\n")
 
     def stage(self, name: str) -> None:
-        self.stage_name = name
-        if self.shown and not self.tty:
-            self._log()
+        with self._lock:
+            self.stage_name = name
+            if self.shown and not self.tty:
+                self._log()
 
     def close(self) -> None:
         self._done.set()
