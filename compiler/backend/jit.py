@@ -632,7 +632,7 @@ class JIT:
     def _load(self, ir_text: str, names, key, memory_key, optimize_ir, tiered) -> Loaded:
         lines = ir_text.count("\n")
         first = tiered and TIERED and optimize_ir and TIER_LINES <= lines < LARGE_MODULE \
-            and _FAST_MATH.search(ir_text) is None
+            and _FAST_MATH.search(ir_text) is None and _upgrades.room()
         with self.lock:
             if key is not None:
                 known = self._known(memory_key or key)
@@ -674,7 +674,7 @@ class JIT:
                 if known is not None:
                     return known
         # the straight-line parts' texts (None for the others), kept for a second tier
-        parts, worker, texts = [], None, [] if tiered and TIERED else None
+        parts, worker, texts = [], None, [] if tiered and TIERED and _upgrades.room() else None
 
         def hand_over(text, straight_line=False):
             nonlocal worker
@@ -803,6 +803,7 @@ class JIT:
 # ---- tier 2: straight-line programs optimised in the background -----------------------
 TIERED = os.environ.get("SYMGRAD_TIERED", "1") != "0"
 QUIET = 0.1     # seconds without a compile someone waits for before a second-tier part
+MAX_PENDING = 8     # programs waiting for their second tier; more compile one tier only
 # modules of this many lines or more (and fewer than LARGE_MODULE) are compiled quickly
 # first: W9's gradients (1,500-1,900 lines) took 0.10-0.19 s to optimise
 TIER_LINES = 1000
@@ -826,6 +827,7 @@ class _Upgrades:
         self._pool = None
         self._hooked = False
         self.cancelled = False
+        self.pending = 0                # programs submitted and not yet done
         self._guard = threading.Lock()
 
     def submit(self, fn, *args):
@@ -851,14 +853,26 @@ class _Upgrades:
 
                     def in_child():     # the thread is the parent's: a child makes its own
                         give()
-                        self._pool = None
+                        self._pool, self.pending = None, 0
                         get()._foreground = 0       # (compiles of the parent's threads)
                     os.register_at_fork(before=take, after_in_parent=give,
                                         after_in_child=in_child)
                 self._hooked = True
             if self._pool is None:
                 self._pool = concurrent.futures.ThreadPoolExecutor(1, "symgrad-tier2")
-            return self._pool.submit(fn, *args)
+            future = self._pool.submit(fn, *args)
+            self.pending += 1
+        future.add_done_callback(self._done)
+        return future
+
+    def _done(self, _):
+        with self._guard:
+            self.pending -= 1
+
+    def room(self) -> bool:
+        """Whether another program may take two tiers: each waiting one holds its IR text,
+        and a process that compiles without pause would queue them all."""
+        return self.pending < MAX_PENDING
 
     def _stop(self):
         self.cancelled = True

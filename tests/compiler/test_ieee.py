@@ -293,7 +293,9 @@ def test_both_tiers_of_loop_programs_give_the_same_bits(monkeypatch):
     and payload depend on which operand of a commuted a·b or a + b is the NaN (x86 keeps
     the first's), and the optimiser may commute them."""
     from symgrad.compiler.backend.stats import stats
+    wait_optimized(120)                     # other tests' second tiers: none waiting
     monkeypatch.setattr(jit, "TIER_LINES", 1)             # every module: two tiers
+    monkeypatch.setattr(jit, "MAX_PENDING", 100)
     monkeypatch.setattr(jit, "lookup", lambda *args, **kwargs: None)     # compiled anew
     monkeypatch.setattr(jit.JIT, "_known", lambda self, key: None)
     ops = sorted((e.name, e.arity) for e in ELEMENTWISE.values() if e.name != "broadcast")
@@ -336,6 +338,9 @@ def test_both_tiers_of_loop_programs_give_the_same_bits(monkeypatch):
     assert all(f.artifact("forward").address != q[0] and f.artifact("vjp").address != q[1]
                for (f, _), q in zip(runs, quick))
     assert [bits(run()) for _, run in runs] == first
+    # with as many programs waiting as jit.MAX_PENDING, the next compiles one tier only
+    monkeypatch.setattr(jit, "MAX_PENDING", 0)
+    assert all(f.artifact("forward").upgrade is None for f, _ in programs())
 
 
 def test_pow_forward_and_vjp_entries_agree_on_a_broadcast_exponent():
