@@ -500,13 +500,12 @@ class Graph:
                 raise TypeError(f"a graph constant must be a real number, got {value!r}; "
                                 "pass tensors as inputs (Graph.input)")
         value = float(value)
-        # -0.0 and 0.0 are different constants in IEEE arithmetic (1/-0.0 is -inf); they
-        # compare equal, so the interning key carries the sign
-        return Expr(self, self._intern("const", (), (value,), (), as_dtype(dtype or self.dtype),
-                                       sign=math.copysign(1.0, value)))
+        return self._const(value, as_dtype(dtype or self.dtype))
 
     def _const(self, value: float, dtype: np.dtype) -> Expr:
-        """``const`` of a Python float in a checked dtype (the hot path)."""
+        """``const`` of a Python float in a checked dtype (the hot path).  -0.0 and 0.0 are
+        different constants in IEEE arithmetic (1/-0.0 is -inf); they compare equal, so
+        the interning key carries the sign."""
         return Expr(self, self._intern("const", (), (value,), (), dtype,
                                        sign=math.copysign(1.0, value)))
 

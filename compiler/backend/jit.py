@@ -745,16 +745,7 @@ class JIT:
             return None
         with self.lock:                 # (the libm shims are bound under it)
             text = add_vector_variants(ir_text)
-        context = llvm.create_context()
-        module = None
-        try:
-            module = self._parsed(text, context)
-            self.optimize(module, ir_text.count("\n"))
-            obj = self.machine.emit_object(module)
-        finally:        # the module before its context
-            if module is not None:
-                module.close()
-            context.close()
+        obj = self._compile_part(text, machine=self.machine, size=ir_text.count("\n"))
         if _upgrades.cancelled:         # exiting: nothing more goes in (or to disk)
             return None
         return self._installed(obj, names, key, memory_key)
@@ -775,7 +766,7 @@ class JIT:
         return loaded
 
     def _compile_part(self, text: str, straight_line: bool = False, machine=None,
-                      instcombine: bool = True) -> bytes:
+                      instcombine: bool = True, size: int = LARGE_MODULE) -> bytes:
         """One part's object, in an LLVM context of its own (a thread may compile it while
         another uses the global context).  ``straight_line``: the part is scalar code
         written from the graph's operations (no loops, nothing left to share), and only
@@ -783,7 +774,8 @@ class JIT:
         for calls 0-5% faster than instcombine alone — or, when the second tier will
         compile it again (``instcombine=False``), nothing: the first tier's parts take
         25% less time (Lennard-Jones N=60: 0.26 s instead of 0.34), and run until the
-        second tier's are ready."""
+        second tier's are ready.  Other code gets the pipeline of a module of ``size``
+        lines (a part: a large module's)."""
         context = llvm.create_context()
         module = None
         try:
@@ -792,7 +784,7 @@ class JIT:
                 if instcombine:
                     self._instcombine(module)
             else:
-                self.optimize(module, LARGE_MODULE)
+                self.optimize(module, size)
             return (machine or self.quick_machine).emit_object(module)
         finally:        # the module before its context
             if module is not None:

@@ -184,20 +184,26 @@ print(stats.compiles, stats.parts_compiled, stats.disk_hits, stats.parts_straigh
 """
 
 
+def _script_output(tmp_path, text, *args, cache="cache") -> list:
+    """The words ``text`` prints, run as a script of its own (with ``args``) with a disk
+    cache of its own; it must exit cleanly."""
+    script = tmp_path / "script.py"
+    script.write_text(text)
+    env = dict(os.environ, SYMGRAD_CACHE_DIR=str(tmp_path / cache))
+    done = subprocess.run([sys.executable, str(script), *map(str, args)], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    return done.stdout.split()
+
+
 def test_a_large_program_compiled_in_parts_equals_one_module(tmp_path):
     """Large programs are lowered and compiled in parts (LLVM compiling one while Python
     lowers the next; straight-line parts with instcombine alone): the same numbers bit
     for bit as one module (the full pipeline), and the parts are one
     disk-cache entry that a second process loads without compiling."""
-    script = tmp_path / "parts.py"
-    script.write_text(_PARTS_SCRIPT)
-
     def run(mode, cache, out, then="wait"):
-        env = dict(os.environ, SYMGRAD_CACHE_DIR=str(tmp_path / cache))
-        done = subprocess.run([sys.executable, str(script), mode, str(tmp_path / out), then],
-                              env=env, capture_output=True, text=True, timeout=300)
-        assert done.returncode == 0, done.stderr
-        return [int(n) for n in done.stdout.split()]
+        return [int(n) for n in _script_output(tmp_path, _PARTS_SCRIPT, mode, tmp_path / out,
+                                               then, cache=cache)]
     compiles, parts, _, straight = run("parts", "a", "parts.npy", "exit")
     # all scalar code, written from member patterns: every part straight-line
     assert compiles == 1 and parts > 5 and straight == parts
@@ -303,13 +309,8 @@ def test_straight_line_code_is_optimised_in_the_background_to_the_same_bits(tmp_
     object, swapped in when ready: the same bits, a new address; the process's next
     compile of it gets the optimised code; a fork during the optimisation and an exit
     right after a compile are clean."""
-    script = tmp_path / "tiers.py"
-    script.write_text(_TIERS_SCRIPT)
-    env = dict(os.environ, SYMGRAD_CACHE_DIR=str(tmp_path / "cache"))
-    done = subprocess.run([sys.executable, str(script)], env=env, capture_output=True,
-                          text=True, timeout=300)
-    assert done.returncode == 0, done.stderr
-    upgrades, moved, reused, same, child, one_tier, mixed, at_exit = done.stdout.split()
+    upgrades, moved, reused, same, child, one_tier, mixed, at_exit = \
+        _script_output(tmp_path, _TIERS_SCRIPT)
     assert int(upgrades) >= 3 and moved == reused == same == one_tier == mixed == "True"
     assert child == "0"
     assert int(at_exit) == int(upgrades)        # the last program's was dropped
@@ -374,13 +375,7 @@ def test_the_second_tier_waits_while_a_compile_is_waited_for(tmp_path):
     """llvmlite lets one thread into LLVM at a time: the second tier starts no part while
     a compile someone waits for is running, or within jit.QUIET seconds of one (a user's
     compile, first call and Jacobian are compiles in a row)."""
-    script = tmp_path / "quiet.py"
-    script.write_text(_QUIET_SCRIPT)
-    env = dict(os.environ, SYMGRAD_CACHE_DIR=str(tmp_path / "cache"))
-    done = subprocess.run([sys.executable, str(script)], env=env, capture_output=True,
-                          text=True, timeout=300)
-    assert done.returncode == 0, done.stderr
-    inside, started = map(int, done.stdout.split())
+    inside, started = map(int, _script_output(tmp_path, _QUIET_SCRIPT))
     assert started >= 4 and inside == 0
 
 
