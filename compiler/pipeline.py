@@ -5,9 +5,7 @@ import collections
 import threading
 import uuid
 
-import contextlib
 import dataclasses
-import gc
 import hashlib
 import marshal
 from dataclasses import dataclass, field
@@ -314,21 +312,6 @@ def _materialised(work: Graph, exprs):
     return ids
 
 
-@contextlib.contextmanager
-def _collector_paused():
-    """Building graphs allocates many small objects that live on, so Python's cyclic
-    collector runs again and again over everything alive; it gets nothing back, and
-    took most of a compile served from the cache.  Paused for the compile, as it was
-    after."""
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
-
-
 def compile_graph(g: Graph, outputs, wrt=(), inputs=None, fast_math=False, mode="reverse"):
     """Compile ``outputs`` (and their VJP for ``wrt``); returns a CompiledFunction.
 
@@ -343,7 +326,7 @@ def compile_graph(g: Graph, outputs, wrt=(), inputs=None, fast_math=False, mode=
     if mode not in ("reverse", "jvp"):
         raise ValueError(f"mode must be 'reverse' (vjp, and jvp on first use) or 'jvp' "
                          f"(forward mode only), got {mode!r}")
-    with _collector_paused(), progress.compiling(len(g)):
+    with jit.collector_paused(), progress.compiling(len(g)):
         f = CompiledFunction(prepare(g, outputs, wrt, inputs, fast_math, mode))
     f.recipe = (g, _ids(outputs), _ids(wrt), None if inputs is None else _ids(inputs),
                 fast_math, mode, uuid.uuid4().hex)
@@ -399,7 +382,8 @@ def export_ir(work: Graph, entries: list, name: str, fast_math=False) -> tuple[s
 def build(work: Graph, entries: list, name=None, fast_math=False) -> Artifact:
     """Schedule, simplify and lower each entry into one module and JIT it — or take the
     same code from the compile cache, keyed by the graph's structure."""
-    with work.remembering_ancestors():     # the key's and the schedule's: one walk
+    # (entries are built lazily, on their first call: outside compile_graph's pause)
+    with jit.collector_paused(), work.remembering_ancestors():   # (and the schedule's: one walk)
         return _build(work, entries, name, fast_math)
 
 

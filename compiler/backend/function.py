@@ -194,7 +194,7 @@ class NativeFunction:
         """Compile (or take from the cache) one entry point and set up its call paths."""
         if kind in self._artifacts:       # set last: a loaded entry takes no lock
             return
-        with self._lock:
+        with self._lock, jit.collector_paused():     # (the build and the call glue)
             if kind in self._artifacts:
                 return
             artifact = self.source.build(kind)
