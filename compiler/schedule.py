@@ -192,11 +192,18 @@ def schedule(g: Graph, inputs: list[int], outputs: list[int]) -> Program:
     attrs = g.attrs
     need = ancestors(g, outputs)
     consumers = {i: [] for i in need}
+    kinds, of_op = {}, {}          # node -> its kind (operator -> its kind)
     for i in need:
-        for a in attrs[i]["args"]:
-            consumers[a].append(i)
+        a = attrs[i]
+        op = a["op"]
+        kind = of_op.get(op)
+        if kind is None:
+            kind = of_op[op] = kind_of(op)
+        kinds[i] = kind
+        for x in a["args"]:
+            consumers[x].append(i)
 
-    stage, group, rank = _stages(g, need, outputs)
+    stage, group, rank = _stages(g, need, outputs, kinds)
     prog = Program(list(inputs), list(outputs))
     view: dict[int, View] = {}
 
@@ -227,8 +234,34 @@ def schedule(g: Graph, inputs: list[int], outputs: list[int]) -> Program:
     fused = {s for ss in scatters_of.values() for s in ss}
     for i in sorted(need):
         a = attrs[i]
+        kind = kinds[i]
+        if kind == "elementwise" and i not in fused and i not in scatters_of:
+            # (most nodes: one loop's or function's member, stored if read elsewhere)
+            key = group[i]
+            readers = consumers[i]
+            materialise = i in out_index
+            if not materialise:
+                for c in readers:
+                    if c not in fused and (group.get(c) != key or
+                                           kinds[c] not in ("elementwise", "reduction")):
+                        materialise = True
+                        break
+            kernel = kernels.get(key)
+            if kernel is None:
+                kernel = kernels[key] = Kernel(key[1], np.dtype(key[2]), [], {}, {}, {}, {})
+                order.append(kernel)
+            kernel.members.append(i)
+            for x in a["args"]:
+                kx = kinds[x]
+                if kx == "leaf" and attrs[x]["op"] == "const":
+                    kernel.consts[x] = attrs[x]["params"][0]
+                elif kx != "elementwise" or group.get(x) != key:
+                    kernel.loads[x] = view[x]
+            if materialise:
+                kernel.stores[i] = view[i] = own_buffer(i)
+                producer[view[i].buffer] = kernel
+            continue
         op = a["op"]
-        kind = kind_of(op)
         if kind == "leaf" or i in fused:   # a fused scatter is written by its operand's loop
             continue
         if kind == "view":   # new strides over the operand's buffer
@@ -245,7 +278,7 @@ def schedule(g: Graph, inputs: list[int], outputs: list[int]) -> Program:
             view[i] = _indirect(view[x], a["shape"], [view[k] for k in index])
             continue
         materialise = i in out_index or any(
-            c not in fused and (group.get(c) != group.get(i) or kind_of(attrs[c]["op"]) not in
+            c not in fused and (group.get(c) != group.get(i) or kinds[c] not in
                                 ("elementwise", "reduction")) for c in consumers[i])
         if materialise:
             view[i] = own_buffer(i)
@@ -433,7 +466,7 @@ def _read(kernel: Kernel, arg: int, attrs, view, group, key):
         kernel.loads[arg] = view[arg]
 
 
-def _stages(g: Graph, need: set, outputs):
+def _stages(g: Graph, need: set, outputs, kinds):
     """Stage of every node, the kernel group (stage, shape, dtype) of fusable ones and
     each node's depth-first rank (see ``_depth_first``)."""
     attrs = g.attrs
@@ -442,18 +475,22 @@ def _stages(g: Graph, need: set, outputs):
     rank = _depth_first(attrs, outputs)
     for i in sorted(need):
         a = attrs[i]
-        op, args = a["op"], a["args"]
-        kind = kind_of(op)
+        args = a["args"]
+        kind = kinds[i]
         if kind == "leaf":
             stage[i] = 0
         elif kind == "elementwise":
-            stage[i] = max(stage[x] for x in args)
+            here = 0            # (the latest operand's stage; a loop, not max(): most
+            for x in args:      # nodes are elementwise, of one or two operands)
+                if stage[x] > here:
+                    here = stage[x]
+            stage[i] = here
             # a loop is split (fission); straight-line scalar code too, into functions of
             # bounded size, as LLVM's code generator is super-linear in a function's size
             if a["shape"]:
                 loops.append(i)
             else:
-                group[i] = (stage[i], (), a["dtype"].char, rank[i] // MAX_SCALAR)
+                group[i] = (here, (), a["dtype"].char, rank[i] // MAX_SCALAR)
         elif kind == "reduction":
             reductions.append(i)
             stage[i] = stage[args[0]] + 1
@@ -461,7 +498,7 @@ def _stages(g: Graph, need: set, outputs):
             stage[i] = max(stage[x] for x in args) + 1
         else:  # a view is readable when its base buffer is
             (x,) = args
-            stage[i] = stage[x] + (1 if kind_of(attrs[x]["op"]) == "elementwise" else 0)
+            stage[i] = stage[x] + (1 if kinds[x] == "elementwise" else 0)
     # A loop's members are counted in the depth-first order too: a forward-mode tangent
     # then shares its loop with the primal values it reads (in id order every tangent
     # came after all primal values, which all crossed loops through memory: the JVP of a
@@ -473,7 +510,7 @@ def _stages(g: Graph, need: set, outputs):
         group[i] = base + ((count - 1) // MAX_KERNEL,)
     for i in reductions:
         (x,) = attrs[i]["args"]
-        fused = x in group and kind_of(attrs[x]["op"]) == "elementwise"  # in x's loop
+        fused = x in group and kinds[x] == "elementwise"  # in x's loop
         group[i] = group[x] if fused else \
             (stage[x], attrs[x]["shape"], attrs[x]["dtype"].char, "sum", i)
     return stage, group, rank
