@@ -43,14 +43,16 @@ def instantiate(op: str, slot: int, args, out, owner):
     return get(result)
 
 
-def vjp(op: str, params, adjoint, args, out, owner):
-    """Contributions ``P_out · J_{k→out}`` for every operand k (None where constant)."""
+def vjp(op: str, params, adjoint, args, out, owner, wanted=None):
+    """Contributions ``P_out · J_{k→out}`` for every operand k (None where constant, or
+    for an elementwise operator's operands that ``wanted`` (a set of ids) leaves out)."""
     if op in STRUCTURED:
         return STRUCTURED[op].vjp(adjoint, args, out, params)
     contributions = []
     templates = ELEMENTWISE[op].templates
     for slot, arg in enumerate(args):
-        if templates[slot] == 0.0:     # flat: no gradient flows through this operand
+        # flat (no gradient flows through this operand), or not asked for (a constant)
+        if templates[slot] == 0.0 or (wanted is not None and arg.id not in wanted):
             contributions.append(None)
             continue
         j = instantiate(op, slot, args, out, owner)
@@ -122,8 +124,8 @@ def _as_list(x):
 def relevant_nodes(g: Graph, outputs, wrt) -> set:
     """Nodes on some path from a ``wrt`` node to an output: one pass up from the outputs
     and one pass down from all ``wrt`` nodes together (linear, however many there are)."""
-    up = _reach(g.nx.pred, [o.id for o in outputs])
-    down = _reach(g.nx.succ, [w.id for w in wrt])
+    up = _reach(g.nx._pred, [o.id for o in outputs])   # (networkx's own dicts: its views
+    down = _reach(g.nx._succ, [w.id for w in wrt])     # make an object per lookup)
     return up & down
 
 
@@ -162,7 +164,7 @@ def grad(g: Graph, outputs, wrt, seeds=None) -> list[Expr]:
             continue
         args = tuple(Expr(g, a) for a in at["args"])
         for arg, contribution in zip(args, vjp(at["op"], at["params"], total, args, Expr(g, i),
-                                               g)):
+                                               g, live)):
             if contribution is not None and arg.id in live:
                 contributions.setdefault(arg.id, []).append(contribution)
     return [adjoint[w.id] if w.id in adjoint else _zeros(g, w) for w in wrt]

@@ -253,7 +253,7 @@ class Expr:
     __pow__, __rpow__ = _binary("pow"), _binary("pow", True)
     del _binary
 
-    def __neg__(self): return self.graph.apply("neg", self)
+    def __neg__(self): return _negated(self.graph, self)
     def __pos__(self): return self
     def __abs__(self): return self.graph.apply("abs", self)
     # comparisons are 0/1 masks (numpy's bool arrays as numbers; see ops.py); == stays
@@ -1226,18 +1226,24 @@ def _fold(g: Graph, op, args, shape, dtype):
         if _is(cb, -0.0): return _same(g, a, shape)
     elif op == "sub":
         if _is(cb, 0.0): return _same(g, a, shape)
-        if _is(ca, -0.0): return g.apply("neg", _same(g, b, shape))
+        if _is(ca, -0.0): return _negated(g, _same(g, b, shape))
     elif op == "mul":
         if ca == 1: return _same(g, b, shape)
         if cb == 1: return _same(g, a, shape)
-        if ca == -1: return g.apply("neg", _same(g, b, shape))
-        if cb == -1: return g.apply("neg", _same(g, a, shape))
+        if ca == -1: return _negated(g, _same(g, b, shape))
+        if cb == -1: return _negated(g, _same(g, a, shape))
     elif op == "div":
         if cb == 1: return _same(g, a, shape)
     elif op == "pow":
         if cb == 1: return _same(g, a, shape)
         if cb == 0: return _same(g, g.const(1.0, dtype), shape)
     return None
+
+
+def _negated(g, x):
+    """−x: the plain path first (the reverse pass negates thousands of scalars)."""
+    made = g._plain("neg", 1, (x,))
+    return made if made is not None else g.apply("neg", x)
 
 
 def _same(g, x, shape):
