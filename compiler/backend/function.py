@@ -487,7 +487,7 @@ class NativeFunction:
         """Build (once) and load the forward-mode entry ``kind`` ("jvp" or "hvp")."""
         if kind in self._entries and self._tangent_ids:    # loaded: no lock per call
             return
-        with self._tangent_lock:
+        with self._tangent_lock, jit.collector_paused():    # (building graph nodes)
             if not self._tangent_ids:
                 if not self.wrt:
                     raise TypeError("this function was compiled without wrt=[...]: no "

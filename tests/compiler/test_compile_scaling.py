@@ -413,8 +413,9 @@ def test_the_users_thread_switch_interval_is_back_after_a_compile_in_parts(monke
 
 def test_the_collector_is_paused_for_compiles_and_first_calls_and_restored(monkeypatch):
     """Python's cyclic collector pauses while a compile runs, and while an entry and its
-    call glue are made on its first call (a gen-2 pass there took 30-55 ms of W9's 70 ms
-    compile); a user's ``gc.disable()`` stands, and concurrent compiles restore it once."""
+    call glue are made on its first call, or forward mode's tangents on the first jvp (a
+    gen-2 pass in these took 30-66 ms of W9's 70-100 ms compiles); a user's
+    ``gc.disable()`` stands, and concurrent compiles restore it once."""
     import gc
     import threading
 
@@ -432,6 +433,8 @@ def test_the_collector_is_paused_for_compiles_and_first_calls_and_restored(monke
         return spy
     monkeypatch.setattr(pipeline, "_build", spied(pipeline._build))     # an entry
     monkeypatch.setattr(fastcall, "make", spied(fastcall.make))         # its call glue
+    monkeypatch.setattr(pipeline.CompilePlan, "add_tangents",           # forward mode
+                        spied(pipeline.CompilePlan.add_tangents))
 
     def count(phase, info):
         if phase == "start" and inside:
@@ -441,6 +444,7 @@ def test_the_collector_is_paused_for_compiles_and_first_calls_and_restored(monke
     try:
         fn = g.compile([f], wrt=xs)
         fn(*np.linspace(0.5, 1.5, 40))       # the forward entry and its glue: made here
+        fn.jvp(*np.ones(40), tangent=list(np.ones(40)))    # tangents added, an entry
     finally:
         gc.callbacks.remove(count)
     assert during == [] and gc.isenabled()
