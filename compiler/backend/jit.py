@@ -798,8 +798,9 @@ TIERED = os.environ.get("SYMGRAD_TIERED", "1") != "0"
 QUIET = 0.1     # seconds without a compile someone waits for before a second-tier part
 MAX_PENDING = 8     # programs waiting for their second tier; more compile one tier only
 # modules of this many lines or more (and fewer than LARGE_MODULE) are compiled quickly
-# first: W9's gradients (1,500-1,900 lines) took 0.10-0.19 s to optimise
-TIER_LINES = 1000
+# first: W9's gradients (1,500-1,900 lines) took 0.10-0.19 s to optimise, and its
+# forward passes (470-490 lines, loops) 29-39 ms where the quick compile takes 3 ms
+TIER_LINES = 300
 # fast-math flags on an instruction: an optimiser may then reorder or fuse the arithmetic,
 # and the two tiers could differ
 _FAST_MATH = re.compile(r"= (?:fadd|fsub|fmul|fdiv|frem|fneg|fcmp|call|select|phi)"
