@@ -180,8 +180,19 @@ def _total(g: Graph, terms: list) -> Expr:
         terms = _joined_embeds(g, terms)
     total = terms[0]
     for term in terms[1:]:
-        total = total + term
+        total = _plus(total, term)
     return total
+
+
+def _plus(a: Expr, b: Expr) -> Expr:
+    """a + b, written a − x where b (or a) is −x: IEEE defines a − x as a + (−x), so the
+    bits are the same, and the negation is left unused (the adjoint of x − y's y is −P:
+    a third of Lennard-Jones's gradient terms)."""
+    if b.op == "neg" and b.shape == b.args[0].shape:
+        return a - b.args[0]
+    if a.op == "neg" and a.shape == a.args[0].shape:
+        return b - a.args[0]
+    return a + b
 
 
 def _leading_position(spec, shape):

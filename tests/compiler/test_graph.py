@@ -95,6 +95,23 @@ def test_the_reverse_pass_builds_no_adjoint_for_constants():
     assert f.vjp(0.5, seed=3.0)[1][0] == 3.0 * -4.0 / 0.25
 
 
+def test_a_negated_gradient_term_is_subtracted_not_negated_and_added():
+    """The adjoint of y in x·y − y is P·x + (−P): built as P·x − P, the same bits (IEEE
+    defines a − b as a + (−b)), with no negation left to compute."""
+    g = Graph()
+    x, y, seed = g.input("x"), g.input("y"), g.input("seed")
+    (dy,) = g.grad([x * y - y], [y], [seed])
+    assert dy.op == "sub" and "neg" not in [a.op for a in dy.args]
+    f = g.compile([dy])
+    for xv, sv in [(2.0, 1.0), (1.0, -0.0), (0.0, 0.0), (-0.0, 0.0), (math.inf, 1.0),
+                   (1.0, math.inf), (3.0, -2.5)]:
+        with np.errstate(invalid="ignore"):       # (inf − inf)
+            want = np.float64(sv) * xv + (-np.float64(sv))
+        got = f(xv, sv)
+        assert (math.isnan(got) and math.isnan(want)) or \
+            np.array([got]).tobytes() == np.array([want]).tobytes(), (xv, sv, got, want)
+
+
 def test_folding_keeps_graph_lean():
     g = Graph()
     x = g.input("x", (3,))
