@@ -209,6 +209,7 @@ class Lowerer:
         self.operations = None
         self._places = None     # buffer -> ("table", slot) | ("temp", offset), see _run
         self.vector_bits = 256          # the host's widest vector (see ``_loop_hints``)
+        self._streamed = None   # functions lowered as scheduled (see ``stream``)
 
     # ---- helpers ---------------------------------------------------------------
     def _fn(self, name, ret, params, kind=ir.Function):
@@ -229,17 +230,22 @@ class Lowerer:
         the steps go into modules of their own (parts), each handed over as text as soon
         as it holds ``PART_MEMBERS`` kernel members, so LLVM compiles one part while Python
         lowers the next; the entry stays in ``self.module`` and calls them by name."""
-        entry = self._fn(name, I32, [PTR])
+        streamed, self._streamed = self._streamed, None
+        if streamed is not None:      # its first steps are in parts already (``stream``)
+            main = streamed["main"]
+        else:
+            main, self._in_part = self.module, 0
+            if self.hand_over is not None:
+                self.module = new_module(f"{name}.part")
+        entry = ir.Function(main, ir.FunctionType(I32, [PTR]), name=name)
         entry.args[0].name = "table"
         b = ir.IRBuilder(entry.append_basic_block("entry"))
         offsets, total = _temporaries(name, prog)
         workspace = self._malloc(b, total) if total else None
-        main, self._in_part = self.module, 0
-        if self.hand_over is not None:
-            self.module = new_module(f"{name}.part")
         try:
             status = self._run(b, name, prog, entry.args[0], workspace, offsets,
-                               main=main if self.hand_over is not None else None)
+                               main=main if self.hand_over is not None else None,
+                               done=streamed["done"] if streamed is not None else ())
             if self.hand_over is not None and self.module.globals:
                 self._hand_over_part()
         finally:
@@ -247,6 +253,47 @@ class Lowerer:
         if workspace is not None:
             self._free(b, workspace)
         b.ret(status)
+
+    def stream(self, name: str, kernel: Kernel, prog: Program) -> None:
+        """Lower one straight-line function of ``prog`` (the entry ``name``) as the
+        scheduler hands it over (``schedule``'s ``stream``): its part goes to LLVM while
+        the rest of the program is scheduled, instead of after (Lennard-Jones N=60: LLVM
+        started 0.25 s into a 0.45 s schedule and lowering, and finished 0.15 s after
+        it).  ``program`` then lowers the other steps and calls all of them."""
+        state = self._streamed
+        if state is None:
+            state = self._streamed = {"main": self.module, "done": [], "places": {},
+                                      "placed": 0, "total": 0}
+            self.module, self._in_part = new_module(f"{name}.part"), 0
+        places, n_in = state["places"], len(prog.inputs)
+        for k in range(state["placed"], len(prog.buffers)):    # (as _temporaries does)
+            buf = prog.buffers[k]
+            if buf.kind == "temp":
+                places[k] = ("temp", _next_temporary(buf, state["total"])[0])
+                state["total"] = _next_temporary(buf, state["total"])[1]
+            else:
+                places[k] = ("table", buf.index + (n_in if buf.kind == "output" else 0))
+        state["placed"] = len(prog.buffers)
+        fname = f"{name}.step{len(state['done'])}"
+        self._places = places
+        try:
+            fn, buffers = self.kernel(fname, kernel)
+        finally:
+            self._places = None
+        state["done"].append((self._declared(fn, state["main"], len(kernel.members)),
+                              buffers, True))
+
+    def _declared(self, fn, main, members: int):
+        """``fn``, defined in the current part, declared in ``main`` (which calls it); the
+        part is handed over once it holds PART_MEMBERS members."""
+        fn.linkage = ""
+        declared = ir.Function(main, fn.function_type, name=fn.name)
+        self._in_part += members
+        if self._in_part >= PART_MEMBERS:
+            self._hand_over_part()
+            entry, _, n = fn.name.rpartition(".step")
+            self.module, self._in_part = new_module(f"{entry}.part{n}"), 0
+        return declared
 
     def _hand_over_part(self) -> None:
         """The current part's text, and whether it is all written straight-line code (no
@@ -275,11 +322,12 @@ class Lowerer:
             module, ir.FunctionType(ir.VoidType(), [PTR]), name="free")
         b.call(free, [pointer])
 
-    def _run(self, b, name, prog: Program, table, workspace, offsets, main=None):
+    def _run(self, b, name, prog: Program, table, workspace, offsets, main=None, done=()):
         """Every step of ``prog`` over the buffers in ``table`` (inputs, then outputs) and
         the temporaries at ``offsets`` in ``workspace``; returns the status (0, or 1 when a
         loop's body could not allocate its workspace).  ``main``: the module of ``b``'s
-        function when the steps go into parts (see ``program``)."""
+        function when the steps go into parts (see ``program``); ``done``: (function,
+        buffers, by place) of the first steps, lowered already (``stream``)."""
         n_in, places, pointers = len(prog.inputs), {}, {}
         for k, buf in enumerate(prog.buffers):
             if buf.kind != "temp":
@@ -293,6 +341,10 @@ class Lowerer:
         status = ir.Constant(I32, 0)
         base = [table, workspace if workspace is not None else ir.Constant(PTR, None)]
         for n, step in enumerate(prog.steps):
+            if n < len(done):
+                fn, buffers, by_place = done[n]
+                b.call(fn, base if by_place else [pointer(k) for k in buffers])
+                continue
             fname = f"{name}.step{n}"
             # Straight-line scalar code reads and writes many one-value buffers: its
             # steps take the table and workspace and find them there, instead of a
@@ -305,12 +357,8 @@ class Lowerer:
             finally:
                 by_place, self._places = self._places is not None, None
             if main is not None:         # defined in a part, called from the entry's module
-                fn.linkage = ""
-                fn = ir.Function(main, fn.function_type, name=fname)
-                self._in_part += len(step.members) if isinstance(step, Kernel) else 1
-                if self._in_part >= PART_MEMBERS:
-                    self._hand_over_part()
-                    self.module, self._in_part = new_module(f"{name}.part{n}"), 0
+                fn = self._declared(fn, main, len(step.members)
+                                    if isinstance(step, Kernel) else 1)
             result = b.call(fn, base if by_place else [pointer(k) for k in buffers])
             if isinstance(step, Loop):
                 status = b.or_(status, result)
@@ -882,16 +930,21 @@ def _temporaries(name, prog: Program):
     offsets, total = [], 0
     for k, buf in enumerate(prog.buffers):
         if buf.kind == "temp":
-            # tensors start on a cache line (vector loads); scalars are packed, so the
-            # values a scalar program passes between its functions share cache lines
-            # (Lennard-Jones N=60: 96 KB of them instead of 770 KB)
-            align = ALIGN if buf.size > 1 else buf.dtype.itemsize
-            total = -(-total // align) * align
-            offsets.append((k, total))
-            total += buf.size * buf.dtype.itemsize
+            start, total = _next_temporary(buf, total)
+            offsets.append((k, start))
     if total >= 2**62:   # a 64-bit size must not wrap (each buffer is checked smaller)
         raise MemoryError(f"{name}: the temporaries need {total:.3g} bytes")
     return offsets, total
+
+
+def _next_temporary(buf, total: int) -> tuple:
+    """(where temporary ``buf`` starts, the workspace's size with it) after ``total``
+    bytes: tensors start on a cache line (vector loads); scalars are packed, so the
+    values a scalar program passes between its functions share cache lines
+    (Lennard-Jones N=60: 96 KB of them instead of 770 KB)."""
+    align = ALIGN if buf.size > 1 else buf.dtype.itemsize
+    start = -(-total // align) * align
+    return start, start + buf.size * buf.dtype.itemsize
 
 
 def _last_dim(domain: tuple):

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import collections
+import functools
 import threading
 import uuid
 
@@ -149,7 +150,18 @@ class Artifact:
         lowerer.vector_bits = jit.vector_bits()
         handed = False
         for entry in self.entries:
-            prog = schedule(self.graph, entry.inputs, entry.outputs)
+            stream = None
+            if hand_over is not None and not entry.batched and not self.fast_math:
+                # a large straight-line program: its functions are lowered (and go to
+                # LLVM) as they are scheduled (see Lowerer.stream)
+                top = collections.defaultdict(lambda: self.graph)   # (every kernel's graph)
+                lowerer.hand_over = hand_over
+                lowerer.scalar = functools.partial(_scalar, top, False)
+                lowerer.operations = _operations(top)
+
+                def stream(kernel, prog, name=entry.name):
+                    lowerer.stream(name, kernel, prog)
+            prog = schedule(self.graph, entry.inputs, entry.outputs, stream, LARGE_PROGRAM)
             kernels = list(_kernels(self.graph, prog))
             # Faithful by default: the kernels are the graph's own operations, unevaluated,
             # so the code computes what IEEE arithmetic gives for them.  SymPy's algebra
@@ -158,15 +170,11 @@ class Artifact:
             evaluate = self.fast_math and \
                 sum(len(k.members) for _, k in kernels) <= SYMPY_BUDGET
             graphs = {id(k): graph for graph, k in kernels}
-
-            def scalar(k, evaluate=evaluate, graphs=graphs):   # each kernel as it is lowered
-                if k.scalar is None:
-                    k.scalar = to_sympy(graphs[id(k)], k, evaluate)
-                return k.scalar
-            lowerer.scalar = scalar
+            lowerer.scalar = scalar = functools.partial(_scalar, graphs, evaluate)
             lowerer.operations = None if evaluate else _operations(graphs)
             large = sum(len(k.members) for _, k in kernels) >= LARGE_PROGRAM
-            lowerer.hand_over = hand_over if large and not entry.batched else None
+            lowerer.hand_over = hand_over if (large or prog.streamed) and not entry.batched \
+                else None
             (lowerer.batched if entry.batched else lowerer.program)(entry.name, prog)
             self._kernels[entry.kind] = (scalar, kernels)      # SymPy when asked for
             handed = handed or lowerer.hand_over is not None
@@ -192,6 +200,13 @@ class Artifact:
         if not self._optimized:
             self._optimized = jit.optimized(self.llvm_ir)
         return self._optimized
+
+
+def _scalar(graphs, evaluate, k):
+    """Kernel ``k``'s SymPy form (made when it is lowered, or dumped)."""
+    if k.scalar is None:
+        k.scalar = to_sympy(graphs[id(k)], k, evaluate)
+    return k.scalar
 
 
 def _operations(graphs):

@@ -186,9 +186,17 @@ class Program:
     outputs: list                  # node ids, in pointer-table order
     buffers: list = field(default_factory=list)
     steps: list = field(default_factory=list)
+    streamed: int = 0              # leading steps handed over as scheduled (see schedule)
 
 
-def schedule(g: Graph, inputs: list[int], outputs: list[int]) -> Program:
+def schedule(g: Graph, inputs: list[int], outputs: list[int], stream=None,
+             stream_from: int = 0) -> Program:
+    """The program computing ``outputs`` from ``inputs``: buffers, and steps in order.
+
+    ``stream(kernel, prog)``: for a straight-line program of ``stream_from`` or more
+    operations, each function of its scalar code is handed over as soon as it is
+    complete, so it is lowered (and LLVM compiles it) while the rest is scheduled; those
+    kernels come first in ``prog.steps`` (``prog.streamed`` of them)."""
     attrs = g.attrs
     need = ancestors(g, outputs)
     consumers = {i: [] for i in need}
@@ -232,9 +240,18 @@ def schedule(g: Graph, inputs: list[int], outputs: list[int]) -> Program:
     order = []
     scatters_of = _fusable_scatters(need, attrs, group, set(inputs))   # member -> scatters it feeds
     fused = {s for ss in scatters_of.values() for s in ss}
-    for i in sorted(need):
+    streaming = stream is not None and _streamable(need, kinds, group, scatters_of,
+                                                   stream_from)
+    streamed, open_kernels, bucket = [], [], None   # (see _streamable)
+    for i in sorted(need, key=rank.__getitem__) if streaming else sorted(need):
         a = attrs[i]
         kind = kinds[i]
+        if streaming and rank[i] // MAX_SCALAR != bucket:
+            # the scalar functions of the last bucket of ranks are complete
+            for kernel in open_kernels:
+                stream(kernel, prog)
+            streamed += open_kernels
+            open_kernels, bucket = [], rank[i] // MAX_SCALAR
         if kind == "elementwise" and i not in fused and i not in scatters_of:
             # (most nodes: one loop's or function's member, stored if read elsewhere)
             key = group[i]
@@ -249,7 +266,10 @@ def schedule(g: Graph, inputs: list[int], outputs: list[int]) -> Program:
             kernel = kernels.get(key)
             if kernel is None:
                 kernel = kernels[key] = Kernel(key[1], np.dtype(key[2]), [], {}, {}, {}, {})
-                order.append(kernel)
+                if streaming and key[0] == 0 and key[1] == ():
+                    open_kernels.append(kernel)
+                else:
+                    order.append(kernel)
             kernel.members.append(i)
             for x in a["args"]:
                 kx = kinds[x]
@@ -352,10 +372,35 @@ def schedule(g: Graph, inputs: list[int], outputs: list[int]) -> Program:
                      math.prod(attrs[sc]["shape"])))
         if materialise:
             producer[view[i].buffer] = kernel
+    for kernel in open_kernels:
+        stream(kernel, prog)
+    streamed += open_kernels
     for kernel in kernels.values():    # in depth-first order too: a value beside its reader
         kernel.members.sort(key=rank.__getitem__)
-    prog.steps = _order_steps(order, producer)
+    prog.steps = streamed + _order_steps(order, producer)
+    prog.streamed = len(streamed)
     return prog
+
+
+def _streamable(need, kinds, group, scatters_of, at_least) -> bool:
+    """Whether a program's stage-0 scalar functions can be handed over as they are made
+    (``schedule``'s ``stream``): in depth-first rank order, a function's members all
+    come before the next bucket of ranks, and it reads only inputs and earlier
+    functions.  Not where a function would gain a member later (a fused reduction or
+    scatter, each of a later rank) or where two dtypes share a bucket."""
+    members = scalar = 0
+    dtypes = set()
+    for i in need:
+        kind = kinds[i]
+        if kind == "elementwise":
+            members += 1
+            key = group[i]
+            if key[0] == 0 and key[1] == ():
+                scalar += 1
+                dtypes.add(key[2])
+        elif kind == "reduction" and group[i][1] == ():
+            return False
+    return not scatters_of and members >= at_least and scalar > 0 and len(dtypes) == 1
 
 
 def _plain(v: View) -> bool:
@@ -546,6 +591,6 @@ def _order_steps(order, producer):
     for n, step in enumerate(order):
         for v in step.reads():
             p = producer.get(v.buffer)
-            if p is not None and p is not step:
+            if p is not None and p is not step and id(p) in index:   # (not a streamed one)
                 deps.add_edge(index[id(p)], n)
     return [order[n] for n in nx.lexicographical_topological_sort(deps)]

@@ -411,6 +411,17 @@ def test_the_users_thread_switch_interval_is_back_after_a_compile_in_parts(monke
         sys.setswitchinterval(before)
 
 
+def _marking(inside: list, real):
+    """``real``, which keeps an entry in ``inside`` while it runs."""
+    def spy(*args):
+        inside.append(real)
+        try:
+            return real(*args)
+        finally:
+            inside.pop()
+    return spy
+
+
 def test_the_collector_is_paused_for_compiles_and_first_calls_and_restored(monkeypatch):
     """Python's cyclic collector pauses while a compile runs, and while an entry and its
     call glue are made on its first call, or forward mode's tangents on the first jvp (a
@@ -422,19 +433,10 @@ def test_the_collector_is_paused_for_compiles_and_first_calls_and_restored(monke
     from symgrad.compiler import pipeline
     from symgrad.compiler.backend import fastcall
     inside, during = [], []
-
-    def spied(real):
-        def spy(*args):
-            inside.append(real)
-            try:
-                return real(*args)
-            finally:
-                inside.pop()
-        return spy
-    monkeypatch.setattr(pipeline, "_build", spied(pipeline._build))     # an entry
-    monkeypatch.setattr(fastcall, "make", spied(fastcall.make))         # its call glue
-    monkeypatch.setattr(pipeline.CompilePlan, "add_tangents",           # forward mode
-                        spied(pipeline.CompilePlan.add_tangents))
+    monkeypatch.setattr(pipeline, "_build", _marking(inside, pipeline._build))   # an entry
+    monkeypatch.setattr(fastcall, "make", _marking(inside, fastcall.make))       # its glue
+    monkeypatch.setattr(pipeline.CompilePlan, "add_tangents",                    # forward mode
+                        _marking(inside, pipeline.CompilePlan.add_tangents))
 
     def count(phase, info):
         if phase == "start" and inside:
@@ -471,3 +473,62 @@ def test_the_collector_is_paused_for_compiles_and_first_calls_and_restored(monke
     for t in threads:
         t.join()
     assert not errors and gc.isenabled()
+
+
+def _pairs_energy(n, scale):
+    """Lennard-Jones-like energy of n particles over one vector input, read by element."""
+    g = Graph()
+    q = g.input("q", (3 * n,))
+    xs = [q[k] for k in range(3 * n)]
+    energy = 0.0
+    for i in range(n):
+        for j in range(i + 1, n):
+            d = [xs[3 * i + c] - xs[3 * j + c] for c in range(3)]
+            r2 = d[0] * d[0] + d[1] * d[1] + d[2] * d[2]
+            inv6 = scale / (r2 * r2 * r2)
+            energy = energy + 4.0 * (inv6 * inv6 - inv6)
+    return g, energy, q
+
+
+def test_straight_line_functions_are_lowered_as_they_are_scheduled(monkeypatch):
+    """A large straight-line program's functions go to lowering (and their parts to
+    LLVM) while the rest is still scheduled, not after: the same bits as when the whole
+    program is scheduled first, its value and gradient those of numpy."""
+    from symgrad.compiler import lower, pipeline, schedule as sched
+    monkeypatch.setattr(pipeline, "LARGE_PROGRAM", 500)
+    monkeypatch.setattr(lower, "PART_MEMBERS", 400)
+    n = 12
+    rng = np.random.default_rng(3)
+    q0 = (np.array([(i % 3, i // 3 % 3, i // 9) for i in range(n)], float) * 1.5
+          + rng.uniform(-0.1, 0.1, (n, 3))).ravel()
+    scheduling, handed = [], []
+    real_hand_over = lower.Lowerer._hand_over_part
+
+    def spied_hand_over(self):
+        handed.append(bool(scheduling))
+        return real_hand_over(self)
+    monkeypatch.setattr(pipeline, "schedule", _marking(scheduling, pipeline.schedule))
+    monkeypatch.setattr(lower.Lowerer, "_hand_over_part", spied_hand_over)
+
+    from symgrad.compiler.backend import jit
+    monkeypatch.setattr(jit.JIT, "lookup", lambda *args, **kwargs: None)   # both cold
+    monkeypatch.setattr(jit.JIT, "_known", lambda self, key: None)
+
+    def compiled():
+        g, energy, q = _pairs_energy(n, 1.0)
+        f = g.compile([energy], [q])
+        return f, f.vjp(q0)
+    f, (value, (grad,)) = compiled()
+    assert handed.count(True) >= 2 and handed[-1] is False
+    handed.clear()
+    monkeypatch.setattr(sched, "_streamable", lambda *args: False)
+    _, (value_after, (grad_after,)) = compiled()
+    assert handed and not any(handed)        # in parts, lowered after the schedule
+    assert np.r_[value, grad].tobytes() == np.r_[value_after, grad_after].tobytes()
+    p = q0.reshape(n, 3)
+    r2 = ((p[:, None, :] - p[None, :, :]) ** 2).sum(-1)[np.triu_indices(n, 1)]
+    np.testing.assert_allclose(value, np.sum(4.0 * (r2 ** -6 - r2 ** -3)), rtol=1e-12)
+    eps = 1e-6
+    bump = np.eye(3 * n)[5] * eps
+    numeric = (f(q0 + bump) - f(q0 - bump)) / (2 * eps)
+    np.testing.assert_allclose(grad[5], numeric, rtol=1e-6)
