@@ -635,21 +635,33 @@ class Lowerer:
         lines = []
         consts = {i: ir.Constant(ty, float(c)).get_reference() for i, c in k.consts.items()}
         value.update(consts)
-        patterns = {}           # (op, fixed) -> pattern, its declarations made once
+        # (op, fixed) -> (its lines, its result, or the result's suffix after "%{r}" where
+        # that is all it is: a string join instead of a format); declarations made once
+        patterns = {}
+        append = lines.append
         for m, op, args in self.operations(k):
-            fixed = tuple((j, k.consts[a]) for j, a in enumerate(args) if a in consts) \
-                if consts else ()
+            fixed = ()
+            if consts:
+                for j, a in enumerate(args):
+                    if a in consts:
+                        fixed += ((j, k.consts[a]),)
             pattern = patterns.get((op, fixed))
             if pattern is None:
-                pattern = patterns[op, fixed] = member_ir(op, ty, self.arith, fixed)
-                for decl_name, decl_type in pattern.declarations:
+                made = member_ir(op, ty, self.arith, fixed)
+                for decl_name, decl_type in made.declarations:
                     if decl_name not in self.module.globals:
                         ir.Function(self.module, decl_type, name=decl_name)
+                tail = made.result[4:]
+                pattern = patterns[op, fixed] = (
+                    made.lines, made.result,
+                    tail if made.result.startswith("%{r}") and "{" not in tail else None)
+            text, result, suffix = pattern
             operands = [value[a] for a in args]
             name = f"m{m}{tag}"
-            if pattern.lines:
-                lines.append(pattern.lines.format(*operands, r=name))
-            value[m] = pattern.result.format(*operands, r=name)
+            if text:
+                append(text.format(*operands, r=name))
+            value[m] = "%" + name + suffix if suffix is not None else \
+                result.format(*operands, r=name)
         return lines
 
     # ---- a straight-line scalar kernel, written from member patterns ----------------------
