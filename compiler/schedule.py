@@ -199,17 +199,17 @@ def schedule(g: Graph, inputs: list[int], outputs: list[int], stream=None,
     kernels come first in ``prog.steps`` (``prog.streamed`` of them)."""
     attrs = g.attrs
     need = ancestors(g, outputs)
-    consumers = {i: [] for i in need}
     kinds, of_op = {}, {}          # node -> its kind (operator -> its kind)
     for i in need:
-        a = attrs[i]
-        op = a["op"]
+        op = attrs[i]["op"]
         kind = of_op.get(op)
         if kind is None:
             kind = of_op[op] = kind_of(op)
         kinds[i] = kind
-        for x in a["args"]:
-            consumers[x].append(i)
+    succ = g.nx._succ
+
+    def readers(i):     # (a few operators ask; per node, the lists took memory and time)
+        return [c for c in succ[i] if c in need]
 
     stage, group, rank, ranked = _stages(g, need, outputs, kinds)
     prog = Program(list(inputs), list(outputs))
@@ -240,6 +240,7 @@ def schedule(g: Graph, inputs: list[int], outputs: list[int], stream=None,
     order = []
     scatters_of = _fusable_scatters(need, attrs, group, set(inputs))   # member -> scatters it feeds
     fused = {s for ss in scatters_of.values() for s in ss}
+    crossing = _crossing(need, attrs, kinds, group, fused)
     streaming = stream is not None and _streamable(need, kinds, group, scatters_of,
                                                    stream_from)
     streamed, open_kernels, bucket = [], [], None   # (see _streamable)
@@ -255,14 +256,7 @@ def schedule(g: Graph, inputs: list[int], outputs: list[int], stream=None,
         if kind == "elementwise" and i not in fused and i not in scatters_of:
             # (most nodes: one loop's or function's member, stored if read elsewhere)
             key = group[i]
-            readers = consumers[i]
-            materialise = i in out_index
-            if not materialise:
-                for c in readers:
-                    if c not in fused and (group.get(c) != key or
-                                           kinds[c] not in ("elementwise", "reduction")):
-                        materialise = True
-                        break
+            materialise = i in out_index or i in crossing
             kernel = kernels.get(key)
             if kernel is None:
                 kernel = kernels[key] = Kernel(key[1], np.dtype(key[2]), [], {}, {}, {}, {})
@@ -290,20 +284,18 @@ def schedule(g: Graph, inputs: list[int], outputs: list[int], stream=None,
                                                   a["params"])
             view[i] = View(base.buffer, a["shape"], strides, base.dtype, offset)
             continue
-        if op == "embed" and _fusable_embed(i, a, consumers[i], attrs, out_index):
+        if op == "embed" and _fusable_embed(i, a, readers(i), attrs, out_index):
             view[i] = _masked(view[a["args"][0]], a)       # read in its consumers' loops
             continue
-        if op == "gather" and _fusable_gather(i, a, consumers[i], attrs, out_index, view):
+        if op == "gather" and _fusable_gather(i, a, readers(i), attrs, out_index, view):
             x, *index = a["args"]                          # read in its consumers' loops
             view[i] = _indirect(view[x], a["shape"], [view[k] for k in index])
             continue
-        materialise = i in out_index or any(
-            c not in fused and (group.get(c) != group.get(i) or kinds[c] not in
-                                ("elementwise", "reduction")) for c in consumers[i])
+        materialise = i in out_index or i in crossing
         if materialise:
             view[i] = own_buffer(i)
         if kind == "loop":
-            ring = _final_row_only(i, a, consumers[i], attrs, out_index)
+            ring = _final_row_only(i, a, readers(i), attrs, out_index)
             if ring:       # two rows in turn; consumers read the last step's through a view
                 (length, width), body = a["shape"], a["params"][0]
                 out = temp_buffer((2, width), a["dtype"])
@@ -380,6 +372,26 @@ def schedule(g: Graph, inputs: list[int], outputs: list[int], stream=None,
     prog.steps = streamed + _order_steps(order, producer)
     prog.streamed = len(streamed)
     return prog
+
+
+def _crossing(need, attrs, kinds, group, fused) -> set:
+    """The nodes whose value leaves their kernel: read by a node of another group, or by
+    one that is not a kernel member (a fused scatter reads in its operand's loop)."""
+    crossing = set()
+    for c in need:
+        if c in fused:
+            continue
+        args = attrs[c]["args"]
+        if not args:
+            continue
+        if kinds[c] not in ("elementwise", "reduction"):
+            crossing.update(args)
+            continue
+        here = group.get(c)
+        for x in args:
+            if group.get(x) != here:
+                crossing.add(x)
+    return crossing
 
 
 def _streamable(need, kinds, group, scatters_of, at_least) -> bool:
@@ -515,7 +527,7 @@ def _stages(g: Graph, need: set, outputs, kinds):
     """Stage of every node, the kernel group (stage, shape, dtype) of fusable ones,
     each node's depth-first rank and the nodes in that order (see ``_depth_first``)."""
     attrs = g.attrs
-    stage, group, size = {}, {}, {}
+    stage, group, size, keys = {}, {}, {}, {}
     loops, reductions = [], []
     order = _depth_first(attrs, outputs)
     rank = {i: r for r, i in enumerate(order)}
@@ -536,7 +548,8 @@ def _stages(g: Graph, need: set, outputs, kinds):
             if a["shape"]:
                 loops.append(i)
             else:
-                group[i] = (here, (), a["dtype"].char, rank[i] // MAX_SCALAR)
+                key = (here, (), a["dtype"].char, rank[i] // MAX_SCALAR)
+                group[i] = keys.setdefault(key, key)    # one tuple per function, not node
         elif kind == "reduction":
             reductions.append(i)
             stage[i] = stage[args[0]] + 1
