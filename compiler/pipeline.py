@@ -17,7 +17,7 @@ from .backend.stats import logger, stats
 from .graph import Expr, Graph, GraphError, ancestors
 from .lower import Lowerer, new_module
 from .ops import kind_of
-from .schedule import Kernel, Loop, schedule
+from .schedule import Kernel, Loop, depth_first, schedule
 from .simplify import SYMPY_BUDGET, to_sympy
 
 log = logger("symgrad.compile")
@@ -232,6 +232,8 @@ def structural_key(work: Graph, entries: list, fast_math: bool = False) -> str:
     in creation order, with operators, parameters, shapes and dtypes."""
     need = set()
     for e in entries:
+        if work._ancestry is not None:      # remembered: the schedule's depth-first walk
+            depth_first(work, e.outputs)    # gives the ancestors too (one walk, not two)
         need |= ancestors(work, e.outputs)
         need.update(e.inputs)
     h = hashlib.sha256()
