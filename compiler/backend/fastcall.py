@@ -275,13 +275,17 @@ def _glue(signature):
     for k in [k for k, (old, _) in _glues.items() if old() is None]:
         del _glues[k]        # their engines are closed
     params, outputs = ([(s, np.dtype(d)) for s, d in part] for part in signature)
-    name = "symgrad_fast_" + hashlib.sha256(repr(signature).encode()).hexdigest()[:16]
+    digest = hashlib.sha256(repr(signature).encode()).hexdigest()
+    name = "symgrad_fast_" + digest[:16]
     _bind_symbols()
-    text = build(name, params, outputs)
-    key = "fast-" + hashlib.sha256(text.encode()).hexdigest()
+    # Keyed by the signature: the text is a function of it and of this module (whose
+    # source is in every cache entry's build digest; the offsets it reads are checked by
+    # layout_ok), so a process with the glue on disk does not write it (4 ms) to hash it.
     # Straight-line checks and one call: code generation alone gives the same instruction
     # count per call as the IR pipeline (callgrind), and skipping it saves a pipeline run.
-    loaded = jit.lookup(key, [name]) or jit.load(text, [name], key, optimize_ir=False)
+    key = "fast-sig-" + digest
+    loaded = jit.lookup(key, [name]) or \
+        jit.load(build(name, params, outputs), [name], key, optimize_ir=False)
     # one definition per loaded glue, never freed (see _method_def)
     definition = _method_def("symgrad_fast", loaded.addresses[name])
     _glues[signature] = (weakref.ref(loaded.engine), definition)
