@@ -531,11 +531,12 @@ class JIT:
             del self.loaded[key]
         return None
 
-    def _start_upgrade(self, memory_key, upgrade, *args):
+    def _start_upgrade(self, memory_key, upgrade, *args, stored=0):
         """Start the second tier (``upgrade(*args)``) of the code loaded under
         ``memory_key``; later users of that code (``_known``) get its Future too, so they
-        move to it as well."""
-        future = _upgrades.submit(upgrade, *args)
+        move to it as well.  ``stored``: the lines of IR it compiles for the disk cache
+        (see ``_Upgrades.stop``)."""
+        future = _upgrades.submit(upgrade, *args, stored=stored)
         if memory_key is None:
             return future
         with self.lock:
@@ -615,7 +616,7 @@ class JIT:
         first call and Jacobian are several compiles in a row, with Python between them
         (checking for exit now and then)."""
         with self._quiet:
-            while not _upgrades.cancelled:
+            while not _upgrades.cancelled and not _upgrades.exiting:
                 idle = time.monotonic() - self._last_wait
                 if not self._foreground and idle >= QUIET:
                     return
@@ -646,7 +647,7 @@ class JIT:
         if first:
             loaded.start_upgrade = functools.partial(
                 self._start_upgrade, memory_key or key, self._upgrade_module, ir_text, names,
-                key, memory_key)
+                key, memory_key, stored=lines if key is not None else 0)
         return loaded
 
     def _keep(self, obj: bytes, names, key, memory_key, store=True) -> Loaded:
@@ -710,7 +711,8 @@ class JIT:
         if upgrade:
             loaded.start_upgrade = functools.partial(
                 self._start_upgrade, memory_key or key, self._upgrade, texts, objects, names,
-                key, memory_key)
+                key, memory_key, stored=sum(t.count("\n") for t in texts if t is not None)
+                if key is not None else 0)
         return loaded
 
     def _upgrade(self, texts: list, first: list, names, key, memory_key) -> Loaded | None:
@@ -797,6 +799,10 @@ class JIT:
 TIERED = os.environ.get("SYMGRAD_TIERED", "1") != "0"
 QUIET = 0.1     # seconds without a compile someone waits for before a second-tier part
 MAX_PENDING = 8     # programs waiting for their second tier; more compile one tier only
+# at exit, second tiers bound for the disk cache are finished first when they are this
+# many lines of IR or fewer in all (~0.1-0.3 s of LLVM), for this many seconds at most
+EXIT_LINES = 20_000
+EXIT_WAIT = 1.0
 # modules of this many lines or more (and fewer than LARGE_MODULE) are compiled quickly
 # first: W9's gradients (1,500-1,900 lines) took 0.10-0.19 s to optimise, and its
 # forward passes (470-490 lines, loops) 29-39 ms where the quick compile takes 3 ms
@@ -811,9 +817,11 @@ class _Upgrades:
     """One thread that recompiles straight-line programs optimised (``JIT._upgrade``),
     a program at a time, after their first tier is in use.
 
-    At exit the work not yet started is dropped and the part in progress finished (the
-    thread is joined, before the interpreter's shutdown), so LLVM is never torn down under
-    it and the exit waits for one part at most.  Around ``fork`` the JIT's
+    At exit, second tiers for the disk cache of at most EXIT_LINES lines of IR in all
+    are finished first (a script that compiles and exits leaves them for its next run:
+    the first tier is never stored), for EXIT_WAIT seconds at most; then the work not yet
+    started is dropped and the part in progress finished (the thread is joined, before
+    the interpreter's shutdown), so LLVM is never torn down under it.  Around ``fork`` the JIT's
     and llvmlite's locks are held, so a child never inherits them taken by this thread
     (which the child does not have): the fork waits for the step in progress."""
 
@@ -821,10 +829,12 @@ class _Upgrades:
         self._pool = None
         self._hooked = False
         self.cancelled = False
+        self.exiting = False            # at exit, finishing what the disk cache gets
         self.pending = 0                # programs submitted and not yet done
+        self.stored = 0                 # their lines of IR bound for the disk cache
         self._guard = threading.Lock()
 
-    def submit(self, fn, *args):
+    def submit(self, fn, *args, stored=0):
         with self._guard:
             if not self._hooked:
                 # threading runs exit hooks in reverse order of registration: ours before
@@ -833,7 +843,7 @@ class _Upgrades:
                 if register is None:
                     import atexit
                     register = atexit.register
-                register(self._stop)
+                register(self.stop)
                 # this thread takes the JIT's lock, then llvmlite's: so does a fork
                 locks = [get().lock, _llvmlite_lock()]
                 if None not in locks and hasattr(os, "register_at_fork"):
@@ -847,7 +857,7 @@ class _Upgrades:
 
                     def in_child():     # the thread is the parent's: a child makes its own
                         give()
-                        self._pool, self.pending = None, 0
+                        self._pool, self.pending, self.stored = None, 0, 0
                         get()._foreground = 0       # (compiles of the parent's threads)
                     os.register_at_fork(before=take, after_in_parent=give,
                                         after_in_child=in_child)
@@ -856,19 +866,26 @@ class _Upgrades:
                 self._pool = concurrent.futures.ThreadPoolExecutor(1, "symgrad-tier2")
             future = self._pool.submit(fn, *args)
             self.pending += 1
-        future.add_done_callback(self._done)
+            self.stored += stored
+        future.add_done_callback(functools.partial(self._done, stored))
         return future
 
-    def _done(self, _):
+    def _done(self, stored, _):
         with self._guard:
             self.pending -= 1
+            self.stored -= stored
 
     def room(self) -> bool:
         """Whether another program may take two tiers: each waiting one holds its IR text,
         and a process that compiles without pause would queue them all."""
         return self.pending < MAX_PENDING
 
-    def _stop(self):
+    def stop(self):
+        """At exit (see the class)."""
+        if self._pool is not None and 0 < self.stored <= EXIT_LINES and \
+                cache.directory() is not None:
+            self.exiting = True             # no compile will come: no quiet to wait for
+            wait_optimized(EXIT_WAIT)
         self.cancelled = True
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
