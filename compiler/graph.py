@@ -665,6 +665,17 @@ class Graph:
         if len(args) != arity:
             return None
         nodes, shape, dtype = self.attrs, None, None
+        if arity == 2 and type(args[0]) is Expr and type(args[1]) is Expr:
+            # (the most common case: two nodes; neither a constant, nothing folds)
+            a, b = args
+            if a.graph is self and b.graph is self:
+                at, bt = nodes[a.id], nodes[b.id]
+                if at["op"] != "const" and bt["op"] != "const":
+                    shape, dtype = at["shape"], at["dtype"]
+                    if dtype.kind != "f" or bt["shape"] != shape or \
+                            (bt["dtype"] is not dtype and bt["dtype"] != dtype):
+                        return None
+                    return Expr(self, self._intern(op, (a.id, b.id), (), shape, dtype))
         for a in args:
             if type(a) is Expr:
                 if a.graph is not self:
