@@ -9,6 +9,7 @@ import uuid
 import dataclasses
 import hashlib
 import marshal
+import math
 from dataclasses import dataclass, field
 
 from . import progress
@@ -17,7 +18,7 @@ from .backend.stats import logger, stats
 from .graph import Expr, Graph, GraphError, ancestors
 from .lower import Lowerer, new_module
 from .ops import kind_of
-from .schedule import Kernel, Loop, depth_first, schedule
+from .schedule import Kernel, Loop, MatMul, depth_first, schedule
 from .simplify import SYMPY_BUDGET, to_sympy
 
 log = logger("symgrad.compile")
@@ -25,6 +26,10 @@ log = logger("symgrad.compile")
 # Python lowers the next.  Parts get LLVM's settings for a module of jit.LARGE_MODULE
 # lines, which one module of this many members (1.7-1.8 lines each) got as well.
 LARGE_PROGRAM = 12_000
+# programs doing more element operations than this per call are compiled optimised at
+# once: their quick first tier (no vectoriser) would run several times slower until the
+# second is in (W9's forward passes: ~10^4, tiered; W8's chain: 5·10^6, not)
+TIER_WORK = 1_000_000
 
 
 @dataclass
@@ -148,7 +153,7 @@ class Artifact:
         module = new_module(self.prefix)
         lowerer = Lowerer(module, blas=blas, fast_math=self.fast_math)
         lowerer.vector_bits = jit.vector_bits()
-        handed = False
+        handed, progs = False, []
         for entry in self.entries:
             stream = None
             if hand_over is not None and not entry.batched and not self.fast_math:
@@ -162,6 +167,7 @@ class Artifact:
                 def stream(kernel, prog, name=entry.name):
                     lowerer.stream(name, kernel, prog)
             prog = schedule(self.graph, entry.inputs, entry.outputs, stream, LARGE_PROGRAM)
+            progs.append(prog)
             kernels = list(_kernels(self.graph, prog))
             # Faithful by default: the kernels are the graph's own operations, unevaluated,
             # so the code computes what IEEE arithmetic gives for them.  SymPy's algebra
@@ -179,6 +185,9 @@ class Artifact:
             self._kernels[entry.kind] = (scalar, kernels)      # SymPy when asked for
             handed = handed or lowerer.hand_over is not None
         text = str(module)
+        work = sum(_work(prog) for prog in progs)
+        if work > TIER_WORK:        # quick code would cost more than its compile saves
+            text = f"{jit.ONE_TIER}: ~{work:.3g} element operations a call\n" + text
         if not handed and blas == self.blas:     # the whole module: what ``llvm_ir`` shows
             self._ir = text
         return text
@@ -200,6 +209,23 @@ class Artifact:
         if not self._optimized:
             self._optimized = jit.optimized(self.llvm_ir)
         return self._optimized
+
+
+def _work(prog) -> int:
+    """About how many element operations a call of ``prog`` makes (loops by their trip
+    counts): what decides whether a quick first tier pays (``TIER_WORK``)."""
+    total = 0
+    for step in prog.steps:
+        if isinstance(step, Kernel):
+            total += math.prod(step.domain) * (len(step.members) + len(step.reductions))
+        elif isinstance(step, Loop):
+            total += step.length * _work(step.body)
+        elif isinstance(step, MatMul):
+            (m, k), (_, n) = step.a.shape, step.b.shape
+            total += m * k * n
+        else:
+            total += math.prod(step.out.shape)
+    return total
 
 
 def _scalar(graphs, evaluate, k):

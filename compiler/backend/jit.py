@@ -634,7 +634,8 @@ class JIT:
     def _load(self, ir_text: str, names, key, memory_key, optimize_ir, tiered) -> Loaded:
         lines = ir_text.count("\n")
         first = tiered and TIERED and optimize_ir and TIER_LINES <= lines < LARGE_MODULE \
-            and _FAST_MATH.search(ir_text) is None and _upgrades.room()
+            and not ir_text.startswith(ONE_TIER) and _FAST_MATH.search(ir_text) is None \
+            and _upgrades.room()
         with self.lock:
             if key is not None:
                 known = self._known(memory_key or key)
@@ -807,6 +808,10 @@ EXIT_WAIT = 1.0
 # first: W9's gradients (1,500-1,900 lines) took 0.10-0.19 s to optimise, and its
 # forward passes (470-490 lines, loops) 29-39 ms where the quick compile takes 3 ms
 TIER_LINES = 300
+# a module whose text starts with this is compiled optimised at once (``pipeline`` marks
+# programs whose loops do much work per call: quick code would run them several times
+# slower until the second tier is in — W8's 1,000-step chain took 15 ms a call, not 0.7)
+ONE_TIER = "; symgrad: one tier"
 # fast-math flags on an instruction: an optimiser may then reorder or fuse the arithmetic,
 # and the two tiers could differ
 _FAST_MATH = re.compile(r"= (?:fadd|fsub|fmul|fdiv|frem|fneg|fcmp|call|select|phi)"

@@ -541,3 +541,41 @@ def test_straight_line_functions_are_lowered_as_they_are_scheduled(monkeypatch):
     bump = np.eye(3 * n)[5] * eps
     numeric = (f(q0 + bump) - f(q0 - bump)) / (2 * eps)
     np.testing.assert_allclose(grad[5], numeric, rtol=1e-6)
+
+
+def test_programs_whose_loops_do_much_work_are_optimised_at_once():
+    """Two tiers pay where a call is cheap (W9's shooting problems: its quick forward pass
+    compiles in 3 ms instead of 40); where loops do millions of element operations per
+    call, quick code would run them several times slower until the optimised code is in
+    (W8's chain: 15 ms a call instead of 0.7), so those are optimised at once."""
+    from symgrad.compiler import fori_loop, sin
+    from symgrad.compiler.backend import jit
+
+    def step(h):
+        return sin(h) * 1.0001 + 0.1 * h * h
+
+    def chain(n, steps, c):
+        g = Graph()
+        h0 = g.input("h", (n,))
+        h = fori_loop(0, steps, lambda j, h: step(h), h0) * 1.5 + c    # c: not cached
+        for _ in range(40):                      # enough code for two tiers' size
+            h = step(h)
+        return g.compile([h.sum()], wrt=[h0])
+    assert jit.wait_optimized(120)     # other tests' second tiers: room for this one's
+    for n, steps, heavy in ((4, 10, False), (20_000, 100, True)):
+        c = time.time() % 1e-3
+        f = chain(n, steps, c)
+        x = np.linspace(-0.1, 0.1, n)
+        value = f(x)
+        artifact = f.artifact("forward")
+        assert len(artifact.llvm_ir.splitlines()) >= jit.TIER_LINES
+        assert artifact.llvm_ir.startswith(jit.ONE_TIER) == heavy
+        assert (getattr(artifact, "upgrade", None) is None) == heavy
+        h = x
+        for _ in range(steps):
+            h = np.sin(h) * 1.0001 + 0.1 * h * h
+        h = h * 1.5 + c
+        for _ in range(40):
+            h = np.sin(h) * 1.0001 + 0.1 * h * h
+        np.testing.assert_allclose(value, h.sum(), rtol=1e-12)
+        assert f.wait_optimized(120)
