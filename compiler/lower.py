@@ -269,10 +269,10 @@ class Lowerer:
         for k in range(state["placed"], len(prog.buffers)):    # (as _temporaries does)
             buf = prog.buffers[k]
             if buf.kind == "temp":
-                places[k] = ("temp", _next_temporary(buf, state["total"])[0])
-                state["total"] = _next_temporary(buf, state["total"])[1]
+                start, state["total"] = _next_temporary(buf, state["total"])
+                places[k] = ("temp", start)
             else:
-                places[k] = ("table", buf.index + (n_in if buf.kind == "output" else 0))
+                places[k] = _table_place(buf, n_in)
         state["placed"] = len(prog.buffers)
         fname = f"{name}.step{len(state['done'])}"
         self._places = places
@@ -331,7 +331,7 @@ class Lowerer:
         n_in, places, pointers = len(prog.inputs), {}, {}
         for k, buf in enumerate(prog.buffers):
             if buf.kind != "temp":
-                places[k] = ("table", buf.index + (n_in if buf.kind == "output" else 0))
+                places[k] = _table_place(buf, n_in)
         places.update((k, ("temp", off)) for k, off in offsets)
 
         def pointer(k):     # made where first passed: steps run in sequence, one block
@@ -947,6 +947,12 @@ def _temporaries(name, prog: Program):
     if total >= 2**62:   # a 64-bit size must not wrap (each buffer is checked smaller)
         raise MemoryError(f"{name}: the temporaries need {total:.3g} bytes")
     return offsets, total
+
+
+def _table_place(buf, n_in: int) -> tuple:
+    """Where an input's or output's buffer is found: its slot of the pointer table
+    (the inputs, then the outputs)."""
+    return ("table", buf.index + (n_in if buf.kind == "output" else 0))
 
 
 def _next_temporary(buf, total: int) -> tuple:

@@ -253,10 +253,9 @@ def schedule(g: Graph, inputs: list[int], outputs: list[int], stream=None,
                 stream(kernel, prog)
             streamed += open_kernels
             open_kernels, bucket = [], rank[i] // MAX_SCALAR
-        if kind == "elementwise" and i not in fused and i not in scatters_of:
+        if kind == "elementwise":
             # (most nodes: one loop's or function's member, stored if read elsewhere)
             key = group[i]
-            materialise = i in out_index or i in crossing
             kernel = kernels.get(key)
             if kernel is None:
                 kernel = kernels[key] = Kernel(key[1], np.dtype(key[2]), [], {}, {}, {}, {})
@@ -265,15 +264,17 @@ def schedule(g: Graph, inputs: list[int], outputs: list[int], stream=None,
                 else:
                     order.append(kernel)
             kernel.members.append(i)
-            for x in a["args"]:
-                kx = kinds[x]
-                if kx == "leaf" and attrs[x]["op"] == "const":
-                    kernel.consts[x] = attrs[x]["params"][0]
-                elif kx != "elementwise" or group.get(x) != key:
-                    kernel.loads[x] = view[x]
-            if materialise:
+            _read(kernel, a["args"], attrs, kinds, view, group, key)
+            if i in out_index or i in crossing:
                 kernel.stores[i] = view[i] = own_buffer(i)
                 producer[view[i].buffer] = kernel
+            for sc in scatters_of.get(i, ()):
+                _, *index = attrs[sc]["args"]
+                view[sc] = own_buffer(sc)
+                producer[view[sc].buffer] = kernel
+                kernel.scatters.append(
+                    (i, _indirect(view[sc], a["shape"], [view[k] for k in index]),
+                     math.prod(attrs[sc]["shape"])))
             continue
         op = a["op"]
         if kind == "leaf" or i in fused:   # a fused scatter is written by its operand's loop
@@ -339,29 +340,15 @@ def schedule(g: Graph, inputs: list[int], outputs: list[int], stream=None,
             producer[view[i].buffer] = step
             order.append(step)
             continue
+        # a reduction (every other kind is handled above): in its operand's loop, or its own
         key = group[i]
         kernel = kernels.get(key)
         if kernel is None:
-            domain = key[1]
-            kernel = kernels[key] = Kernel(domain, np.dtype(key[2]), [], {}, {}, {}, {})
+            kernel = kernels[key] = Kernel(key[1], np.dtype(key[2]), [], {}, {}, {}, {})
             order.append(kernel)
-        if kind == "reduction":
-            operand = a["args"][0]
-            _read(kernel, operand, attrs, view, group, key)
-            kernel.reductions[i] = Reduction(operand, view[i], *a["params"], op=op)
-        else:
-            kernel.members.append(i)
-            for arg in a["args"]:
-                _read(kernel, arg, attrs, view, group, key)
-            if materialise:
-                kernel.stores[i] = view[i]
-            for sc in scatters_of.get(i, ()):
-                _, *index = attrs[sc]["args"]
-                view[sc] = own_buffer(sc)
-                producer[view[sc].buffer] = kernel
-                kernel.scatters.append(
-                    (i, _indirect(view[sc], a["shape"], [view[k] for k in index]),
-                     math.prod(attrs[sc]["shape"])))
+        operand = a["args"][0]
+        _read(kernel, (operand,), attrs, kinds, view, group, key)
+        kernel.reductions[i] = Reduction(operand, view[i], *a["params"], op=op)
         if materialise:
             producer[view[i].buffer] = kernel
     for kernel in open_kernels:
@@ -516,11 +503,15 @@ def _assemble(a, sources, out: View, shapes) -> Assemble:
     return Assemble(out, spec.fill(a["params"]), pieces)
 
 
-def _read(kernel: Kernel, arg: int, attrs, view, group, key):
-    if attrs[arg]["op"] == "const":
-        kernel.consts[arg] = attrs[arg]["params"][0]
-    elif group.get(arg) != key or kind_of(attrs[arg]["op"]) != "elementwise":
-        kernel.loads[arg] = view[arg]
+def _read(kernel: Kernel, args, attrs, kinds, view, group, key):
+    """``kernel`` (group ``key``) reads ``args``: a constant is inlined, a value made
+    outside the kernel loaded from its view, a member's used where it is made."""
+    for x in args:
+        kind = kinds[x]
+        if kind == "leaf" and attrs[x]["op"] == "const":
+            kernel.consts[x] = attrs[x]["params"][0]
+        elif kind != "elementwise" or group.get(x) != key:
+            kernel.loads[x] = view[x]
 
 
 def _stages(g: Graph, need: set, outputs, kinds):
