@@ -139,6 +139,7 @@ class Artifact:
         self.engine = None
         self.upgrade = None     # a Future of the optimised code (see jit.JIT._upgrade)
         self.start_upgrade = None       # what starts it (Loaded.start_upgrade)
+        self.work = 0           # element operations a call makes, about (see ``_work``)
         self.key, self.names = None, ()     # set by build: what a pickled copy ships
 
     @property
@@ -185,9 +186,7 @@ class Artifact:
             self._kernels[entry.kind] = (scalar, kernels)      # SymPy when asked for
             handed = handed or lowerer.hand_over is not None
         text = str(module)
-        work = sum(_work(prog) for prog in progs)
-        if work > TIER_WORK:        # quick code would cost more than its compile saves
-            text = f"{jit.ONE_TIER}: ~{work:.3g} element operations a call\n" + text
+        self.work = sum(_work(prog) for prog in progs)
         if not handed and blas == self.blas:     # the whole module: what ``llvm_ir`` shows
             self._ir = text
         return text
@@ -448,8 +447,10 @@ def _build(work: Graph, entries: list, name, fast_math) -> Artifact:
                 progress.stage("LLVM")
                 return text
             # fast_math code carries "contract": the optimising code generator would fuse
-            # into FMAs that the quick one does not, so its two tiers would differ
-            loaded = jit.load_parts(produce, names, key=key, tiered=not fast_math)
+            # into FMAs that the quick one does not, so its two tiers would differ; and
+            # where loops do much work a call, quick code costs more than it saves
+            loaded = jit.load_parts(produce, names, key=key, tiered=not fast_math,
+                                    pays=lambda: artifact.work <= TIER_WORK)
         stats.compiles += 1
         log.info("compiled %s: %d nodes, entries %s", prefix, len(work),
                  [e.kind for e in entries])

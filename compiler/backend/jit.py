@@ -634,8 +634,7 @@ class JIT:
     def _load(self, ir_text: str, names, key, memory_key, optimize_ir, tiered) -> Loaded:
         lines = ir_text.count("\n")
         first = tiered and TIERED and optimize_ir and TIER_LINES <= lines < LARGE_MODULE \
-            and not ir_text.startswith(ONE_TIER) and _FAST_MATH.search(ir_text) is None \
-            and _upgrades.room()
+            and _FAST_MATH.search(ir_text) is None and _upgrades.room()
         with self.lock:
             if key is not None:
                 known = self._known(memory_key or key)
@@ -661,16 +660,20 @@ class JIT:
         stats.modules_compiled += 1
         return loaded
 
-    def load_parts(self, produce, names, key=None, memory_key=None, tiered=True) -> Loaded:
+    def load_parts(self, produce, names, key=None, memory_key=None, tiered=True,
+                   pays=None) -> Loaded:
         """``produce(hand_over)`` lowers a program, handing each finished part's IR text
         to ``hand_over`` and returning the text with the entries.  Each part is compiled
         by a worker thread as it arrives, so LLVM works while Python lowers the next part
         (llvmlite lets go of the interpreter's lock inside LLVM).  Parts are large
-        programs: they get the settings of a LARGE_MODULE, as the one module would."""
+        programs: they get the settings of a LARGE_MODULE, as the one module would.
+        ``tiered``: it may take two tiers; ``pays``, asked once the program is produced:
+        whether two tiers gain anything for a program of one module (its calls do little
+        work, so quick code costs less than its compile saves)."""
         with self._waited_for():
-            return self._load_parts(produce, names, key, memory_key, tiered)
+            return self._load_parts(produce, names, key, memory_key, tiered, pays)
 
-    def _load_parts(self, produce, names, key, memory_key, tiered) -> Loaded:
+    def _load_parts(self, produce, names, key, memory_key, tiered, pays) -> Loaded:
         if key is not None:
             with self.lock:
                 known = self._known(memory_key or key)
@@ -702,7 +705,8 @@ class JIT:
         if worker is not None:
             worker.shutdown(wait=True)
         if not parts:
-            return self.load(main, names, key, memory_key, tiered=tiered)
+            return self.load(main, names, key, memory_key,
+                             tiered=tiered and (pays is None or pays()))
         objects = [f.result() for f in parts]
         upgrade = texts is not None and any(t is not None for t in texts)
         with self.lock:
@@ -808,10 +812,6 @@ EXIT_WAIT = 1.0
 # first: W9's gradients (1,500-1,900 lines) took 0.10-0.19 s to optimise, and its
 # forward passes (470-490 lines, loops) 29-39 ms where the quick compile takes 3 ms
 TIER_LINES = 300
-# a module whose text starts with this is compiled optimised at once (``pipeline`` marks
-# programs whose loops do much work per call: quick code would run them several times
-# slower until the second tier is in — W8's 1,000-step chain took 15 ms a call, not 0.7)
-ONE_TIER = "; symgrad: one tier"
 # fast-math flags on an instruction: an optimiser may then reorder or fuse the arithmetic,
 # and the two tiers could differ
 _FAST_MATH = re.compile(r"= (?:fadd|fsub|fmul|fdiv|frem|fneg|fcmp|call|select|phi)"
@@ -1007,10 +1007,10 @@ def load(ir_text: str, names: list[str], key: str | None = None,
 
 
 def load_parts(produce, names: list[str], key: str | None = None,
-               memory_key: str | None = None, tiered: bool = True) -> Loaded:
+               memory_key: str | None = None, tiered: bool = True, pays=None) -> Loaded:
     """``load`` for a program lowered in parts (see ``JIT.load_parts``); ``tiered``:
     straight-line code may be optimised in the background (see ``JIT._upgrade``)."""
-    return get().load_parts(produce, names, key, memory_key, tiered)
+    return get().load_parts(produce, names, key, memory_key, tiered, pays)
 
 
 def optimized(ir_text: str) -> str:
