@@ -61,20 +61,38 @@ def test_hvp_and_hessian_match_torch_func():
     np.testing.assert_allclose(H[0][1], np.moveaxis(H[1][0], 2, 0), rtol=1e-12)   # symmetric
 
 
-@pytest.mark.parametrize("n", [2, 6])
+@pytest.mark.parametrize("n", [2, 4, 8])
 def test_jacobians_of_several_outputs_choose_the_cheaper_mode(n):
     g = Graph()
     a = g.input("a", (n,))
-    f = g.compile([C.exp(a).sum(), C.cumsum(a * a, 0)[:2].reshape(1, 2)], wrt=[a])
+    f = g.compile([C.exp(a).sum(), C.cumsum(a * a, 0)[:2].reshape(1, 2),
+                   C.stack([a.sum(), (a * a).sum(), C.sin(a).sum()])], wrt=[a])
     av = np.linspace(-0.4, 0.7, n)
-    J = f.jacobian(av)
-    t_J = torch().func.jacrev(lambda t: (t.exp().sum(), (t * t).cumsum(0)[:2].reshape(1, 2)))(
-        torch().tensor(av))
-    for (mine,), theirs in zip(J, t_J):
-        assert mine.shape == tuple(theirs.shape) and mine.flags.c_contiguous
-        np.testing.assert_allclose(mine, theirs.numpy(), rtol=1e-13, atol=1e-15)
-    # the outputs have 3 elements: forward mode (n sweeps) for n = 2, reverse (3) for n = 6
-    assert ("jvp" in f._artifacts) == (n < 3)
+    t_J = torch().func.jacrev(lambda t: (
+        t.exp().sum(), (t * t).cumsum(0)[:2].reshape(1, 2),
+        torch().stack([t.sum(), (t * t).sum(), t.sin().sum()])))(torch().tensor(av))
+    sweeps = []
+
+    def counted(kind):      # (on the instance: jacobian calls self.jvp or self.vjp)
+        real = getattr(f, kind)
+        return lambda *a, **k: sweeps.append(kind) or real(*a, **k)
+    f.jvp, f.vjp = counted("jvp"), counted("vjp")
+
+    def check(J):
+        for (mine,), theirs in zip(J, t_J):
+            assert mine.shape == tuple(theirs.shape) and mine.flags.c_contiguous
+            np.testing.assert_allclose(mine, theirs.numpy(), rtol=1e-13, atol=1e-15)
+    # the outputs have 6 elements: forward mode (n sweeps) for n = 2; reverse (6 sweeps on
+    # the reverse entry compiled already) for n = 4 (its 4 sweeps in forward mode are not
+    # worth that mode's compile) and n = 8
+    check(f.jacobian(av))
+    assert sweeps == (["jvp"] * 2 if n == 2 else ["vjp"] * 6)
+    assert ("jvp" in f._artifacts) == (n == 2)
+    # once forward mode is compiled, fewer sweeps decide: n = 4 takes it too
+    f.jvp(av, tangent=np.ones(n))
+    sweeps.clear()
+    check(f.jacobian(av))
+    assert sweeps == (["jvp"] * n if n < 6 else ["vjp"] * 6)
 
 
 def test_graph_jvp_nodes_differentiate_again():
