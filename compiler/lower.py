@@ -1,4 +1,5 @@
-"""Lowering to LLVM IR (llvmlite.ir): one module, one entry point per program.
+"""Lowering to LLVM IR (written as text by ``irtext``, with llvmlite.ir's types and
+constants): one module, one entry point per program.
 
 Entry points have the signature ``i32 entry(ptr table)``: ``table`` holds one data
 pointer per input, then one per output, in the program's order.  The entry
@@ -20,6 +21,7 @@ import numpy as np
 import sympy as sp
 from llvmlite import ir
 
+from . import irtext
 from .ops import ELEMENTWISE, OPERANDS, SYMPY_OPS
 from .schedule import Assemble, Gather, Kernel, Loop, MatMul, Program, Scan
 from .simplify import sympy_number
@@ -51,12 +53,12 @@ def _pointer(b, table, workspace, place, name):
     return b.gep(workspace, [ir.Constant(I64, at)], source_etype=ir.IntType(8), name=name)
 
 
-def new_module(name: str) -> ir.Module:
-    return ir.Module(name=name)
+def new_module(name: str) -> irtext.Module:
+    return irtext.Module(name)
 
 
 @contextmanager
-def loop(b: ir.IRBuilder, count: int, name: str, hints: tuple = ()):
+def loop(b: irtext.Builder, count: int, name: str, hints: tuple = ()):
     """``for i in range(count)`` (count ≥ 1, a number or an i64 value) as a do-while
     loop; yields ``i``.  ``hints``: (name, number) pairs for the loop vectoriser, e.g.
     ("llvm.loop.interleave.count", 4)."""
@@ -73,16 +75,12 @@ def loop(b: ir.IRBuilder, count: int, name: str, hints: tuple = ()):
     i.add_incoming(nxt, b.block)
     back = b.cbranch(b.icmp_unsigned("<", nxt, count), body, done)
     if hints:
-        nodes = [b.module.add_metadata([ir.MetaDataString(b.module, key), ir.Constant(
-            ir.IntType(1) if isinstance(v, bool) else I32, int(v))]) for key, v in hints]
-        loop_id = b.module.add_metadata([None, *nodes])
-        loop_id.operands = (loop_id, *nodes)      # a loop's ID names itself first
-        back.set_metadata("llvm.loop", loop_id)
+        back.set_metadata("llvm.loop", b.module.loop_id(hints))
     b.position_at_end(done)
 
 
 @contextmanager
-def loop_nest(b: ir.IRBuilder, shape: tuple, name: str, hints: tuple = ()):
+def loop_nest(b: irtext.Builder, shape: tuple, name: str, hints: tuple = ()):
     """Nested ``loop``s over ``shape`` (every size ≥ 1); yields the indices, outermost
     first.  ``hints``: of the innermost loop (see ``loop``)."""
     cms = [loop(b, n, f"{name}{d}", hints if d == len(shape) - 1 else ())
@@ -93,7 +91,7 @@ def loop_nest(b: ir.IRBuilder, shape: tuple, name: str, hints: tuple = ()):
         cm.__exit__(None, None, None)
 
 
-def element(b: ir.IRBuilder, pointer, view, indices, strides):
+def element(b: irtext.Builder, pointer, view, indices, strides):
     """The address of ``view``'s element at ``offset + Σ indices·strides``."""
     off = ir.Constant(I64, view.offset) if view.offset else None
     for i, s in zip(indices, strides):
@@ -104,7 +102,7 @@ def element(b: ir.IRBuilder, pointer, view, indices, strides):
     return pointer if off is None else b.gep(pointer, [off], source_etype=ety)
 
 
-def load(b: ir.IRBuilder, address, dtype, ty):
+def load(b: irtext.Builder, address, dtype, ty):
     """The element at ``address`` as a ``ty`` number: a bool (a byte) as 0 or 1."""
     if dtype.kind == "b":
         bit = b.icmp_unsigned("!=", b.load(address, typ=I8), ir.Constant(I8, 0))
@@ -112,7 +110,7 @@ def load(b: ir.IRBuilder, address, dtype, ty):
     return _convert(b, b.load(address, typ=FLOAT[dtype]), ty)
 
 
-def moved(b: ir.IRBuilder, address, j, bound: int, stride: int, ety):
+def moved(b: irtext.Builder, address, j, bound: int, stride: int, ety):
     """``address`` moved on by index ``j`` along an axis of ``bound`` elements and
     ``stride``: j is checked to lie in [-bound, bound) before the call, and a negative one
     counts from the end."""
@@ -120,7 +118,7 @@ def moved(b: ir.IRBuilder, address, j, bound: int, stride: int, ety):
     return b.gep(address, [b.mul(j, ir.Constant(I64, stride))], source_etype=ety)
 
 
-def fill(b: ir.IRBuilder, pointer, size: int, value) -> None:
+def fill(b: irtext.Builder, pointer, size: int, value) -> None:
     """``pointer[0:size] = value`` (a constant of the buffer's type)."""
     if size == 1:
         b.store(value, pointer)
@@ -212,13 +210,11 @@ class Lowerer:
         self._streamed = None   # functions lowered as scheduled (see ``stream``)
 
     # ---- helpers ---------------------------------------------------------------
-    def _fn(self, name, ret, params, kind=ir.Function):
-        return kind(self.module, ir.FunctionType(ret, params), name=name)
+    def _fn(self, name, ret, params, kind=irtext.Function):
+        return kind(self.module, ir.FunctionType(ret, params), name)
 
     def _extern(self, name, ty, nargs=1):
-        if name in self.module.globals:
-            return self.module.globals[name]
-        return ir.Function(self.module, ir.FunctionType(ty, [ty] * nargs), name=name)
+        return self.module.declare(name, ir.FunctionType(ty, [ty] * nargs))
 
     def _intrinsic(self, name, ty, nargs=1):
         suffix = "f64" if isinstance(ty, ir.DoubleType) else "f32"
@@ -237,9 +233,9 @@ class Lowerer:
             main, self._in_part = self.module, 0
             if self.hand_over is not None:
                 self.module = new_module(f"{name}.part")
-        entry = ir.Function(main, ir.FunctionType(I32, [PTR]), name=name)
+        entry = irtext.Function(main, ir.FunctionType(I32, [PTR]), name)
         entry.args[0].name = "table"
-        b = ir.IRBuilder(entry.append_basic_block("entry"))
+        b = irtext.Builder(entry.append_basic_block("entry"))
         offsets, total = _temporaries(name, prog)
         workspace = self._malloc(b, total) if total else None
         try:
@@ -287,7 +283,7 @@ class Lowerer:
         """``fn``, defined in the current part, declared in ``main`` (which calls it); the
         part is handed over once it holds PART_MEMBERS members."""
         fn.linkage = ""
-        declared = ir.Function(main, fn.function_type, name=fn.name)
+        declared = irtext.Function(main, fn.function_type, fn.name)
         self._in_part += members
         if self._in_part >= PART_MEMBERS:
             self._hand_over_part()
@@ -297,16 +293,14 @@ class Lowerer:
 
     def _hand_over_part(self) -> None:
         """The current part's text, and whether it is all written straight-line code (no
-        function in it built from llvmlite blocks: loops, matmuls, SymPy-lowered kernels)."""
+        function in it built from blocks: loops, matmuls, SymPy-lowered kernels)."""
         straight = not any(getattr(g, "blocks", None) for g in self.module.globals.values())
         self.hand_over(str(self.module), straight)
 
     def _malloc(self, b, size):
         """``malloc(size)``; the function returns 1 where it fails."""
-        module = b.block.function.module
-        malloc = module.globals.get("malloc") or ir.Function(
-            module, ir.FunctionType(PTR, [I64]), name="malloc")
-        workspace = b.call(malloc, [size if isinstance(size, ir.Value) else
+        malloc = b.module.declare("malloc", ir.FunctionType(PTR, [I64]))
+        workspace = b.call(malloc, [size if isinstance(size, irtext.Value) else
                                     ir.Constant(I64, size)], name="workspace")
         ok = b.block.function.append_basic_block("ok")
         fail = b.block.function.append_basic_block("oom")
@@ -317,9 +311,7 @@ class Lowerer:
         return workspace
 
     def _free(self, b, pointer):
-        module = b.block.function.module
-        free = module.globals.get("free") or ir.Function(
-            module, ir.FunctionType(ir.VoidType(), [PTR]), name="free")
+        free = b.module.declare("free", ir.FunctionType(ir.VoidType(), [PTR]))
         b.call(free, [pointer])
 
     def _run(self, b, name, prog: Program, table, workspace, offsets, main=None, done=()):
@@ -379,7 +371,7 @@ class Lowerer:
         one.linkage = "internal"
         fn = self._fn(name, I32, [PTR, I64, PTR])
         table, count, steps = fn.args
-        b = ir.IRBuilder(fn.append_basic_block("entry"))
+        b = irtext.Builder(fn.append_basic_block("entry"))
         local = b.alloca(PTR, slots, name="local")
         failed = fn.append_basic_block("failed")
         with loop(b, count, "element") as i:
@@ -388,8 +380,7 @@ class Lowerer:
                 step = b.load(b.gep(steps, [ir.Constant(I64, k)], source_etype=I64), typ=I64)
                 here = b.gep(base, [b.mul(i, step)], source_etype=I8)
                 b.store(here, b.gep(local, [ir.Constant(I64, k)], source_etype=PTR))
-            # llvmlite types an alloca's pointer; the entry takes an opaque one
-            status = b.call(one, [b.inttoptr(b.ptrtoint(local, I64), PTR)])
+            status = b.call(one, [local])
             go = fn.append_basic_block("go")
             b.cbranch(b.icmp_signed("!=", status, ir.Constant(I32, 0)), failed, go)
             b.position_at_end(go)
@@ -403,14 +394,14 @@ class Lowerer:
         buffers = sorted({v.buffer for v in views})
         if self._places is not None:           # (table, workspace): see _run
             fn = self._step_fn(name, [None, None])
-            b = ir.IRBuilder(fn.append_basic_block("entry"))
+            b = irtext.Builder(fn.append_basic_block("entry"))
             return fn, buffers, {k: _pointer(b, *fn.args, self._places[k], f"buf{k}")
                                  for k in buffers}, b
         fn = self._step_fn(name, buffers)
         return fn, buffers, dict(zip(buffers, fn.args)), \
-            ir.IRBuilder(fn.append_basic_block("entry"))
+            irtext.Builder(fn.append_basic_block("entry"))
 
-    def _step_fn(self, name, buffers, kind=ir.Function):
+    def _step_fn(self, name, buffers, kind=irtext.Function):
         fn = self._fn(name, ir.VoidType(), [PTR] * len(buffers), kind)
         fn.linkage = "internal"
         fn.attributes.add("nounwind")
@@ -625,9 +616,9 @@ class Lowerer:
         value = {i: v.get_reference() for i, v in loaded.items()}
         lines = self._member_lines(k, ty, value, tag)
         if lines:           # none when every result is a load or a constant
-            b._insert(_Lines("\n  ".join(lines)))
+            b.insert_text("\n  ".join(lines))
         reduced = {i: r.operand for i, r in k.reductions.items()}    # a sum's is its operand's
-        return lambda i: _Value(ty, value[reduced.get(i, i)])
+        return lambda i: irtext.Value(ty, value[reduced.get(i, i)])
 
     def _member_lines(self, k: Kernel, ty, value: dict, tag: str = "") -> list:
         """Each member of ``k`` as its pattern's lines, filled in from ``value`` (loaded
@@ -649,8 +640,7 @@ class Lowerer:
             if pattern is None:
                 made = member_ir(op, ty, self.arith, fixed)
                 for decl_name, decl_type in made.declarations:
-                    if decl_name not in self.module.globals:
-                        ir.Function(self.module, decl_type, name=decl_name)
+                    self.module.declare(decl_name, decl_type)
                 tail = made.result[4:]
                 pattern = patterns[op, fixed] = (
                     made.lines, made.result,
@@ -718,10 +708,8 @@ class Lowerer:
         fn, buffers, ptr, b = self._begin(name, [a, bv, c])
         ty = FLOAT[c.dtype]
         gemm_name = "__symgrad_dgemm" if c.dtype == np.float64 else "__symgrad_sgemm"
-        gemm = self.module.globals.get(gemm_name) or ir.Function(
-            self.module, ir.FunctionType(ir.VoidType(), [I32, I32, I32, I64, I64, I64, ty, PTR,
-                                                         I64, PTR, I64, ty, PTR, I64]),
-            name=gemm_name)
+        gemm = self.module.declare(gemm_name, ir.FunctionType(
+            ir.VoidType(), [I32, I32, I32, I64, I64, I64, ty, PTR, I64, PTR, I64, ty, PTR, I64]))
         (ta, lda), (tb, ldb) = layouts
         i32, i64 = (lambda v: ir.Constant(I32, v)), (lambda v: ir.Constant(I64, v))
 
@@ -854,19 +842,19 @@ class Lowerer:
         fn.attributes.add("noinline")
         fn.attributes.add("nounwind")
         ptr = dict(zip(buffers, fn.args))
-        b = ir.IRBuilder(fn.append_basic_block("entry"))
+        b = irtext.Builder(fn.append_basic_block("entry"))
 
         def at(view, elements):       # the address ``elements`` on from the view's start
             size = view.dtype.itemsize
             offset = b.add(b.mul(elements, ir.Constant(I64, size)),
                            ir.Constant(I64, view.offset * size)) \
-                if isinstance(elements, ir.Value) else \
+                if isinstance(elements, irtext.Value) else \
                 ir.Constant(I64, (view.offset + elements) * size)
             return b.gep(ptr[view.buffer], [offset], source_etype=I8)
 
         n_in = len(step.body.inputs)
         slots = n_in + len(step.body.outputs)
-        table = b.inttoptr(b.ptrtoint(b.alloca(PTR, slots, name="table"), I64), PTR)
+        table = b.alloca(PTR, slots, name="table")
 
         def put(slot, pointer):
             b.store(pointer, b.gep(table, [ir.Constant(I64, slot)], source_etype=PTR))
@@ -925,16 +913,14 @@ class Lowerer:
         fn = self._fn(name, I32, [PTR, PTR])
         fn.linkage = "internal"
         fn.attributes.add("nounwind")
-        b = ir.IRBuilder(fn.append_basic_block("entry"))
+        b = irtext.Builder(fn.append_basic_block("entry"))
         offsets, _ = _temporaries(name, prog)
         b.ret(self._run(b, name, prog, fn.args[0], fn.args[1], offsets))
         return fn
 
     def _memcpy(self):
-        name = "llvm.memcpy.p0.p0.i64"
-        return self.module.globals.get(name) or ir.Function(
-            self.module, ir.FunctionType(ir.VoidType(), [PTR, PTR, I64, ir.IntType(1)]),
-            name=name)
+        return self.module.declare("llvm.memcpy.p0.p0.i64", ir.FunctionType(
+            ir.VoidType(), [PTR, PTR, I64, ir.IntType(1)]))
 
 
 def _temporaries(name, prog: Program):
@@ -1006,9 +992,9 @@ def _convert(b, value, ty):
 
 
 class ExprLowering:
-    """Scalar sympy → llvmlite values; one method per sympy construct."""
+    """Scalar sympy → IR values (``irtext``); one method per sympy construct."""
 
-    def __init__(self, lowerer: Lowerer, b: ir.IRBuilder, ty, env: dict):
+    def __init__(self, lowerer: Lowerer, b: irtext.Builder, ty, env: dict):
         self.lowerer, self.b, self.ty, self.env = lowerer, b, ty, env
         self.char = "d" if isinstance(ty, ir.DoubleType) else "f"
         self.arith = lowerer.arith
@@ -1231,15 +1217,15 @@ def _powi(b, x, n, one, flags):
     return one if result is None else result
 
 
-# ---- member patterns: kernels' members without SymPy or llvmlite objects ------------------
+# ---- member patterns: kernels' members without SymPy or a builder ------------------------
 # A graph of scalars compiles as tens of thousands of one-operation members.  Where the
 # kernels are the graph's own operations (faithful lowering, the default), a member's IR
 # is its operator's formula lowered on its operands, the same few instructions each time:
 # ExprLowering (the one lowering rule) lowers each (operator, type) once into a pattern,
 # and a kernel's members are written by filling patterns in — about 2 µs a member, against
 # ~40 µs for a SymPy expression lowered through llvmlite's objects.  The code is the same:
-# straight-line scalar steps are all text (``written``), loop bodies text between
-# llvmlite's loads and stores (``_members``).
+# straight-line scalar steps are all text (``written``), loop bodies pattern text between
+# the builder's loads and stores (``_members``).
 
 @dataclass(frozen=True)
 class MemberIR:
@@ -1266,23 +1252,23 @@ def member_ir(op: str, ty, arith: tuple, fixed: tuple = ()) -> MemberIR:
     hit = _patterns.get(key)
     if hit is not None and hit[0] is entry:       # an operator re-declared: made again
         return hit[1]
-    module = ir.Module(name="pattern")
+    module = irtext.Module("pattern")
     lowerer = Lowerer(module)
     lowerer.arith = arith
-    fn = ir.Function(module, ir.FunctionType(ty, [ty] * entry.arity), name="member")
+    fn = irtext.Function(module, ir.FunctionType(ty, [ty] * entry.arity), "member")
     for j, arg in enumerate(fn.args):
         arg.name = f"a{j}"
     formula = entry.formula
     if fixed:
         with sp.evaluate(False):
             formula = formula.xreplace({OPERANDS[j]: sympy_number(c) for j, c in fixed})
-    b = ir.IRBuilder(fn.append_basic_block("entry"))
+    b = irtext.Builder(fn.append_basic_block("entry"))
     result = ExprLowering(lowerer, b, ty, dict(zip(OPERANDS, fn.args)))(formula)
 
     def pattern(text):
         text = text.replace("{", "{{").replace("}", "}}")
         return _OPERAND.sub(r"{\1}", _LOCAL.sub(r"%{r}.\1", text))
-    lines = "\n  ".join(pattern(str(i)) for i in fn.blocks[0].instructions)
+    lines = "\n  ".join(pattern(str(i)) for i in fn.blocks[0].lines)
     made = MemberIR(lines, pattern(result.get_reference()),
                     tuple((g.name, g.function_type) for g in module.globals.values()
                           if g is not fn))
@@ -1319,33 +1305,9 @@ def _written_convert(lines, value, have, want, tag):
     return f"%{tag}.c"
 
 
-class _Lines:
-    """Member patterns' IR text, placed in an llvmlite block as one instruction."""
-    is_terminator = False
-
-    def __init__(self, text: str):
-        self.text, self.metadata = text, {}
-
-    def __str__(self):
-        return self.text
-
-
-class _Value:
-    """A value defined in ``_Lines``, for llvmlite instructions that read it."""
-
-    def __init__(self, type, reference: str):
-        self.type, self.reference = type, reference
-
-    def get_reference(self) -> str:
-        return self.reference
-
-
-class _Written(ir.Function):
+class _Written(irtext.Function):
     """A function whose body is IR text (``Lowerer.written``)."""
     body = ""
 
-    def descr(self, buf):
-        head = []
-        self.descr_prototype(head)         # "declare …": it has no llvmlite blocks
-        buf.append("define" + head[0][len("declare"):] + "{\nentry:\n" + self.body
-                   + "  ret void\n}\n")
+    def __str__(self):
+        return self._head("define") + "\n{\nentry:\n" + self.body + "  ret void\n}\n"
