@@ -100,9 +100,9 @@ class CompiledFunction(NativeFunction):
         of those for several (as jax.jacrev with tuple argnums).
 
         Dense (the default): arrays of shape ``output.shape + wrt.shape``; forward mode (a
-        column per sweep) when the wrt nodes have fewer elements than the outputs — while
-        forward mode is not compiled yet, half as many or fewer — reverse mode (a row per
-        sweep) otherwise.  ``sparse=True``: ``scipy.sparse`` CSR arrays of
+        column per sweep) when the wrt nodes have fewer elements than the outputs (for the
+        first Jacobian, while forward mode is not compiled yet: half as many or fewer),
+        reverse mode (a row per sweep) otherwise.  ``sparse=True``: ``scipy.sparse`` CSR arrays of
         shape ``(output.size, wrt.size)`` holding the structural nonzeros the graph gives
         (see :meth:`jacobian_sparsity`), one sweep per colour of that pattern, forward or
         reverse, whichever needs fewer."""

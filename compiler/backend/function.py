@@ -184,6 +184,7 @@ class NativeFunction:
         self._lock = threading.Lock()
         self._tangent_lock = threading.Lock()     # forward mode is added on first use
         self._tangent_ids = {}
+        self._jacobians = 0              # dense Jacobians asked for (see _forward_pays)
         self._default_seed = (1.0,) if len(self.seeds) == 1 and self.seeds[0][1] == () \
             and self.seeds[0][2] == np.float64 else None
         # compile what will be called: the VJP (or, compiled for forward mode, the JVP)
@@ -553,9 +554,9 @@ class NativeFunction:
         """Dense Jacobians ∂output/∂wrt, of shape ``output.shape + wrt.shape``: a tuple over
         ``wrt`` for one output, a tuple over outputs of those for several (as jax.jacrev
         with tuple argnums).  Forward mode (a column per sweep) when the wrt nodes have
-        fewer elements than the outputs, reverse mode (a row per sweep) otherwise; but
-        while forward mode is not compiled yet, only when it halves the sweeps (see
-        ``_forward_pays``)."""
+        fewer elements than the outputs, reverse mode (a row per sweep) otherwise; but the
+        first Jacobian, while forward mode is not compiled yet, takes it only where it
+        halves the sweeps (see ``_forward_pays``)."""
         if not self.wrt:
             raise TypeError("jacobian() needs wrt=[...] at compile time")
         m = sum(int(np.prod(s)) for _, s, _ in self.outputs)
@@ -580,10 +581,12 @@ class NativeFunction:
         reverse (``rows``).  Fewer sweeps decide, except that a forward-mode entry not yet
         compiled costs a compile about the size of the reverse pass's (W9's Van der Pol:
         19 ms for 20 columns, where its 21 rows cost 0.2 ms on the reverse entry loaded
-        at compile time), so then only half the sweeps or fewer pay for it."""
+        at compile time): the first Jacobian takes it only for half the sweeps or fewer;
+        a Jacobian asked for again, as a solver asks each iteration, takes it for fewer."""
+        first, self._jacobians = self._jacobians == 0, self._jacobians + 1
         if "vjp" not in self._specs:
             return True
-        if "jvp" in self._entries:
+        if "jvp" in self._entries or not first:
             return columns < rows
         return 2 * columns <= rows
 
