@@ -114,6 +114,7 @@ def test_forward_and_vjp_agree_after_what_used_to_be_simplified():
     x = g.input("x")
     for expr, at in ((sqrt(x) ** 2, -4.0), (exp(log(x)), -1.0)):
         f = g.compile([expr], [x])
+        f.artifact("forward")       # (else a first call is the VJP entry's: see below)
         assert math.isnan(f(at)) and math.isnan(f.vjp(at)[0])
 
 
@@ -122,6 +123,7 @@ def test_division_in_the_vjp_is_a_division():
     g = Graph()
     a, b = g.input("a"), g.input("b")
     f = g.compile([a / b], [a, b])
+    f.artifact("forward")           # (else a first call is the VJP entry's)
     value, _ = f.vjp(1e-20, 1e-310)
     assert value == f(1e-20, 1e-310) == 1e-20 / 1e-310
     assert f.vjp(0.0, 5e-324)[0] == 0.0
@@ -275,6 +277,7 @@ def test_loop_kernels_written_from_patterns_give_sympys_bits(monkeypatch):
             rng.standard_normal(5).astype(np.float32))
 
     def run(f):
+        f.artifact("forward")       # (else a first call is the VJP entry's)
         return [np.asarray(r).tobytes() for r in [*f(*args), *f.vjp(*args, seed=(
             np.ones(5), np.ones(6), 1.0, 1.0, np.ones(8), np.ones((6, 5)), 1.0))[1]]]
     written = program()
@@ -313,6 +316,7 @@ def test_both_tiers_of_loop_programs_give_the_same_bits(monkeypatch):
             outs = [o if o.dtype == dtype else g.apply("where", o, 1.0, 0.0) for o in outs]
             outs += [x ** p for p in POWERS]
             f = g.compile(outs + [sum((o * o).sum() for o in outs)], wrt=[x, y, z])
+            f.artifact("forward")   # (else a first call is the VJP entry's)
             seed = (*[np.ones(len(xs))] * len(outs), 1.0)
             runs.append((f, lambda f=f, a=(xs, ys, zs), s=seed: [*f(*a), *f.vjp(*a, seed=s)[1]]))
         a, b = rng.standard_normal((6, 5)), rng.standard_normal(5)
@@ -321,6 +325,7 @@ def test_both_tiers_of_loop_programs_give_the_same_bits(monkeypatch):
         t = (functions.tanh(av * bv) + exp(-av) / (1.0 + bv * bv)) ** 2.0
         f = g.compile([t.sum(axis=0), functions.amax(av, axis=1),
                        (av.T[1:4] * 0.5 + 1.0).prod()], [av, bv])
+        f.artifact("forward")
         seed = (np.ones(5), np.ones(6), 1.0)
         runs.append((f, lambda f=f: [*f(a, b), *f.vjp(a, b, seed=seed)[1]]))
         return runs
@@ -349,6 +354,7 @@ def test_pow_forward_and_vjp_entries_agree_on_a_broadcast_exponent():
     g = Graph()
     x0, x1 = g.input("x0", (3,)), g.input("x1")
     f = g.compile([(functions.abs(x0) + 0.5) ** functions.tanh(x1)], [x0, x1])
+    f.artifact("forward")           # (else a first call is the VJP entry's)
     rng = np.random.default_rng(1)
     for _ in range(200):
         a, b = rng.standard_normal(3), rng.standard_normal()
@@ -373,6 +379,7 @@ def test_sums_in_the_forward_and_vjp_entries_return_identical_bits():
         for k in rng.integers(0, len(steps), rng.integers(1, 30)):
             e = steps[k](e, x, y)
         f = g.compile([e.sum(), (e * x).sum(axis=0)], [x, y])
+        f.artifact("forward")       # (else a first call is the VJP entry's)
         a, b = rng.standard_normal(1003), rng.standard_normal(1003)
         values, _ = f.vjp(a, b, seed=(1.0, 1.0))
         assert [np.asarray(v).tobytes() for v in f(a, b)] == \
@@ -405,12 +412,15 @@ def test_forward_and_vjp_entries_return_identical_bits(recipe, dtype, data_seed)
     f = g.compile(outs, xs)
     values = [rng.standard_normal(s).astype(dtype) for s in recipe[0]]
     seeds = [np.ones(o.shape, dtype) for o in outs]
+    first = f(*values)                      # (answered by the VJP entry: see test below)
+    assert "forward" not in f._artifacts
     forward = f(*values)
+    assert "forward" in f._artifacts
     through_vjp, _ = f.vjp(*values, seed=seeds)
-    forward = forward if isinstance(forward, tuple) else (forward,)
-    through_vjp = through_vjp if isinstance(through_vjp, tuple) else (through_vjp,)
-    for a, b in zip(forward, through_vjp):
-        assert np.asarray(a).tobytes() == np.asarray(b).tobytes()
+    first, forward, through_vjp = ((v if isinstance(v, tuple) else (v,))
+                                   for v in (first, forward, through_vjp))
+    for a, b, c in zip(forward, through_vjp, first):
+        assert np.asarray(a).tobytes() == np.asarray(b).tobytes() == np.asarray(c).tobytes()
     # the fast path and the careful (keyword) path run the same code
     careful = f(**{f"x{k}": v for k, v in enumerate(values)})
     careful = careful if isinstance(careful, tuple) else (careful,)
@@ -472,6 +482,30 @@ def test_fast_and_careful_paths_agree_on_every_argument(args, kwargs):
     fast = _outcome(lambda: f.vjp(*args, **kwargs))
     careful = _outcome(lambda: f._vjp(*args, **kwargs))
     assert fast == careful
+
+
+@pytest.mark.parametrize("args, kwargs", [
+    ((2.0, np.ones(3)), {}), ((2.0, np.ones(3).view(_Sub)), {}), ((2.0, [1.0, 2.0, 3.0]), {}),
+    ((2.0, np.ones(4)), {}), ((2.0,), {}), ((2.0, np.ones(3), 1.0), {}),
+    ((True, np.ones(3)), {}), ((2.0,), dict(y=np.ones(3))), ((), dict(z=1.0)),
+    ((np.float64(2.0), np.ones(6)[::2]), {}), ((2.0, np.ones(3, np.float32)), {}),
+])
+def test_a_first_call_answers_from_the_vjp_entry_as_the_forward_entry_would(args, kwargs):
+    """A function compiled with its reverse pass answers its first call from the VJP
+    entry (no forward compile for one call): the same values, bit for bit, and the
+    same errors as the forward entry gives; the next call compiles the forward entry."""
+    def compiled():
+        g = Graph()
+        x, y = g.input("x"), g.input("y", (3,))
+        return g.compile([(x * y).sum(), sin(y) * x], [x, y])
+    first, loaded = compiled(), compiled()
+    for _ in range(2):                      # (its first call; the second is the forward's)
+        loaded(1.0, np.zeros(3))
+    assert "forward" in loaded._artifacts
+    assert _outcome(lambda: first(*args, **kwargs)) == _outcome(lambda: loaded(*args, **kwargs))
+    assert "forward" not in first._artifacts
+    first(1.0, np.zeros(3))
+    assert "forward" in first._artifacts
 
 
 @pytest.mark.parametrize("args, kwargs", [
