@@ -43,9 +43,10 @@ def instantiate(op: str, slot: int, args, out, owner):
     return get(result)
 
 
-def vjp(op: str, params, adjoint, args, out, owner, wanted=None):
+def vjp(op: str, params, adjoint, args, out, owner, wanted=None, lazy=False):
     """Contributions ``P_out · J_{k→out}`` for every operand k (None where constant, or
-    for an elementwise operator's operands that ``wanted`` (a set of ids) leaves out)."""
+    for an elementwise operator's operands that ``wanted`` (a set of ids) leaves out).
+    ``lazy``: a contribution −P (x − y's y, −x's x) is ``Negated(P)``, no node yet."""
     if op in STRUCTURED:
         return STRUCTURED[op].vjp(adjoint, args, out, params)
     contributions = []
@@ -56,9 +57,26 @@ def vjp(op: str, params, adjoint, args, out, owner, wanted=None):
             contributions.append(None)
             continue
         j = instantiate(op, slot, args, out, owner)
+        if lazy and type(j) is float and j == -1.0 and arg.shape == adjoint.shape:
+            contributions.append(Negated(adjoint))
+            continue
         term = adjoint if type(j) is float and j == 1.0 else adjoint * j   # (as P·1 folds)
         contributions.append(ops.unbroadcast(term, arg.shape))
     return contributions
+
+
+class Negated:
+    """A contribution −P not yet made a node: most are added to others, as ``a − P``
+    (see ``_plus``), and the ``neg`` node was left unused (5,307 of Lennard-Jones N=60's
+    7,080).  Made a node only where it is an adjoint on its own."""
+    __slots__ = ("value",)
+    op = "negated"
+
+    def __init__(self, value: Expr):
+        self.value = value
+
+    def made(self) -> Expr:
+        return -self.value
 
 
 def jvp(op: str, params, tangents, args, out, owner):
@@ -164,7 +182,7 @@ def grad(g: Graph, outputs, wrt, seeds=None) -> list[Expr]:
             continue
         args = tuple(Expr(g, a) for a in at["args"])
         for arg, contribution in zip(args, vjp(at["op"], at["params"], total, args, Expr(g, i),
-                                               g, live)):
+                                               g, live, lazy=True)):
             if contribution is not None and arg.id in live:
                 contributions.setdefault(arg.id, []).append(contribution)
     return [adjoint[w.id] if w.id in adjoint else _zeros(g, w) for w in wrt]
@@ -181,13 +199,18 @@ def _total(g: Graph, terms: list) -> Expr:
     total = terms[0]
     for term in terms[1:]:
         total = _plus(total, term)
-    return total
+    return total.made() if type(total) is Negated else total
 
 
-def _plus(a: Expr, b: Expr) -> Expr:
-    """a + b, written a − x where b (or a) is −x: IEEE defines a − x as a + (−x), so the
-    bits are the same, and the negation is left unused (the adjoint of x − y's y is −P:
-    a third of Lennard-Jones's gradient terms)."""
+def _plus(a, b) -> Expr:
+    """a + b, written a − x where b (or a) is −x (a ``neg`` node or ``Negated``): IEEE
+    defines a − x as a + (−x), so the bits are the same, and no negation is needed (the
+    adjoint of x − y's y is −P: a third of Lennard-Jones's gradient terms).  Two
+    negations are (−x) − y, as written: −(x + y) would differ in the sign of a zero."""
+    if type(b) is Negated:
+        return (a.made() if type(a) is Negated else a) - b.value
+    if type(a) is Negated:
+        return b - a.value
     if b.op == "neg" and b.shape == b.args[0].shape:
         return a - b.args[0]
     if a.op == "neg" and a.shape == a.args[0].shape:

@@ -100,8 +100,12 @@ def test_a_negated_gradient_term_is_subtracted_not_negated_and_added():
     defines a − b as a + (−b)), with no negation left to compute."""
     g = Graph()
     x, y, seed = g.input("x"), g.input("y"), g.input("seed")
+    before = len(g)
     (dy,) = g.grad([x * y - y], [y], [seed])
     assert dy.op == "sub" and "neg" not in [a.op for a in dy.args]
+    # no negation made at all (it used to be made and left unused: 5,307 nodes of
+    # Lennard-Jones N=60's gradient)
+    assert "neg" not in [g.attrs[i]["op"] for i in range(before + 1, len(g) + 1)]
     f = g.compile([dy])
     for xv, sv in [(2.0, 1.0), (1.0, -0.0), (0.0, 0.0), (-0.0, 0.0), (math.inf, 1.0),
                    (1.0, math.inf), (3.0, -2.5)]:
@@ -110,6 +114,22 @@ def test_a_negated_gradient_term_is_subtracted_not_negated_and_added():
         got = f(xv, sv)
         assert (math.isnan(got) and math.isnan(want)) or \
             np.array([got]).tobytes() == np.array([want]).tobytes(), (xv, sv, got, want)
+
+
+def test_negated_gradient_terms_alone_or_together_are_made_as_written():
+    """−P on its own is a negation; two of them are (−P) − P, as the reverse pass always
+    wrote them (−(P + P) would give −0 where (−0) − (−0) is +0)."""
+    g = Graph()
+    x, y, seed = g.input("x"), g.input("y"), g.input("seed")
+    (alone,) = g.grad([x - y], [y], [seed])
+    assert alone.op == "neg"
+    (both,) = g.grad([(x - y) - y], [y], [seed])
+    assert both.op == "sub" and both.args[0].op == "neg"
+    f = g.compile([alone, both])
+    for sv in (0.0, -0.0, 1.5, -math.inf, math.nan):
+        want = (-np.float64(sv), (-np.float64(sv)) - np.float64(sv))
+        got = f(sv)                  # (the gradients read the seed only)
+        assert np.array(got).tobytes() == np.array(want).tobytes(), (sv, got, want)
 
 
 def test_folding_keeps_graph_lean():
