@@ -39,6 +39,13 @@ def main():
     plain, fancy = chains()
     xv = np.random.default_rng(0).standard_normal(N + 2)
     agree("where+slices", [fancy(xv)], [plain(xv[1:-1], xv[2:], xv[:-2])], rtol=1e-12)
+    # Both warmed up alike first: their 8 MB gradients come from fresh pages (a page fault
+    # per 4 KB) or from malloc's heap depending on what was freed before (glibc raises its
+    # mmap threshold to the largest mmapped block freed), and timed in different regimes
+    # the plain chain measured 8-10 ms or 5.3 ms (its ratio 0.96-1.02 or 1.6)
+    for _ in range(3):
+        plain.vjp(xv[1:-1], xv[2:], xv[:-2])
+        fancy.vjp(xv)
     t_plain = median_time(lambda: plain.vjp(xv[1:-1], xv[2:], xv[:-2]))
     t_fancy = median_time(lambda: fancy.vjp(xv))
     rows += [{"case": "chain value+grad", "system": "symgrad where+slices", "seconds": t_fancy},
