@@ -139,7 +139,8 @@ class Artifact:
         self.engine = None
         self.upgrade = None     # a Future of the optimised code (see jit.JIT._upgrade)
         self.start_upgrade = None       # what starts it (Loaded.start_upgrade)
-        self.work = 0           # element operations a call makes, about (see ``_work``)
+        self.work = None        # element operations a call makes, about (see ``_work``);
+                                # None where the code came from the cache
         self.key, self.names = None, ()     # set by build: what a pickled copy ships
 
     @property

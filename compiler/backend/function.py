@@ -29,6 +29,12 @@ def _dtype_name(dtype) -> str:
 
 # A dense Jacobian or Hessian past this many elements (2 GiB of float64) is refused.
 MAX_DENSE = 2**28
+# A first call is answered by the VJP entry where that entry makes at most this many
+# element operations a call (the pipeline's ``Artifact.work``; unknown for code from the
+# cache): there a reverse pass costs less than compiling the forward entry.  A heavier
+# call (W3's 10^7-element sums) would spend more on the reverse pass, and on gradient
+# arrays nobody asked for, than the compile it saves.
+FIRST_CALL_WORK = 10**6
 
 
 def _check_dense(m: int, n: int, what: str) -> None:
@@ -453,7 +459,8 @@ class NativeFunction:
 
     def __call__(self, *args, **kwargs):
         if "forward" not in self._entries:
-            if "vjp" in self._entries and not self._called:
+            work = getattr(self._artifacts.get("vjp"), "work", None)
+            if not self._called and work is not None and work <= FIRST_CALL_WORK:
                 self._called = True
                 return self._value_by_vjp(args, kwargs)
             self._load("forward")
@@ -463,12 +470,12 @@ class NativeFunction:
         return self._unwrap([results[i] for i in self._out_ids])
 
     def _value_by_vjp(self, args, kwargs):
-        """The first call of a function compiled with its reverse pass: the outputs from
-        the VJP entry loaded at compile time (the same bits: every entry computes the
-        outputs alike; the same checks of the arguments), instead of compiling the
-        forward entry for it (W9's rocket: 4 ms of a 23 ms compile and first call).  As a
-        tiered JIT does, the next call compiles the forward entry, which skips the
-        reverse pass."""
+        """The first call of a function compiled with its reverse pass, where a call is
+        light (``FIRST_CALL_WORK``): the outputs from the VJP entry loaded at compile time
+        (the same bits: every entry computes the outputs alike; the same checks of the
+        arguments), instead of compiling the forward entry for it (W9's rocket: 4 ms of a
+        23 ms compile and first call).  As a tiered JIT does, the next call compiles the
+        forward entry, which skips the reverse pass."""
         zeros = [np.zeros(shape, dtype) for _, shape, dtype in self.seeds]
         return self.vjp(*args, seed=zeros[0] if len(zeros) == 1 else tuple(zeros),
                         **kwargs)[0]

@@ -5,6 +5,7 @@ built to tempt algebraic rewrites, in float64 and float32; the reported cases as
 regressions; forward and VJP entries bit-identical; fast_math as the opt-in."""
 import math
 import re
+import time
 
 import numpy as np
 import pytest
@@ -412,8 +413,7 @@ def test_forward_and_vjp_entries_return_identical_bits(recipe, dtype, data_seed)
     f = g.compile(outs, xs)
     values = [rng.standard_normal(s).astype(dtype) for s in recipe[0]]
     seeds = [np.ones(o.shape, dtype) for o in outs]
-    first = f(*values)                      # (answered by the VJP entry: see test below)
-    assert "forward" not in f._artifacts
+    first = f(*values)              # (answered by the VJP entry, if light: see test below)
     forward = f(*values)
     assert "forward" in f._artifacts
     through_vjp, _ = f.vjp(*values, seed=seeds)
@@ -494,10 +494,12 @@ def test_a_first_call_answers_from_the_vjp_entry_as_the_forward_entry_would(args
     """A function compiled with its reverse pass answers its first call from the VJP
     entry (no forward compile for one call): the same values, bit for bit, and the
     same errors as the forward entry gives; the next call compiles the forward entry."""
+    cold = 1.0 + time.time() % 1e-3             # (not from the cache: compiled here)
+
     def compiled():
         g = Graph()
         x, y = g.input("x"), g.input("y", (3,))
-        return g.compile([(x * y).sum(), sin(y) * x], [x, y])
+        return g.compile([(x * y).sum() * cold, sin(y) * x], [x, y])
     first, loaded = compiled(), compiled()
     for _ in range(2):                      # (its first call; the second is the forward's)
         loaded(1.0, np.zeros(3))
@@ -506,6 +508,22 @@ def test_a_first_call_answers_from_the_vjp_entry_as_the_forward_entry_would(args
     assert "forward" not in first._artifacts
     first(1.0, np.zeros(3))
     assert "forward" in first._artifacts
+
+
+def test_a_heavy_first_call_compiles_the_forward_entry():
+    """Where a call makes more than FIRST_CALL_WORK element operations, the reverse pass
+    (and gradient arrays nobody asked for) would cost more than the forward compile."""
+    from symgrad.compiler.backend.function import FIRST_CALL_WORK
+    cold = 1.0 + time.time() % 1e-3
+    n = 400_000
+    g = Graph()
+    x = g.input("x", (n,))
+    f = g.compile([(sin(x) * x * cold).sum()], [x])
+    assert f.artifact("vjp").work > FIRST_CALL_WORK
+    xs = np.linspace(-1.0, 1.0, n)
+    value = f(xs)
+    assert "forward" in f._artifacts
+    assert value == pytest.approx(float((np.sin(xs) * xs * cold).sum()), rel=1e-12)
 
 
 @pytest.mark.parametrize("args, kwargs", [
