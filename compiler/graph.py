@@ -88,6 +88,13 @@ def _slot_keys(slot: int) -> _EdgeData:
     return _EdgeData({slot: _slot_data(slot)})
 
 
+@functools.lru_cache(maxsize=None)
+def _slots_keys(slots: tuple) -> _EdgeData:
+    """The key dict of an edge carrying several operand slots (x·x: both on one edge),
+    shared as ``_slot_keys``'s are (Lennard-Jones N=60 made 8,854 of them, one a node)."""
+    return _EdgeData({slot: _slot_data(slot) for slot in slots})
+
+
 def ancestors(g: "Graph", ids) -> set:
     """The node ids ``ids`` depend on, themselves included (an explicit stack: any depth).
     Inside ``g.remembering_ancestors()`` the same ids' set is computed once (a node's
@@ -555,8 +562,7 @@ class Graph:
         succ[id], graph._pred[id] = {}, pred
         for slot, a in enumerate(args):
             keys = pred.get(a)      # x * x: both slots on one (a, id) pair
-            keys = _slot_keys(slot) if keys is None else \
-                _EdgeData({**keys, slot: _slot_data(slot)})
+            keys = _slot_keys(slot) if keys is None else _slots_keys((*keys, slot))
             pred[a] = succ[a][id] = keys
         cache = getattr(graph, "__networkx_cache__", None)
         if cache:
