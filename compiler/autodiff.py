@@ -207,14 +207,11 @@ def _plus(a, b) -> Expr:
     defines a − x as a + (−x), so the bits are the same, and no negation is needed (the
     adjoint of x − y's y is −P: a third of Lennard-Jones's gradient terms).  Two
     negations are (−x) − y, as written: −(x + y) would differ in the sign of a zero."""
-    if type(b) is Negated:
-        return (a.made() if type(a) is Negated else a) - b.value
-    if type(a) is Negated:
-        return b - a.value
-    if b.op == "neg" and b.shape == b.args[0].shape:
-        return a - b.args[0]
-    if a.op == "neg" and a.shape == a.args[0].shape:
-        return b - a.args[0]
+    if type(b) is Negated or b.op == "neg":        # (a neg node: one shape, as its operand)
+        return (a.made() if type(a) is Negated else a) - \
+            (b.value if type(b) is Negated else b.args[0])
+    if type(a) is Negated or a.op == "neg":
+        return b - (a.value if type(a) is Negated else a.args[0])
     return a + b
 
 
