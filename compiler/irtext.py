@@ -14,8 +14,8 @@ from contextlib import contextmanager
 
 from llvmlite import ir
 
-_ICMP = {"==": "eq", "!=": "ne", "<": "lt", "<=": "le", ">": "gt", ">=": "ge"}
-_FCMP = {"==": "eq", "!=": "ne", "<": "lt", "<=": "le", ">": "gt", ">=": "ge"}
+# comparison operators' names; icmp prefixes s/u for order, fcmp o/u for NaN
+_CMP = {"==": "eq", "!=": "ne", "<": "lt", "<=": "le", ">": "gt", ">=": "ge"}
 
 
 def _flags(flags) -> str:
@@ -34,12 +34,13 @@ class Value:
 
 
 class Argument(Value):
-    """A function's parameter; ``name`` may be set until the body refers to it."""
-    __slots__ = ("_name", "attributes")
+    """A function's parameter; ``name`` may be set until the body refers to it (the name
+    is then taken in the function: no value or block gets it)."""
+    __slots__ = ("_name", "attributes", "_names")
 
-    def __init__(self, type, name: str):
+    def __init__(self, type, name: str, names: set):
         super().__init__(type, "")
-        self.attributes = []
+        self.attributes, self._names = [], names
         self.name = name
 
     @property
@@ -48,6 +49,7 @@ class Argument(Value):
 
     @name.setter
     def name(self, name: str) -> None:
+        self._names.add(name)
         self._name, self.ref = name, f'%"{name}"'
 
     def add_attribute(self, attribute: str) -> None:
@@ -100,11 +102,12 @@ class Function:
 
     def __init__(self, module: Module, function_type: ir.FunctionType, name: str):
         self.module, self.function_type, self.name = module, function_type, name
-        self.args = [Argument(t, f".{k + 1}") for k, t in enumerate(function_type.args)]
+        self._names = set()
+        self.args = [Argument(t, f".{k + 1}", self._names)
+                     for k, t in enumerate(function_type.args)]
         self.attributes = set()
         self.linkage = ""
         self.blocks = []
-        self._names = {a.name for a in self.args}
         self._count = len(self.args)
         module.add(self)
 
@@ -254,21 +257,23 @@ class Builder:
     def fneg(self, a, name="", flags=()):
         return self._value(a.type, f"fneg{_flags(flags)} {a.type} {_ref(a)}", name)
 
+    def _compare(self, kind, cond, a, b, name, flags=()):
+        return self._value(_I1, f"{kind}{_flags(flags)} {cond} {a.type} {_ref(a)}, "
+                                f"{_ref(b)}", name)
+
     def icmp_signed(self, op, a, b, name=""):
-        cond = _ICMP[op] if op in ("==", "!=") else "s" + _ICMP[op]
-        return self._value(_I1, f"icmp {cond} {a.type} {_ref(a)}, {_ref(b)}", name)
+        return self._compare("icmp", _CMP[op] if op in ("==", "!=") else "s" + _CMP[op],
+                             a, b, name)
 
     def icmp_unsigned(self, op, a, b, name=""):
-        cond = _ICMP[op] if op in ("==", "!=") else "u" + _ICMP[op]
-        return self._value(_I1, f"icmp {cond} {a.type} {_ref(a)}, {_ref(b)}", name)
+        return self._compare("icmp", _CMP[op] if op in ("==", "!=") else "u" + _CMP[op],
+                             a, b, name)
 
     def fcmp_ordered(self, op, a, b, name="", flags=()):
-        return self._value(_I1, f"fcmp{_flags(flags)} o{_FCMP[op]} {a.type} {_ref(a)}, "
-                                f"{_ref(b)}", name)
+        return self._compare("fcmp", "o" + _CMP[op], a, b, name, flags)
 
     def fcmp_unordered(self, op, a, b, name="", flags=()):
-        return self._value(_I1, f"fcmp{_flags(flags)} u{_FCMP[op]} {a.type} {_ref(a)}, "
-                                f"{_ref(b)}", name)
+        return self._compare("fcmp", "u" + _CMP[op], a, b, name, flags)
 
     def select(self, cond, a, b, name="", flags=()):
         return self._value(a.type, f"select{_flags(flags)} i1 {_ref(cond)}, {a.type} "

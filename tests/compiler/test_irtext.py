@@ -47,7 +47,9 @@ def test_built_text_parses_verifies_and_runs():
 def test_names_are_unique_in_a_function_and_a_phi_takes_arms_added_later():
     module = irtext.Module("t")
     fn = irtext.Function(module, ir.FunctionType(I64, [I64]), "g")
+    fn.args[0].name = "n"                    # a parameter's name is taken too
     b = irtext.Builder(fn.append_basic_block("entry"))
+    assert b.add(fn.args[0], fn.args[0], name="n").ref != '%"n"'
     names = [b.add(fn.args[0], ir.Constant(I64, 1), name="a").ref for _ in range(3)]
     assert len(set(names)) == 3 and names[0] == '%"a"'
     assert fn.append_basic_block("a").name not in ("a", "entry")    # values and blocks share
