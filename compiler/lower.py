@@ -337,6 +337,10 @@ class Lowerer:
                 fn, buffers, by_place = done[n]
                 b.call(fn, base if by_place else [pointer(k) for k in buffers])
                 continue
+            if main is None and _inlined(step):
+                (self._inline if isinstance(step, Kernel) else self._inline_assemble)(
+                    b, step, pointer)
+                continue
             fname = f"{name}.step{n}"
             # Straight-line scalar code reads and writes many one-value buffers: its
             # steps take the table and workspace and find them there, instead of a
@@ -355,6 +359,31 @@ class Lowerer:
             if isinstance(step, Loop):
                 status = b.or_(status, result)
         return status
+
+    def _inline(self, b, k: Kernel, pointer) -> None:
+        """A one-element kernel of a few members (``_inlined``) written in its caller:
+        a function of its own cost LLVM's quick code generator ~45 µs whatever its size,
+        and W9's gradient had 20 that store a constant.  The same instructions."""
+        ty = FLOAT[k.dtype]
+
+        def at(v):
+            return element(b, pointer(v.buffer), v, (), ())
+        loaded = {i: load(b, at(v), v.dtype, ty) for i, v in k.loads.items()}
+        result = self._members(b, k, ty, loaded) if self.operations is not None else \
+            self._sympy_members(b, self.scalar(k), ty, loaded)
+        for i, v in k.stores.items():
+            b.store(_convert(b, result(i), FLOAT[v.dtype]), at(v))
+
+    def _inline_assemble(self, b, step: Assemble, pointer) -> None:
+        """A buffer assembled from single elements (``_inlined``), written in its caller:
+        W9's carries are stacks of scalars, and their adjoints' starting zeros."""
+        out = step.out
+        ty = FLOAT[out.dtype]
+        if step.fill is not None:
+            b.store(ir.Constant(ty, step.fill), element(b, pointer(out.buffer), out, (), ()))
+        for src, dst in step.pieces:
+            value = b.load(element(b, pointer(src.buffer), src, (), ()), typ=FLOAT[src.dtype])
+            b.store(_convert(b, value, ty), element(b, pointer(dst.buffer), dst, (), ()))
 
     def batched(self, name: str, prog: Program) -> None:
         """``i32 name(ptr table, i64 count, ptr steps)``: the program once per batch element
@@ -921,6 +950,26 @@ class Lowerer:
     def _memcpy(self):
         return self.module.declare("llvm.memcpy.p0.p0.i64", ir.FunctionType(
             ir.VoidType(), [PTR, PTR, I64, ir.IntType(1)]))
+
+
+# kernels of one element and at most this many members are written in their caller
+INLINE_MEMBERS = 4
+
+
+def _inlined(step) -> bool:
+    """Whether a step is written in its caller (``Lowerer._inline``, ``_inline_assemble``):
+    a kernel of one element and a few members, its loads float or bool and read plainly,
+    with no reductions or scatters; a buffer assembled from single float elements (filled
+    first only if it is one element itself)."""
+    if isinstance(step, Kernel):
+        return math.prod(step.domain) == 1 and len(step.members) <= INLINE_MEMBERS and \
+            not step.reductions and not step.scatters and all(
+                v.dtype.kind in "fb" and not v.mask and not v.indirect
+                for v in step.loads.values())
+    if isinstance(step, Assemble):
+        return (step.fill is None or math.prod(step.out.shape) == 1) and all(
+            math.prod(src.shape) == 1 and src.dtype.kind == "f" for src, _ in step.pieces)
+    return False
 
 
 def _temporaries(name, prog: Program):

@@ -312,3 +312,40 @@ def _steps(f, kind="forward"):
     from symgrad.compiler.schedule import schedule
     entry = f.source.entries[kind]
     return schedule(f.source.work, entry.inputs, entry.outputs).steps
+
+
+def test_one_element_steps_are_written_in_their_caller(monkeypatch):
+    """A kernel of one element and a few members, or a buffer assembled from single
+    elements (a scan's carry of scalars, its adjoint's starting zeros), is written in the
+    function that runs it: a function of its own cost LLVM's quick code generator ~45 µs
+    whatever its size.  Fewer functions, the same bits, the values of the unrolled loop."""
+    from symgrad.compiler import lower
+    from symgrad.compiler.backend import jit
+    monkeypatch.setattr(jit.JIT, "lookup", lambda *args, **kwargs: None)   # compiled anew
+    monkeypatch.setattr(jit.JIT, "_known", lambda self, key: None)
+
+    def step(x, u):
+        return x[0] + 0.1 * x[1], x[1] + 0.1 * (u - x[1] * x[1]) / x[2], x[2] - 0.01 * u * u
+
+    def compiled():
+        g = Graph()
+        U = g.input("U", (6,))
+        x = (g.const(0.0), g.const(0.5), g.const(1.0))
+        x, _ = scan(lambda x, u: (fori_loop(0, 3, lambda j, x: step(x, u), x), None), x, U)
+        f = g.compile([(U * U).sum(), C.stack([x[0], x[1]])], wrt=[U])
+        return f, f.source.build("vjp").llvm_ir.count("define internal")
+    u = np.linspace(0.1, 0.6, 6)
+    seeds = (1.0, np.array([1.0, -2.0]))
+    inline, inline_functions = compiled()
+    monkeypatch.setattr(lower, "_inlined", lambda step: False)
+    called, called_functions = compiled()
+    assert inline_functions < called_functions - 5
+    ((value, pair), grad), ((value2, pair2), grad2) = (f.vjp(u, seed=seeds) for f in (inline,
+                                                                                     called))
+    assert np.r_[value, pair, grad[0]].tobytes() == np.r_[value2, pair2, grad2[0]].tobytes()
+    x = (0.0, 0.5, 1.0)
+    for uk in u:
+        for _ in range(3):
+            x = step(x, uk)
+    np.testing.assert_allclose(pair, x[:2], rtol=1e-14)
+    assert value == pytest.approx(float((u * u).sum()), rel=1e-14)
