@@ -919,57 +919,58 @@ def _llvmlite_lock():
 
 _upgrades = _Upgrades()
 
-_switching = {"depth": 0, "saved": None}
-_switching_lock = threading.Lock()
+class _ProcessSetting:
+    """A process-wide setting changed while any compile needs it: the first of nested or
+    concurrent users saves the user's value (``change()`` returns it) and the last puts it
+    back (``restore(saved)``), so it is restored once, whatever ran in between."""
+
+    def __init__(self, change, restore):
+        self._change, self._restore = change, restore
+        self._depth, self._saved = 0, None
+        self._lock = threading.Lock()
+
+    @contextlib.contextmanager
+    def __call__(self):
+        with self._lock:
+            if self._depth == 0:
+                self._saved = self._change()
+            self._depth += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._depth -= 1
+                if self._depth == 0:
+                    self._restore(self._saved)
 
 
-@contextlib.contextmanager
-def _short_switches():
-    """A 0.1 ms thread switch interval while a program is lowered and its parts compiled.
-    The worker needs the interpreter's lock between its LLVM calls (a dozen per part) and
-    by default waits up to 5 ms for the lowering thread to let go each time: Lennard-Jones
-    N=60's parts finished 0.34-0.46 s after the lowering, 0.22-0.28 s at 0.5 ms.  With
-    its parts lowered as the schedule makes them, the worker runs beside the schedule
-    too: a part took 16-19 ms at 0.5 ms and 8-12 ms at 0.1 ms (7 ms alone), and the
-    compile ended 0.1 s sooner.  Nested and concurrent compiles restore the user's
-    interval when the last one ends."""
-    with _switching_lock:
-        if _switching["depth"] == 0:
-            _switching["saved"] = sys.getswitchinterval()
-            sys.setswitchinterval(min(_switching["saved"], 0.0001))
-        _switching["depth"] += 1
-    try:
-        yield
-    finally:
-        with _switching_lock:
-            _switching["depth"] -= 1
-            if _switching["depth"] == 0:
-                sys.setswitchinterval(_switching["saved"])
+def _switch_fast():
+    saved = sys.getswitchinterval()
+    sys.setswitchinterval(min(saved, 0.0001))
+    return saved
 
 
-@contextlib.contextmanager
-def collector_paused():
-    """Building graphs allocates many small objects that live on, so Python's cyclic
-    collector runs again and again over everything alive; it gets nothing back, and
-    took most of a compile served from the cache (and a gen-2 pass 30-55 ms of W9's 70 ms
-    compile).  Paused for a compile and for an entry's build and call glue on its first
-    call, as it was after (counted: compiles nest, and run in several threads at once)."""
-    with _pause_lock:
-        if _paused["depth"] == 0:
-            _paused["enabled"] = gc.isenabled()
-            gc.disable()
-        _paused["depth"] += 1
-    try:
-        yield
-    finally:
-        with _pause_lock:
-            _paused["depth"] -= 1
-            if _paused["depth"] == 0 and _paused["enabled"]:
-                gc.enable()
+def _pause_collector():
+    enabled = gc.isenabled()
+    gc.disable()
+    return enabled
 
 
-_paused = {"depth": 0, "enabled": True}
-_pause_lock = threading.Lock()
+# A 0.1 ms thread switch interval while a program is lowered and its parts compiled. The
+# worker needs the interpreter's lock between its LLVM calls (a dozen per part) and by
+# default waits up to 5 ms for the lowering thread to let go each time: Lennard-Jones
+# N=60's parts finished 0.34-0.46 s after the lowering, 0.22-0.28 s at 0.5 ms.  With its
+# parts lowered as the schedule makes them, the worker runs beside the schedule too: a
+# part took 16-19 ms at 0.5 ms and 8-12 ms at 0.1 ms (7 ms alone), and the compile ended
+# 0.1 s sooner.
+_short_switches = _ProcessSetting(_switch_fast, sys.setswitchinterval)
+# Building graphs allocates many small objects that live on, so Python's cyclic collector
+# runs again and again over everything alive; it gets nothing back, and took most of a
+# compile served from the cache (and a gen-2 pass 30-55 ms of W9's 70 ms compile).  Paused
+# for a compile and for an entry's build and call glue on its first call, as it was after
+# (a user's gc.disable() stands).
+collector_paused = _ProcessSetting(_pause_collector,
+                                   lambda enabled: gc.enable() if enabled else None)
 
 
 _jit: JIT | None = None
