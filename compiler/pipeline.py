@@ -425,8 +425,8 @@ def export_ir(work: Graph, entries: list, name: str, fast_math=False) -> tuple[s
 def build(work: Graph, entries: list, name=None, fast_math=False) -> Artifact:
     """Schedule, simplify and lower each entry into one module and JIT it — or take the
     same code from the compile cache, keyed by the graph's structure."""
-    # (entries are built lazily, on their first call: outside compile_graph's pause)
-    with jit.collector_paused(), work.remembering_ancestors():   # (and the schedule's: one walk)
+    # (called by NativeFunction._load, which pauses the collector for the build and glue)
+    with work.remembering_ancestors():     # the key's and the schedule's: one walk
         return _build(work, entries, name, fast_math)
 
 
