@@ -244,15 +244,18 @@ def schedule(g: Graph, inputs: list[int], outputs: list[int], stream=None,
     streaming = stream is not None and _streamable(need, kinds, group, scatters_of,
                                                    stream_from)
     streamed, open_kernels, bucket = [], [], None   # (see _streamable)
+
+    def hand_over():        # the open scalar functions are complete
+        for kernel in open_kernels:
+            stream(kernel, prog)
+        streamed.extend(open_kernels)
+        open_kernels.clear()
     for i in ranked if streaming else sorted(need):
         a = attrs[i]
         kind = kinds[i]
         if streaming and rank[i] // MAX_SCALAR != bucket:
-            # the scalar functions of the last bucket of ranks are complete
-            for kernel in open_kernels:
-                stream(kernel, prog)
-            streamed += open_kernels
-            open_kernels, bucket = [], rank[i] // MAX_SCALAR
+            hand_over()         # (those of the last bucket of ranks)
+            bucket = rank[i] // MAX_SCALAR
         if kind == "elementwise":
             # (most nodes: one loop's or function's member, stored if read elsewhere)
             key = group[i]
@@ -351,9 +354,7 @@ def schedule(g: Graph, inputs: list[int], outputs: list[int], stream=None,
         kernel.reductions[i] = Reduction(operand, view[i], *a["params"], op=op)
         if materialise:
             producer[view[i].buffer] = kernel
-    for kernel in open_kernels:
-        stream(kernel, prog)
-    streamed += open_kernels
+    hand_over()
     for kernel in kernels.values():    # in depth-first order too: a value beside its reader
         kernel.members.sort(key=rank.__getitem__)
     prog.steps = streamed + _order_steps(order, producer)
