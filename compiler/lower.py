@@ -365,14 +365,11 @@ class Lowerer:
         a function of its own cost LLVM's quick code generator ~45 µs whatever its size,
         and W9's gradient had 20 that store a constant.  The same instructions."""
         ty = FLOAT[k.dtype]
-
-        def at(v):
-            return element(b, pointer(v.buffer), v, (), ())
-        loaded = {i: load(b, at(v), v.dtype, ty) for i, v in k.loads.items()}
+        loaded = {i: load(b, _single(b, pointer, v), v.dtype, ty) for i, v in k.loads.items()}
         result = self._members(b, k, ty, loaded) if self.operations is not None else \
             self._sympy_members(b, self.scalar(k), ty, loaded)
         for i, v in k.stores.items():
-            b.store(_convert(b, result(i), FLOAT[v.dtype]), at(v))
+            b.store(_convert(b, result(i), FLOAT[v.dtype]), _single(b, pointer, v))
 
     def _inline_assemble(self, b, step: Assemble, pointer) -> None:
         """A buffer assembled from single elements (``_inlined``), written in its caller:
@@ -380,10 +377,10 @@ class Lowerer:
         out = step.out
         ty = FLOAT[out.dtype]
         if step.fill is not None:
-            b.store(ir.Constant(ty, step.fill), element(b, pointer(out.buffer), out, (), ()))
+            b.store(ir.Constant(ty, step.fill), _single(b, pointer, out))
         for src, dst in step.pieces:
-            value = b.load(element(b, pointer(src.buffer), src, (), ()), typ=FLOAT[src.dtype])
-            b.store(_convert(b, value, ty), element(b, pointer(dst.buffer), dst, (), ()))
+            value = b.load(_single(b, pointer, src), typ=FLOAT[src.dtype])
+            b.store(_convert(b, value, ty), _single(b, pointer, dst))
 
     def batched(self, name: str, prog: Program) -> None:
         """``i32 name(ptr table, i64 count, ptr steps)``: the program once per batch element
@@ -970,6 +967,11 @@ def _inlined(step) -> bool:
         return (step.fill is None or math.prod(step.out.shape) == 1) and all(
             math.prod(src.shape) == 1 and src.dtype.kind == "f" for src, _ in step.pieces)
     return False
+
+
+def _single(b, pointer, view):
+    """The address of the one element of ``view`` (its buffer's pointer by ``pointer``)."""
+    return element(b, pointer(view.buffer), view, (), ())
 
 
 def _temporaries(name, prog: Program):
