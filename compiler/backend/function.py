@@ -584,7 +584,8 @@ class NativeFunction:
         m = sum(int(np.prod(s)) for _, s, _ in self.outputs)
         n = sum(int(np.prod(s)) for _, s, _ in self.wrt)
         _check_dense(m, n, "jacobian")
-        if self._forward_pays(n, m):     # a column J·e_k per sweep
+        first, self._jacobians = self._jacobians == 0, self._jacobians + 1
+        if self._forward_pays(n, m, first):     # a column J·e_k per sweep
             cols = [self.jvp(*args, tangent=self._basis(self.wrt, k), **kwargs)[1]
                     for k in range(n)]
             blocks = self._dense([c if len(self.outputs) > 1 else (c,) for c in cols],
@@ -598,14 +599,13 @@ class NativeFunction:
         blocks = [tuple(b) for b in blocks]
         return blocks[0] if len(self.outputs) == 1 else tuple(blocks)
 
-    def _forward_pays(self, columns: int, rows: int) -> bool:
+    def _forward_pays(self, columns: int, rows: int, first: bool) -> bool:
         """Whether a dense Jacobian takes forward mode (``columns`` sweeps) rather than
         reverse (``rows``).  Fewer sweeps decide, except that a forward-mode entry not yet
         compiled costs a compile about the size of the reverse pass's (W9's Van der Pol:
         19 ms for 20 columns, where its 21 rows cost 0.2 ms on the reverse entry loaded
-        at compile time): the first Jacobian takes it only for half the sweeps or fewer;
-        a Jacobian asked for again, as a solver asks each iteration, takes it for fewer."""
-        first, self._jacobians = self._jacobians == 0, self._jacobians + 1
+        at compile time): the ``first`` Jacobian takes it only for half the sweeps or
+        fewer; a Jacobian asked for again, as a solver asks each iteration, for fewer."""
         if "vjp" not in self._specs:
             return True
         if "jvp" in self._entries or not first:
