@@ -13,6 +13,7 @@ import pytest
 from symgrad.compiler import Graph, schedule
 from symgrad.compiler.pipeline import prepare
 from symgrad.compiler.schedule import MAX_KERNEL, MAX_SCALAR, Kernel
+from tests.oracle import compile_anew
 
 
 def _rosenbrock(n, scale):
@@ -521,9 +522,7 @@ def test_straight_line_functions_are_lowered_as_they_are_scheduled(monkeypatch):
     monkeypatch.setattr(pipeline, "schedule", _marking(scheduling, pipeline.schedule))
     monkeypatch.setattr(lower.Lowerer, "_hand_over_part", spied_hand_over)
 
-    from symgrad.compiler.backend import jit
-    monkeypatch.setattr(jit.JIT, "lookup", lambda *args, **kwargs: None)   # both cold
-    monkeypatch.setattr(jit.JIT, "_known", lambda self, key: None)
+    compile_anew(monkeypatch)               # both cold
 
     def compiled():
         g, energy, q = _pairs_energy(n, 1.0)

@@ -16,6 +16,7 @@ from symgrad.compiler import Graph, exp, functions, log, pipeline, sin, sqrt, wa
 from symgrad.compiler.backend import jit
 from symgrad.compiler.ops import ELEMENTWISE
 from tests.fuzz.recipes import SymgradOps, recipes, replay
+from tests.oracle import compile_anew
 
 # Each case: a function of (x, y) written once over a namespace F (numpy or symgrad's
 # graph functions); only + − × ÷ and libm calls, in the order written.
@@ -196,8 +197,7 @@ def _through_sympy(patched):
     """Lower every kernel's members through SymPy, and compile again what the process
     has compiled already (the same graph would be served from memory or disk)."""
     patched.setattr(pipeline, "_operations", lambda graphs: None)
-    patched.setattr(jit, "lookup", lambda *args, **kwargs: None)
-    patched.setattr(jit.JIT, "_known", lambda self, key: None)
+    compile_anew(patched)
 
 
 # Powers with a constant exponent lower specially (x**2 → x·x, x**0.5 → sqrt, x**-1 → 1/x)
@@ -300,8 +300,7 @@ def test_both_tiers_of_loop_programs_give_the_same_bits(monkeypatch):
     wait_optimized(120)                     # other tests' second tiers: none waiting
     monkeypatch.setattr(jit, "TIER_LINES", 1)             # every module: two tiers
     monkeypatch.setattr(jit, "MAX_PENDING", 100)
-    monkeypatch.setattr(jit, "lookup", lambda *args, **kwargs: None)     # compiled anew
-    monkeypatch.setattr(jit.JIT, "_known", lambda self, key: None)
+    compile_anew(monkeypatch)
     ops = sorted((e.name, e.arity) for e in ELEMENTWISE.values() if e.name != "broadcast")
     rng = np.random.default_rng(11)
 

@@ -6,7 +6,7 @@ import pytest
 
 import symgrad.compiler as C
 from symgrad.compiler import Graph, GraphError, ShapeError, fori_loop, scan
-from tests.oracle import fd_vjp, torch
+from tests.oracle import compile_anew, fd_vjp, torch
 
 K = 6
 XS = np.cos(np.arange(K * 4.0)).reshape(K, 4)
@@ -320,9 +320,7 @@ def test_one_element_steps_are_written_in_their_caller(monkeypatch):
     function that runs it: a function of its own cost LLVM's quick code generator ~45 µs
     whatever its size.  Fewer functions, the same bits, the values of the unrolled loop."""
     from symgrad.compiler import lower
-    from symgrad.compiler.backend import jit
-    monkeypatch.setattr(jit.JIT, "lookup", lambda *args, **kwargs: None)   # compiled anew
-    monkeypatch.setattr(jit.JIT, "_known", lambda self, key: None)
+    compile_anew(monkeypatch)
 
     def step(x, u):
         return x[0] + 0.1 * x[1], x[1] + 0.1 * (u - x[1] * x[1]) / x[2], x[2] - 0.01 * u * u
