@@ -487,6 +487,36 @@ def test_the_collector_is_paused_for_compiles_and_first_calls_and_restored(monke
     assert not errors and gc.isenabled()
 
 
+def test_what_a_big_compile_keeps_joins_the_oldest_generation_unwalked(monkeypatch):
+    """After the pause, a big compile's objects are old: the first young pass does not walk
+    them all (it took 45 ms after Lennard-Jones N=60's compile).  A small compile's stay
+    young, where a function dropped soon after is freed by a young pass; objects a user
+    froze stay frozen."""
+    import gc
+
+    from symgrad.compiler.backend import jit
+
+    def generation_of(obj):
+        return next(k for k in range(3) if any(o is obj for o in gc.get_objects(k)))
+    g, f, xs = _rosenbrock(30, 700.0 + time.time() % 1e-3)     # ~9,000 objects: small
+    assert generation_of(g.compile([f], wrt=xs)) < 2
+
+    monkeypatch.setattr(jit, "PROMOTE_AFTER", 1000)
+    g, f, xs = _rosenbrock(30, 750.0 + time.time() % 1e-3)
+    fn = g.compile([f], wrt=xs)
+    assert generation_of(fn) == 2 and gc.get_count()[0] < 50
+
+    kept = [[k] for k in range(1000)]       # the user's, frozen
+    gc.freeze()
+    try:
+        g, f, xs = _rosenbrock(30, 800.0 + time.time() % 1e-3)
+        g.compile([f], wrt=xs)(*np.ones(30))
+        assert gc.get_freeze_count() > len(kept)
+        assert not any(o is kept or o is kept[0] for o in gc.get_objects())    # still frozen
+    finally:
+        gc.unfreeze()
+
+
 def _pairs_energy(n, scale):
     """Lennard-Jones-like energy of n particles over one vector input, read by element."""
     g = Graph()
