@@ -501,7 +501,7 @@ def test_what_a_big_compile_keeps_joins_the_oldest_generation_unwalked(monkeypat
     g, f, xs = _rosenbrock(30, 700.0 + time.time() % 1e-3)     # ~9,000 objects: small
     assert generation_of(g.compile([f], wrt=xs)) < 2
 
-    monkeypatch.setattr(jit, "PROMOTE_AFTER", 1000)
+    monkeypatch.setattr(jit, "PROMOTE_AFTER", 0)
     g, f, xs = _rosenbrock(30, 750.0 + time.time() % 1e-3)
     fn = g.compile([f], wrt=xs)
     assert generation_of(fn) == 2 and gc.get_count()[0] < 50
