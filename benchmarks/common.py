@@ -5,6 +5,7 @@ machines; ratios measured side by side do not), after checking that all systems
 compute the same numbers (float64: 1e-9 relative)."""
 from __future__ import annotations
 
+import gc
 import json
 import os
 import platform
@@ -43,6 +44,17 @@ def settle():
     except ImportError:
         return
     wait_optimized()
+
+
+def cold():
+    """Before every system's cold compile: symgrad's background work finished (``settle``)
+    and one full pass of Python's cyclic collector, as pyperf runs one before each
+    benchmark.  A full pass falls due after enough objects have survived, whichever code
+    made them: without this, one that the earlier sizes or peers made due (0.14-0.16 s at
+    W2's N=60, with ~300,000 objects alive) lands in whichever timing comes next.  Passes
+    that the timed work's own allocations bring on still count."""
+    settle()
+    gc.collect()
 
 
 def median_time(fn, min_runs=5, min_seconds=0.3, max_runs=100_000, settled=True):

@@ -6,7 +6,7 @@ import time
 
 import numpy as np
 
-from common import agree, median_time, peer, report, settle
+from common import agree, cold, median_time, peer, report
 
 
 def positions(n):
@@ -41,7 +41,7 @@ def main(sizes=(10, 30, 60), symengine_max=30):
     for n in sizes:
         case = f"N={n}"
         q = positions(n)
-        settle()        # each cold compile alone (no earlier program's optimisation running)
+        cold()
         start = time.perf_counter()
         f = build_symgrad(n)
         value, (grad,) = f.vjp(q)
@@ -58,7 +58,7 @@ def main(sizes=(10, 30, 60), symengine_max=30):
         rows.append(dict(case=case + " eval", system="symgrad",
                          seconds=median_time(lambda: f.vjp(q))))
         # the same energy over 3N scalar inputs, called with Python floats
-        settle()
+        cold()
         start = time.perf_counter()
         fs = build_symgrad(n, scalar_inputs=True)
         floats = q.tolist()
@@ -72,6 +72,7 @@ def main(sizes=(10, 30, 60), symengine_max=30):
 
         ca = peer("casadi")
         if ca:
+            cold()
             start = time.perf_counter()
             Q = ca.SX.sym("q", 3 * n)
             E = 0
@@ -100,6 +101,7 @@ def main(sizes=(10, 30, 60), symengine_max=30):
                 r2 = jnp.sum(d * d, -1)[iu]
                 inv6 = 1 / r2 ** 3
                 return jnp.sum(4 * (inv6 * inv6 - inv6))
+            cold()
             start = time.perf_counter()
             vg = jax.jit(jax.value_and_grad(energy))
             v, gq = vg(jnp.asarray(q))
@@ -111,6 +113,7 @@ def main(sizes=(10, 30, 60), symengine_max=30):
 
         se = peer("symengine") if n <= symengine_max else None
         if se:
+            cold()
             start = time.perf_counter()
             Q = se.symbols(f"q0:{3 * n}")
             E = 0

@@ -8,7 +8,7 @@ import time
 
 import numpy as np
 
-from common import agree, median_time, peer, report, settle
+from common import agree, cold, median_time, peer, report
 
 N = 1000
 
@@ -19,7 +19,7 @@ def main(ks=(10, 100, 1000)):
     for k in ks:
         case = f"K={k}"
         from symgrad.compiler import Graph, sin
-        settle()        # each cold compile alone (no earlier program's optimisation running)
+        cold()
         start = time.perf_counter()
         g = Graph()
         x = g.input("x", (N,))
@@ -34,7 +34,7 @@ def main(ks=(10, 100, 1000)):
         rows.append(dict(case=case + " steady", system="symgrad",
                          seconds=median_time(lambda: f.vjp(h0))))
 
-        settle()
+        cold()
         start = time.perf_counter()
         f = _scan_chain(k)
         value, (grad,) = f.vjp(h0)
@@ -53,6 +53,7 @@ def main(ks=(10, 100, 1000)):
                 def body(h, _):
                     return jnp.sin(h) * 1.0001 + 0.1 * h * h, None
                 return jnp.sum(jax.lax.scan(body, x, None, length=k)[0])
+            cold()
             start = time.perf_counter()
             vg = jax.jit(jax.value_and_grad(loss))
             v, gx = vg(jnp.asarray(h0))
@@ -65,6 +66,7 @@ def main(ks=(10, 100, 1000)):
 
         ca = peer("casadi")
         if ca:
+            cold()
             start = time.perf_counter()
             X = ca.MX.sym("x", N)
             H = X
@@ -87,18 +89,18 @@ def main(ks=(10, 100, 1000)):
     from symgrad.compiler.backend import jit
     for tiers in ("", " one tier"):
         for k in (10, 100_000):
-            cold = []
+            times = []
             for r in range(3):           # bodies not compiled above: each cold (best of 3)
-                settle()
+                cold()
                 jit.TIERED = not tiers
                 try:
                     start = time.perf_counter()
                     _scan_chain(k, 1.0002 + 1e-6 * r + (1e-7 if tiers else 0.0))
-                    cold.append(time.perf_counter() - start)
+                    times.append(time.perf_counter() - start)
                 finally:
                     jit.TIERED = True
             rows.append(dict(case=f"K={k} compile{tiers}", system="symgrad scan",
-                             seconds=min(cold)))
+                             seconds=min(times)))
     report("W5 compile scaling", rows,
            notes="targets (K=1000): unrolled first gradient ≤ 1.0 s; scan first gradient "
                  "≤ 0.3 s, steady ≤ 0.5× jax scan; scan compile at K=100,000 ≤ 1.5× K=10 "

@@ -15,7 +15,7 @@ import time
 
 import numpy as np
 
-from common import agree, median_time, peer, report, settle
+from common import agree, cold, median_time, peer, report
 
 ROCKET_U = np.linspace(0.1, 0.6, 50)
 VDP_U = 0.3 * np.sin(np.arange(20.0))
@@ -156,7 +156,7 @@ def main():
     for which, u0 in (("rocket", ROCKET_U), ("Van der Pol", VDP_U)):
         ref = None
         for form in ("unrolled", "scan"):
-            settle()    # each cold compile alone (no earlier program's optimisation running)
+            cold()
             start = time.perf_counter()
             f = (symgrad_rocket if which == "rocket" else symgrad_vdp)(form)
             out = symgrad_call(f, u0)
@@ -171,6 +171,7 @@ def main():
                              seconds=median_time(lambda: symgrad_call(f, u0))))
         ca = peer("casadi")
         if ca:
+            cold()
             start = time.perf_counter()
             cf = (casadi_rocket if which == "rocket" else casadi_vdp)(ca)
             out = cf(u0)
@@ -183,6 +184,7 @@ def main():
         jax = peer("jax")
         if jax:
             jax.config.update("jax_enable_x64", True)
+            cold()
             start = time.perf_counter()
             jf = jax_problem(jax, "rocket" if which == "rocket" else "vdp")
             out = [np.asarray(a) for a in jf(u0)]
