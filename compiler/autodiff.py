@@ -16,7 +16,7 @@ import numpy as np
 import sympy as sp
 
 from . import ops
-from .graph import Expr, Graph, GraphError
+from .graph import Expr, Graph, GraphError, ancestors
 from .ops import ELEMENTWISE, STRUCTURED
 
 
@@ -140,21 +140,19 @@ def _as_list(x):
 
 
 def relevant_nodes(g: Graph, outputs, wrt) -> set:
-    """Nodes on some path from a ``wrt`` node to an output: one pass up from the outputs
-    and one pass down from all ``wrt`` nodes together (linear, however many there are)."""
-    up = _reach(g.nx._pred, [o.id for o in outputs])   # (networkx's own dicts: its views
-    down = _reach(g.nx._succ, [w.id for w in wrt])     # make an object per lookup)
+    """Nodes on some path from a ``wrt`` node to an output: the outputs' ancestors, then
+    those among them that a ``wrt`` node reaches, in id order (a topological order) —
+    linear, however many there are."""
+    up = ancestors(g, [o.id for o in outputs])
+    down = {w.id for w in wrt}
+    nodes = g.attrs
+    for i in sorted(up):
+        if i not in down:
+            for a in nodes[i]["args"]:
+                if a in down:
+                    down.add(i)
+                    break
     return up & down
-
-
-def _reach(adjacency, starts) -> set:
-    seen, stack = set(starts), list(starts)
-    while stack:
-        for nxt in adjacency[stack.pop()]:
-            if nxt not in seen:
-                seen.add(nxt)
-                stack.append(nxt)
-    return seen
 
 
 def grad(g: Graph, outputs, wrt, seeds=None) -> list[Expr]:

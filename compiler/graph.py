@@ -13,6 +13,8 @@ import functools
 import hashlib
 import math
 import numbers
+import threading
+from collections.abc import Mapping
 
 import networkx as nx
 import numpy as np
@@ -93,6 +95,109 @@ def _slots_keys(slots: tuple) -> _EdgeData:
     """The key dict of an edge carrying several operand slots (x·x: both on one edge),
     shared as ``_slot_keys``'s are (Lennard-Jones N=60 made 8,854 of them, one a node)."""
     return _EdgeData({slot: _slot_data(slot) for slot in slots})
+
+
+class _Adjacency(dict):
+    """One node's operands or consumers as networkx reads them ({neighbour: key dict}),
+    made when asked; read-only, as the edges it shows are the nodes' ``args``."""
+    __slots__ = ()
+
+    def _read_only(self, *args, **kwargs):
+        raise TypeError(_READ_ONLY)
+    __setitem__ = __delitem__ = update = pop = popitem = clear = setdefault = _read_only
+    __ior__ = _read_only
+
+    def copy(self) -> dict:
+        return dict(self)
+
+    def __reduce__(self):
+        return (dict, (dict(self),))
+
+
+_READ_ONLY = ("a symgrad graph's edges are its nodes' operands ('args'), read-only through "
+              "networkx; to add or change edges, work on networkx's own copy: g.nx.copy()")
+
+
+def _edge_keys(args, node) -> _EdgeData:
+    """The key dict of the edge from ``node`` into a node with operands ``args``."""
+    slots = tuple(k for k, a in enumerate(args) if a == node)
+    return _slot_keys(slots[0]) if len(slots) == 1 else _slots_keys(slots)
+
+
+class _Storage(Mapping):
+    """networkx's adjacency storage of a symgrad graph (``nx._pred`` and ``nx._succ``,
+    networkx's documented dicts of dicts), read from the nodes' ``args`` when asked.
+
+    A node's operands are its ``args``; they are the graph's only record of its edges.
+    Two dicts a node (its predecessors' and successors') were two thirds of a scalar
+    graph's objects: ~450 bytes a node, and objects Python's cyclic collector walks on
+    every full pass (they hold dicts, so they are always tracked).  networkx reads them
+    through its views and algorithms as before; its writers raise (the graph is frozen
+    for them, ``nx.freeze``, and its storage read-only: ``_READ_ONLY``)."""
+    __slots__ = ("_nodes",)
+
+    def __init__(self, nodes: dict):
+        self._nodes = nodes                 # networkx's ``_node``: id -> attributes
+
+    def __iter__(self):
+        return iter(self._nodes)
+
+    def __len__(self):
+        return len(self._nodes)
+
+    def __contains__(self, n):
+        return n in self._nodes
+
+    def _read_only(self, *args, **kwargs):
+        raise TypeError(_READ_ONLY)
+    __setitem__ = __delitem__ = update = pop = popitem = clear = setdefault = _read_only
+
+    def __reduce__(self):
+        return (type(self), (self._nodes,))
+
+
+class _Operands(_Storage):
+    """``nx._pred``: node -> {operand: key dict}."""
+    __slots__ = ()
+
+    def __getitem__(self, n):
+        args = self._nodes[n]["args"]
+        return _Adjacency({a: _edge_keys(args, a) for a in args})
+
+
+class _Consumers(_Storage):
+    """``nx._succ`` (and ``_adj``): node -> {consumer: key dict}, from an index of
+    consumers built when first asked and extended by the nodes added since (nodes are
+    numbered 1, 2, … and never removed)."""
+    __slots__ = ("_of", "_indexed", "_lock")
+
+    def __init__(self, nodes: dict):
+        super().__init__(nodes)
+        self._of, self._indexed, self._lock = {}, 0, threading.Lock()
+
+    def consumers(self, n) -> list:
+        """The nodes with ``n`` among their operands, each once, in id order."""
+        nodes = self._nodes
+        if self._indexed < len(nodes):
+            with self._lock:
+                of, last = self._of, len(nodes)
+                for i in range(self._indexed + 1, last + 1):
+                    args = nodes[i]["args"]
+                    for k, a in enumerate(args):
+                        if a not in args[:k]:
+                            c = of.get(a)
+                            if c is None:
+                                of[a] = [i]
+                            else:
+                                c.append(i)
+                self._indexed = last
+        return self._of.get(n, [])
+
+    def __getitem__(self, n):
+        if n not in self._nodes:
+            raise KeyError(n)
+        nodes = self._nodes
+        return _Adjacency({c: _edge_keys(nodes[c]["args"], n) for c in self.consumers(n)})
 
 
 def ancestors(g: "Graph", ids) -> set:
@@ -409,6 +514,9 @@ class Graph:
 
     def __init__(self, dtype=np.float64):
         self.nx = nx.MultiDiGraph()
+        nodes = self.nx._node
+        self.nx._succ, self.nx._pred = _Consumers(nodes), _Operands(nodes)   # (see _Storage)
+        nx.freeze(self.nx)      # networkx's writers raise: nodes are added by the Graph
         # node id -> its attribute dict (op, args, params, shape, dtype): networkx's own
         # dicts (``nx._node``, its documented storage, one dict for the graph's life),
         # read without the view objects ``nx.nodes[i]`` goes through — the compiler reads
@@ -440,6 +548,11 @@ class Graph:
 
     def __len__(self):
         return self.nx.number_of_nodes()
+
+    def consumers(self, id: int) -> list:
+        """The ids of the nodes that have node ``id`` among their operands, in id order
+        (``g.nx.successors(id)``, without the dicts networkx's views are made of)."""
+        return self.nx._succ.consumers(id)
 
     def __repr__(self):
         return f"<Graph: {len(self)} nodes, inputs {list(self._inputs)}>"
@@ -544,29 +657,22 @@ class Graph:
 
     # ---- node making -----------------------------------------------------------------
     def _new(self, op, args, params, shape, dtype, name=None) -> int:
-        """A node, written into networkx's storage (``_node``, ``_succ``, ``_pred``, as
-        ``add_node``/``add_edge`` write them) with its edges' key and data dicts shared:
-        most nodes' edges are (slot 0), (slot 1), … and their dicts were more than half
-        of a graph's memory and of its building time (see ``_EdgeData``)."""
+        """A node, written into networkx's storage (``_node``, as ``add_node`` writes it);
+        its edges, from its operands, are read from ``args`` (see ``_Storage``)."""
         _check_size(shape)      # shapes made by broadcasting and matmul too
         graph = self.nx
-        id = len(graph._node) + 1
+        nodes = graph._node
+        id = len(nodes) + 1
         attrs = {"op": op, "args": tuple(args), "params": params, "shape": shape,
                  "dtype": dtype}
         if name:
             attrs["name"] = name
-        graph._node[id] = attrs
+        nodes[id] = attrs
         if op == "array":
             self._array_ids.append(id)
-        succ, pred = graph._succ, {}
-        succ[id], graph._pred[id] = {}, pred
-        for slot, a in enumerate(args):
-            keys = pred.get(a)      # x * x: both slots on one (a, id) pair
-            keys = _slot_keys(slot) if keys is None else _slots_keys((*keys, slot))
-            pred[a] = succ[a][id] = keys
         cache = getattr(graph, "__networkx_cache__", None)
         if cache:
-            cache.clear()           # as add_edge does
+            cache.clear()           # as add_node does
         return id
 
     def _intern(self, op, args, params, shape, dtype, sign=None) -> int:
@@ -1030,16 +1136,12 @@ class Graph:
         return [new[o.id] for o in outputs]
 
     def copy(self) -> "Graph":
-        """A graph to add nodes to without changing this one.  Only the successor dicts
-        are copied (new nodes add successors to old ones); a node's attributes are
-        replaced, never changed (``set_attr``), and its operands never change, so the
-        attribute and predecessor dicts are shared, as are the read-only edge dicts
-        (networkx's ``copy`` would remake all of them)."""
+        """A graph to add nodes to without changing this one.  A node's attributes are
+        replaced, never changed (``set_attr``), so the attribute dicts are shared (the
+        edges are read from them: ``_Storage``); networkx's ``copy`` would remake all."""
         other = self._like()
         other.nx.graph.update(self.nx.graph)
         other.nx._node.update(self.nx._node)
-        other.nx._succ.update((i, dict(n)) for i, n in self.nx._succ.items())
-        other.nx._pred.update(self.nx._pred)
         other._interned = dict(self._interned)
         other._array_ids = list(self._array_ids)
         other._inputs = dict(self._inputs)

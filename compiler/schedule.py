@@ -206,10 +206,9 @@ def schedule(g: Graph, inputs: list[int], outputs: list[int], stream=None,
         if kind is None:
             kind = of_op[op] = kind_of(op)
         kinds[i] = kind
-    succ = g.nx._succ
 
-    def readers(i):     # (a few operators ask; per node, the lists took memory and time)
-        return [c for c in succ[i] if c in need]
+    def readers(i):     # (a few operators ask)
+        return [c for c in g.consumers(i) if c in need]
 
     stage, group, rank, ranked = _stages(g, need, outputs, kinds)
     prog = Program(list(inputs), list(outputs))
