@@ -11,9 +11,10 @@ import w7_selection
 import w8_transforms
 import w9_shooting
 import w10_dask
+import w11_rosenbrock
 
 if __name__ == "__main__":
     for module in (w1_tiny, w2_lennard_jones, w3_elementwise, w4_mlp, w5_compile_scaling,
                    w6_training, w7_selection, w8_transforms, w9_shooting, w10_dask,
-                   cache_second_process, compile_memory):
+                   w11_rosenbrock, cache_second_process, compile_memory):
         module.main()
