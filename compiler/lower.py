@@ -296,6 +296,7 @@ class Lowerer:
         function in it built from blocks: loops, matmuls, SymPy-lowered kernels)."""
         straight = not any(getattr(g, "blocks", None) for g in self.module.globals.values())
         self.hand_over(str(self.module), straight)
+        self.module.release()
 
     def _malloc(self, b, size):
         """``malloc(size)``; the function returns 1 where it fails."""

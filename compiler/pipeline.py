@@ -187,6 +187,7 @@ class Artifact:
             self._kernels[entry.kind] = (scalar, kernels)      # SymPy when asked for
             handed = handed or lowerer.hand_over is not None
         text = str(module)
+        module.release()
         self.work = sum(_work(prog) for prog in progs)
         if not handed and blas == self.blas:     # the whole module: what ``llvm_ir`` shows
             self._ir = text

@@ -517,6 +517,27 @@ def test_what_a_big_compile_keeps_joins_the_oldest_generation_unwalked(monkeypat
         gc.unfreeze()
 
 
+def test_a_compile_in_parts_leaves_no_ir_objects_for_the_collector(monkeypatch):
+    """IR objects refer to each other (a function and its module, a block and its
+    function), and a compile pauses the cyclic collector: each part's module lets go of
+    its functions once its text is taken, or all of a program's stayed until the compile
+    ended (12.6 MB of a 62,500-node chain's)."""
+    import gc
+
+    from symgrad.compiler import irtext, lower, pipeline
+    monkeypatch.setattr(pipeline, "LARGE_PROGRAM", 1)
+    monkeypatch.setattr(lower, "PART_MEMBERS", 100)
+    g, f, xs = _rosenbrock(200, 900.0 + time.time() % 1e-3)
+    gc.disable()
+    try:
+        fn = g.compile([f], wrt=xs)
+        left = [o for o in gc.get_objects() if type(o) in (irtext.Function, irtext.Module)]
+    finally:
+        gc.enable()
+    assert left == []
+    assert np.isfinite(fn.vjp(*np.ones(200))[0])
+
+
 def _pairs_energy(n, scale):
     """Lennard-Jones-like energy of n particles over one vector input, read by element."""
     g = Graph()
