@@ -28,6 +28,7 @@
 """
 from __future__ import annotations
 
+import array
 import math
 from dataclasses import dataclass, field
 
@@ -199,7 +200,10 @@ def schedule(g: Graph, inputs: list[int], outputs: list[int], stream=None,
     kernels come first in ``prog.steps`` (``prog.streamed`` of them)."""
     attrs = g.attrs
     need = ancestors(g, outputs)
-    kinds, of_op = {}, {}          # node -> its kind (operator -> its kind)
+    # Per-node facts are lists indexed by node id (ids are 1, 2, …): a dict of 260,000
+    # entries is ~10 MB, a list 2 MB, and list lookups are cheaper.
+    size = len(attrs) + 1
+    kinds, of_op = [None] * size, {}       # node -> its kind (operator -> its kind)
     for i in need:
         op = attrs[i]["op"]
         kind = of_op.get(op)
@@ -212,7 +216,7 @@ def schedule(g: Graph, inputs: list[int], outputs: list[int], stream=None,
 
     stage, group, rank, ranked = _stages(g, need, outputs, kinds)
     prog = Program(list(inputs), list(outputs))
-    view: dict[int, View] = {}
+    view: list = [None] * size         # node -> the View its value is read through
 
     def new_buffer(kind, index, shape, dtype):
         prog.buffers.append(Buffer(kind, index, math.prod(shape), dtype))
@@ -309,7 +313,7 @@ def schedule(g: Graph, inputs: list[int], outputs: list[int], stream=None,
                 view[i] = own_buffer(i)
             operands = []
             for x in a["args"]:         # the body reads whole contiguous buffers
-                v = view.get(x)
+                v = view[x]
                 if v is None or not _plain(v):     # a constant, or a strided view: copied
                     copy = temp_buffer(attrs[x]["shape"], attrs[x]["dtype"])
                     step = Assemble(copy, attrs[x]["params"][0], []) if v is None else \
@@ -374,9 +378,9 @@ def _crossing(need, attrs, kinds, group, fused) -> set:
         if kinds[c] not in ("elementwise", "reduction"):
             crossing.update(args)
             continue
-        here = group.get(c)
+        here = group[c]
         for x in args:
-            if group.get(x) != here:
+            if group[x] != here:
                 crossing.add(x)
     return crossing
 
@@ -446,7 +450,7 @@ def _fusable_gather(i, a, consumers, attrs, out_index, view) -> bool:
     x, *index = a["args"]
     return (i not in out_index and bool(consumers)
             and all(kind_of(attrs[c]["op"]) in ("elementwise", "reduction") for c in consumers)
-            and all(k in view and not view[k].mask and not view[k].indirect
+            and all(view[k] is not None and not view[k].mask and not view[k].indirect
                     for k in (x, *index)))
 
 
@@ -460,7 +464,7 @@ def _fusable_scatters(need, attrs, group, inputs) -> dict:
         if a["op"] != "scatter_add":
             continue
         x, *index = a["args"]
-        if (x in group and kind_of(attrs[x]["op"]) == "elementwise"
+        if (group[x] is not None and kind_of(attrs[x]["op"]) == "elementwise"
                 and attrs[x]["dtype"] == a["dtype"]
                 and all(k in inputs for k in index)):
             scatters_of.setdefault(x, []).append(s)
@@ -510,7 +514,7 @@ def _read(kernel: Kernel, args, attrs, kinds, view, group, key):
         kind = kinds[x]
         if kind == "leaf" and attrs[x]["op"] == "const":
             kernel.consts[x] = attrs[x]["params"][0]
-        elif kind != "elementwise" or group.get(x) != key:
+        elif kind != "elementwise" or group[x] != key:
             kernel.loads[x] = view[x]
 
 
@@ -518,10 +522,13 @@ def _stages(g: Graph, need: set, outputs, kinds):
     """Stage of every node, the kernel group (stage, shape, dtype) of fusable ones,
     each node's depth-first rank and the nodes in that order (see ``_depth_first``)."""
     attrs = g.attrs
-    stage, group, size, keys = {}, {}, {}, {}
-    loops, reductions = [], []
+    n = len(attrs) + 1                 # (lists indexed by node id: see schedule)
+    stage, group, size, keys = [0] * n, [None] * n, {}, {}
+    rank = array.array("q", bytes(8 * n))     # (machine ints: an int object per rank was
+    loops, reductions = [], []                # 7 MB of a 260,000-node compile)
     order = depth_first(g, outputs)
-    rank = {i: r for r, i in enumerate(order)}
+    for r, i in enumerate(order):
+        rank[i] = r
     for i in order:             # (a topological order, as every post-order is)
         a = attrs[i]
         args = a["args"]
@@ -560,7 +567,7 @@ def _stages(g: Graph, need: set, outputs, kinds):
         group[i] = base + ((count - 1) // MAX_KERNEL,)
     for i in reductions:
         (x,) = attrs[i]["args"]
-        fused = x in group and kinds[x] == "elementwise"  # in x's loop
+        fused = group[x] is not None and kinds[x] == "elementwise"  # in x's loop
         group[i] = group[x] if fused else \
             (stage[x], attrs[x]["shape"], attrs[x]["dtype"].char, "sum", i)
     return stage, group, rank, order
@@ -594,11 +601,11 @@ def _depth_first(attrs, outputs) -> list:
         stack = [o]
         while stack:
             i = stack.pop()
-            if i < 0:                   # ~i: node i's operands are all ranked
-                order.append(~i)
-            elif i not in seen:         # (node ids are positive)
+            if i is None:               # the node below: its operands are all ranked
+                order.append(stack.pop())
+            elif i not in seen:
                 seen.add(i)
-                stack.append(~i)
+                stack += (i, None)      # (i itself, not ~i: an int object per node)
                 stack.extend(reversed(attrs[i]["args"]))
     return order
 
