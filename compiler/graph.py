@@ -200,6 +200,12 @@ class _Consumers(_Storage):
         return _Adjacency({c: _edge_keys(nodes[c]["args"], n) for c in self.consumers(n)})
 
 
+class _Attributes:
+    """A node's attribute dict is the ``__dict__`` of one of these: a dict like any
+    other (networkx's, ``{**a}``, pickle), whose keys table all nodes share — 112 bytes
+    instead of 184 for the five keys every node has."""
+
+
 def ancestors(g: "Graph", ids) -> set:
     """The node ids ``ids`` depend on, themselves included (an explicit stack: any depth).
     Inside ``g.remembering_ancestors()`` the same ids' set is computed once (a node's
@@ -663,8 +669,10 @@ class Graph:
         graph = self.nx
         nodes = graph._node
         id = len(nodes) + 1
-        attrs = {"op": op, "args": tuple(args), "params": params, "shape": shape,
-                 "dtype": dtype}
+        attrs = _Attributes()       # (its __dict__: a dict that shares its keys)
+        attrs.op, attrs.args, attrs.params, attrs.shape, attrs.dtype = \
+            op, tuple(args), params, shape, dtype
+        attrs = attrs.__dict__
         if name:
             attrs["name"] = name
         nodes[id] = attrs

@@ -99,6 +99,9 @@ def test_a_node_is_one_dict_that_the_collector_stops_walking():
         h = sin(h) * 1.0001 + 0.1 * h * h
     gc.collect()
     assert len(g) > 5000 and (len(gc.get_objects()) - before) / len(g) < 0.1
+    import sys      # and the dict shares its keys table with every node's
+    a = g.attrs[h.id]
+    assert sys.getsizeof(a) < sys.getsizeof(dict(a)) and a == dict(a) and type(a) is dict
 
 
 def test_the_fast_and_general_construction_paths_make_the_same_nodes(monkeypatch):
