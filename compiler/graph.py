@@ -60,18 +60,22 @@ class ConstArray:
         return f"array{self.value.shape}"
 
 
+def _refusing(message: str):
+    """A writer method that raises ``message`` (the read-only dicts below)."""
+    def refuse(self, *args, **kwargs):
+        raise TypeError(message)
+    return refuse
+
+
 class _EdgeData(dict):
     """An edge's data or key dict, shared by every edge with the same slots and so
     read-only: writing to it raises instead of changing other edges.  Edges are the
     graph's own record of operands (``args`` is the other); nothing rewrites them."""
     __slots__ = ()
-
-    def _read_only(self, *args, **kwargs):
-        raise TypeError("symgrad's edge data is shared by many edges and read-only (a "
-                        "node's operands are its 'args'); to annotate edges, work on "
-                        "networkx's own copy: g.nx.copy()")
-    __setitem__ = __delitem__ = update = pop = popitem = clear = setdefault = _read_only
-    __ior__ = _read_only
+    __setitem__ = __delitem__ = update = pop = popitem = clear = setdefault = __ior__ = \
+        _refusing("symgrad's edge data is shared by many edges and read-only (a node's "
+                  "operands are its 'args'); to annotate edges, work on networkx's own "
+                  "copy: g.nx.copy()")
 
     def copy(self) -> dict:
         return dict(self)
@@ -97,25 +101,19 @@ def _slots_keys(slots: tuple) -> _EdgeData:
     return _EdgeData({slot: _slot_data(slot) for slot in slots})
 
 
-class _Adjacency(dict):
+_READ_ONLY = ("a symgrad graph's edges are its nodes' operands ('args'), read-only through "
+              "networkx; to add or change edges, work on networkx's own copy: g.nx.copy()")
+
+
+class _Adjacency(_EdgeData):
     """One node's operands or consumers as networkx reads them ({neighbour: key dict}),
     made when asked; read-only, as the edges it shows are the nodes' ``args``."""
     __slots__ = ()
-
-    def _read_only(self, *args, **kwargs):
-        raise TypeError(_READ_ONLY)
-    __setitem__ = __delitem__ = update = pop = popitem = clear = setdefault = _read_only
-    __ior__ = _read_only
-
-    def copy(self) -> dict:
-        return dict(self)
+    __setitem__ = __delitem__ = update = pop = popitem = clear = setdefault = __ior__ = \
+        _refusing(_READ_ONLY)
 
     def __reduce__(self):
         return (dict, (dict(self),))
-
-
-_READ_ONLY = ("a symgrad graph's edges are its nodes' operands ('args'), read-only through "
-              "networkx; to add or change edges, work on networkx's own copy: g.nx.copy()")
 
 
 def _edge_keys(args, node) -> _EdgeData:
@@ -148,9 +146,8 @@ class _Storage(Mapping):
     def __contains__(self, n):
         return n in self._nodes
 
-    def _read_only(self, *args, **kwargs):
-        raise TypeError(_READ_ONLY)
-    __setitem__ = __delitem__ = update = pop = popitem = clear = setdefault = _read_only
+    __setitem__ = __delitem__ = update = pop = popitem = clear = setdefault = \
+        _refusing(_READ_ONLY)
 
     def __reduce__(self):
         return (type(self), (self._nodes,))
@@ -176,7 +173,8 @@ class _Consumers(_Storage):
         self._of, self._indexed, self._lock = {}, 0, threading.Lock()
 
     def consumers(self, n) -> list:
-        """The nodes with ``n`` among their operands, each once, in id order."""
+        """The nodes with ``n`` among their operands, each once, in id order (the index's
+        own list: read, not changed)."""
         nodes = self._nodes
         if self._indexed < len(nodes):
             with self._lock:
