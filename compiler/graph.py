@@ -181,13 +181,17 @@ class _Consumers(_Storage):
                 of, last = self._of, len(nodes)
                 for i in range(self._indexed + 1, last + 1):
                     args = nodes[i]["args"]
-                    for k, a in enumerate(args):
-                        if a not in args[:k]:
-                            c = of.get(a)
-                            if c is None:
-                                of[a] = [i]
-                            else:
-                                c.append(i)
+                    if len(args) == 2:      # each operand once (x·x has one consumer)
+                        if args[0] == args[1]:
+                            args = args[:1]
+                    elif len(args) > 2:
+                        args = dict.fromkeys(args)
+                    for a in args:
+                        c = of.get(a)
+                        if c is None:
+                            of[a] = [i]
+                        else:
+                            c.append(i)
                 self._indexed = last
         return self._of.get(n, [])
 
