@@ -1324,6 +1324,7 @@ def member_ir(op: str, ty, arith: tuple, fixed: tuple = ()) -> MemberIR:
     made = MemberIR(lines, pattern(result.get_reference()),
                     tuple((g.name, g.function_type) for g in module.globals.values()
                           if g is not fn))
+    module.release()        # (IR objects refer to each other: see Module.release)
     _patterns[key] = (entry, made)
     return made
 
