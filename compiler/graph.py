@@ -90,14 +90,9 @@ def _slot_data(slot: int) -> _EdgeData:
 
 
 @functools.lru_cache(maxsize=None)
-def _slot_keys(slot: int) -> _EdgeData:
-    return _EdgeData({slot: _slot_data(slot)})
-
-
-@functools.lru_cache(maxsize=None)
 def _slots_keys(slots: tuple) -> _EdgeData:
-    """The key dict of an edge carrying several operand slots (x·x: both on one edge),
-    shared as ``_slot_keys``'s are (Lennard-Jones N=60 made 8,854 of them, one a node)."""
+    """The key dict of an edge carrying operand slots ``slots`` ({slot: {"slot": slot}};
+    x·x carries two on one edge), one shared dict per set of slots."""
     return _EdgeData({slot: _slot_data(slot) for slot in slots})
 
 
@@ -118,8 +113,7 @@ class _Adjacency(_EdgeData):
 
 def _edge_keys(args, node) -> _EdgeData:
     """The key dict of the edge from ``node`` into a node with operands ``args``."""
-    slots = tuple(k for k, a in enumerate(args) if a == node)
-    return _slot_keys(slots[0]) if len(slots) == 1 else _slots_keys(slots)
+    return _slots_keys(tuple(k for k, a in enumerate(args) if a == node))
 
 
 class _Storage(Mapping):
