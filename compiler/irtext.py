@@ -205,10 +205,6 @@ class Builder:
         self.block, self._before = block, None
 
     @property
-    def function(self) -> Function:
-        return self.block.function
-
-    @property
     def module(self) -> Module:
         return self.block.function.module
 
@@ -300,8 +296,6 @@ class Builder:
     def fpext(self, a, type, name=""): return self._cast("fpext", a, type, name)
     def fptrunc(self, a, type, name=""): return self._cast("fptrunc", a, type, name)
     def uitofp(self, a, type, name=""): return self._cast("uitofp", a, type, name)
-    def ptrtoint(self, a, type, name=""): return self._cast("ptrtoint", a, type, name)
-    def inttoptr(self, a, type, name=""): return self._cast("inttoptr", a, type, name)
 
     # ---- memory ----------------------------------------------------------------------
     def gep(self, pointer, indices, source_etype, name="", inbounds=False):

@@ -303,8 +303,7 @@ class Lowerer:
         malloc = b.module.declare("malloc", ir.FunctionType(PTR, [I64]))
         workspace = b.call(malloc, [size if isinstance(size, irtext.Value) else
                                     ir.Constant(I64, size)], name="workspace")
-        ok = b.block.function.append_basic_block("ok")
-        fail = b.block.function.append_basic_block("oom")
+        ok, fail = b.append_basic_block("ok"), b.append_basic_block("oom")
         b.cbranch(b.icmp_unsigned("==", workspace, ir.Constant(PTR, None)), fail, ok)
         b.position_at_end(fail)
         b.ret(ir.Constant(I32, 1))

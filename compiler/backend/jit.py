@@ -968,12 +968,6 @@ def _switch_fast():
     return saved
 
 
-def _pause_collector():
-    enabled = gc.isenabled()
-    gc.disable()
-    return enabled
-
-
 # A 0.1 ms thread switch interval while a program is lowered and its parts compiled. The
 # worker needs the interpreter's lock between its LLVM calls (a dozen per part) and by
 # default waits up to 5 ms for the lowering thread to let go each time: Lennard-Jones
@@ -982,6 +976,16 @@ def _pause_collector():
 # part took 16-19 ms at 0.5 ms and 8-12 ms at 0.1 ms (7 ms alone), and the compile ended
 # 0.1 s sooner.
 _short_switches = _ProcessSetting(_switch_fast, sys.setswitchinterval)
+
+PROMOTE_AFTER = 100_000     # tracked objects made during the pause (a ~20 ms young pass)
+
+
+def _pause_collector():
+    enabled = gc.isenabled()
+    gc.disable()
+    return enabled
+
+
 def _resume_collector(enabled):
     if not enabled:         # a user's gc.disable() stands
         return
@@ -998,9 +1002,6 @@ def _resume_collector(enabled):
         gc.freeze()
         gc.unfreeze()
     gc.enable()
-
-
-PROMOTE_AFTER = 100_000     # tracked objects made during the pause (a ~20 ms young pass)
 
 
 # Building graphs allocates many small objects that live on, so Python's cyclic collector
