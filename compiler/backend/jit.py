@@ -126,7 +126,8 @@ def add_vector_variants(ir_text: str) -> str:
         listed = ",".join(f"_ZGV_LLVM_N{w}{'v' * arity}_{private}({v})" for v, w in variants)
         group = 9001 + k
         ir_text = re.sub(rf'(declare {ty} @"?{private}"?\([^)]*\))', rf"\1 #{group}", ir_text)
-        extra.append(f'attributes #{group} = {{ nounwind willreturn memory(none) '
+        # speculatable: any operand is safe, so a loop's masked-off lanes may call it
+        extra.append(f'attributes #{group} = {{ nounwind willreturn memory(none) speculatable '
                      f'"vector-function-abi-variant"="{listed}" }}')
         for v, w in variants:
             vt = f"<{w} x {ty}>"

@@ -193,6 +193,33 @@ def test_a_libm_call_gives_the_same_bits_at_every_width(name, arity, dtype):
     assert whole.tobytes() == single.tobytes(), np.flatnonzero(whole != single)
 
 
+@pytest.mark.parametrize("n", [1, 5, 37, 100, 1001])
+def test_a_loop_calling_libm_runs_its_last_elements_as_one_masked_vector(n):
+    """A loop of sin's last, partial vector iteration is masked loads, vector calls and
+    masked stores (no element on its own: each scalar call costs a whole vector call),
+    and every element has the bits of sin called on it alone — the masked-off lanes'
+    operands (zeros) change nothing.  (LLVM unrolls loops of a few elements instead,
+    and vectorises the copies as far as they fill vectors.)"""
+    if not jit.vector_variants("sin", 1, False):
+        pytest.skip("no libmvec on this host: sin is a scalar call everywhere")
+    g = Graph()
+    x = g.input("x", (n,))
+    y = sin(sin(x) * 1.5 + x)
+    f = g.compile([y])
+    wait_optimized()
+    optimized = jit.optimized(f.artifact("forward").llvm_ir)
+    if n > 32:
+        assert "@llvm.masked.load" in optimized
+        assert not re.search(r"call double @__symgrad_sin\(", optimized), \
+            "an element of the loop called sin on its own"
+    values = np.linspace(-3.0, 3.0, n)
+    one = Graph()
+    x1 = one.input("x")
+    alone = one.compile([sin(sin(x1) * 1.5 + x1)])
+    expected = np.array([alone(v) for v in values])
+    assert f(values).tobytes() == expected.tobytes()
+
+
 def _through_sympy(patched):
     """Lower every kernel's members through SymPy, and compile again what the process
     has compiled already (the same graph would be served from memory or disk)."""
