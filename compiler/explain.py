@@ -584,22 +584,27 @@ class Assembled:
         if self.value is not None:
             limit = sys.maxsize if full else 400
             lines.append("  at the given values:")
-            lines += ["    " + r for r in np.array2string(
-                self.value, precision=6, threshold=limit, max_line_width=200).splitlines()]
+            lines += ["    " + r for r in np.array2string(     # (+ 0.0: no "-0." shown)
+                self.value + 0.0, precision=6, threshold=limit, max_line_width=200).splitlines()]
         return "\n".join(lines)
 
 
-def assembled(g: Graph, of: Expr, at=None, hessian=False, names=None) -> Assembled:
-    """∂of/∂inputs (or, with ``hessian``, ∂²of/∂inputs² of a scalar ``of``), with every
-    float input the output reads as a column block, flattened in order."""
-    label = (names or {}).get(of.id, of.name)
-    used = ancestors(g, [of.id])
+def assembled(g: Graph, of, at=None, hessian=False, names=None) -> Assembled:
+    """∂of/∂inputs — ``of`` one output or several, their elements stacked as rows in
+    order — or, with ``hessian``, ∂²of/∂inputs² of one scalar ``of``; every float input
+    the outputs read is a column block, flattened in order."""
+    outputs = list(of) if isinstance(of, (list, tuple)) else [of]
+    labels = [(names or {}).get(o.id, o.name) for o in outputs]
+    label = labels[0] if len(labels) == 1 else f"({', '.join(labels)})"
+    used = ancestors(g, [o.id for o in outputs])
     inputs = [i for i in g.inputs if i.id in used and i.dtype.kind == "f"]
     if not inputs:
         raise ValueError(f"{label} reads no float input: nothing to differentiate")
-    if hessian and of.shape != ():
-        raise ValueError(f"the Hessian is of a scalar output; {label} has shape {of.shape}")
-    f = g.compile([of], wrt=inputs)
+    if hessian and (len(outputs) > 1 or outputs[0].shape != ()):
+        raise ValueError(f"the Hessian is of one scalar output; {label} "
+                         + ("are several" if len(outputs) > 1 else
+                            f"has shape {outputs[0].shape}"))
+    f = g.compile(outputs, wrt=inputs)
     args = [np.asarray(at[i.name], dtype=i.dtype) for i in f.plan.inputs] if at else \
         [np.zeros(i.shape, i.dtype) for i in f.plan.inputs]
     kind = "hessian" if hessian else "jacobian"
@@ -612,19 +617,21 @@ def assembled(g: Graph, of: Expr, at=None, hessian=False, names=None) -> Assembl
             H = f.hessian(*args)
             blocks, row_slots = ([[H]] if len(inputs) == 1 else H), inputs
         else:
-            blocks, row_slots = [f.jacobian(*args)], [of]
+            J = f.jacobian(*args)
+            blocks, row_slots = ([J] if len(outputs) == 1 else J), outputs
         value = np.block([[np.asarray(b).reshape(r.size, i.size) for b, i in
                            zip(row, inputs)] for row, r in zip(blocks, row_slots)])
     symbolic = None
-    if of.shape == () and all(i.shape == () for i in inputs):
+    if all(o.shape == () for o in outputs) and all(i.shape == () for i in inputs):
         work = g.copy()              # the gradient nodes stay out of the user's graph
         cache, wrt = {}, [Expr(work, i.id) for i in inputs]
-        grads = work.grad([Expr(work, of.id)], wrt)
         if hessian:
-            symbolic = sp.Matrix([[ops.readable(closed_form(work, h, cache))
-                                   for h in work.grad([gr], wrt)] for gr in grads])
+            (grads,) = [work.grad([Expr(work, outputs[0].id)], wrt)]
+            entries = [work.grad([gr], wrt) for gr in grads]
         else:
-            symbolic = sp.Matrix([[ops.readable(closed_form(work, gr, cache)) for gr in grads]])
+            entries = [work.grad([Expr(work, o.id)], wrt) for o in outputs]
+        symbolic = sp.Matrix([[ops.readable(closed_form(work, e, cache)) for e in row]
+                              for row in entries])
         if any(e is None for e in symbolic):
             symbolic = None
     what = f"Hessian ∂²{label}/∂x²" if hessian else f"Jacobian ∂{label}/∂x"

@@ -109,9 +109,15 @@ def _parse_shapes(items) -> dict:
 
 def _graph_and_values(args):
     g, names, last = parse_program(args.expressions, _parse_shapes(args.shape))
-    if args.of and args.of not in names:
-        raise UsageError(f"--of {args.of!r} is not a name in the expressions")
-    out = names[args.of] if args.of else names[last]
+    wanted = [w.strip() for w in (args.of or last).split(",") if w.strip()]
+    unknown = [w for w in wanted if w not in names]
+    if not wanted:
+        raise UsageError(f"--of {args.of!r}: give a name, or several: y1,y2")
+    if unknown:
+        raise UsageError(f"--of {args.of!r}: {', '.join(unknown)} "
+                         f"{'is not a name' if len(unknown) == 1 else 'are not names'} "
+                         f"in the expressions ({', '.join(names)})")
+    out = [names[w] for w in dict.fromkeys(wanted)]     # (a name given twice counts once)
     at = _parse_at(getattr(args, "at", None))
     inputs = {i.name for i in g.inputs}
     if set(at) - inputs:
@@ -132,26 +138,35 @@ def _jacobian(args) -> int:
     if args.out and not (args.full or args.hessian):
         raise UsageError("--out draws the pattern of --full's Jacobian or of --hessian; "
                          "give one of them")
-    g, names, out, at, labels = _graph_and_values(args)
-    report = jacobian_report(g, out, at=at, names=labels, full=args.full)
-    print({"json": report.json, "latex": report.latex, "text": report.text}[args.format]())
-    matrices = [assembled(g, out, at, hessian=h, names=labels)
-                for h in ([False] if args.full else []) + ([True] if args.hessian else [])]
+    g, names, outs, at, labels = _graph_and_values(args)
+    # the adjoint pass is one output's: a report each (JSON: one object, by output)
+    reports = {labels[o.id]: jacobian_report(g, o, at=at, names=labels, full=args.full)
+               for o in outs}
+    if args.format == "json" and len(outs) > 1:
+        print(json.dumps({k: r.as_dict() for k, r in reports.items()}, indent=2,
+                         ensure_ascii=False))
+    for label, report in reports.items() if args.format != "json" or len(outs) == 1 else ():
+        if len(outs) > 1:
+            print(f"━━━ {label} ━━━")
+        print({"json": report.json, "latex": report.latex, "text": report.text}[args.format]())
+    matrices = ([assembled(g, outs, at, names=labels)] if args.full else []) + \
+        ([assembled(g, out, at, hessian=True, names=labels) for out in outs]
+         if args.hessian else [])
     for m in matrices:
         print(m.text(full=args.full))
     if args.out:
         pattern_png(matrices[-1].pattern, args.out)
-        print(f"wrote {args.out} (the pattern of the {matrices[-1].title.split()[0]})")
+        print(f"wrote {args.out} (the pattern of the {matrices[-1].title})")
     return 0
 
 
 def _graph(args) -> int:
     from symgrad.compiler.explain import render, to_dot
-    g, names, out, at, labels = _graph_and_values(args)
+    g, names, outs, at, labels = _graph_and_values(args)
     fmt = args.out.rsplit(".", 1)[-1].lower() if args.out and "." in args.out else "dot"
     if fmt not in ("dot", "svg", "png"):
         raise UsageError(f"--out {args.out!r}: the file must end in .dot, .svg or .png")
-    data = render(to_dot(g, [out], at=at, reverse=args.reverse, names=labels), fmt)
+    data = render(to_dot(g, outs, at=at, reverse=args.reverse, names=labels), fmt)
     if args.out:
         with open(args.out, "wb") as fh:
             fh.write(data)
@@ -162,12 +177,12 @@ def _graph(args) -> int:
 
 
 def _compile(args) -> int:
-    g, names, out, at, labels = _graph_and_values(args)
+    g, names, outs, at, labels = _graph_and_values(args)
     wrt = [w.strip() for w in (args.wrt or "").split(",") if w.strip()]
     unknown = [w for w in wrt if w not in names]
     if unknown:
         raise UsageError(f"--wrt {', '.join(unknown)}: not names in the expressions")
-    f = g.compile([out], [names[w] for w in wrt])
+    f = g.compile(outs, [names[w] for w in wrt])
     if args.emit == "sympy":
         for kind in f.kinds:
             print(f"; {kind}")
@@ -214,7 +229,8 @@ def _common(p):
                    'with + - * / ** @, the operator table\'s functions, sum/mean/.T')
     p.add_argument("--at", help="input values: name=value,… (a [list] for a tensor)")
     p.add_argument("--shape", action="append", help="declare a tensor input: name=3,2")
-    p.add_argument("--of", help="the output (default: the last assigned name)")
+    p.add_argument("--of", help="the output, or several: y1,y2 (default: the last assigned "
+                   "name)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -233,17 +249,18 @@ def build_parser() -> argparse.ArgumentParser:
                       ['"u3 = u1 + u2; u4 = u2*u3" --at u1=2,u2=3',
                        '"z = x*y" --shape x=3 --shape y=3 --at "x=[0,2,8],y=[5,1,7]"',
                        '"f = x*x*y + sin(y)" --at x=1,y=2 --hessian',
+                       '"a = x*y; b = sin(x) + z" --of a,b --full --at x=1,y=2,z=3',
                        '"d = u[2:] - 2*u[1:-1] + u[:-2]" --shape u=12 --full --out pattern.png'])
     jac.add_argument("--format", choices=["text", "latex", "json"], default="text")
     jac.add_argument("--full", action="store_true",
                      help="print large tensors, long adjoint rows and dense Jacobians whole, "
-                          "then the assembled Jacobian of the output by every input "
-                          "(symbolic for scalars, at --at, and its sparsity)")
+                          "then the assembled Jacobian of the outputs (--of, stacked) by "
+                          "every input (symbolic for scalars, at --at, and its sparsity)")
     jac.add_argument("--hessian", action="store_true",
-                     help="print the Hessian of a scalar output (symbolic for scalars, at "
-                          "--at, and its sparsity)")
+                     help="print the Hessian of each scalar output (symbolic for scalars, "
+                          "at --at, and its sparsity)")
     jac.add_argument("--out", help="with --full or --hessian: draw the sparsity pattern "
-                                   "(the Hessian's when given) into this .png")
+                                   "(the last output's Hessian's when given) into this .png")
     gr = _subcommand(sub, "graph", _graph,
                      "draw the forward or reverse graph (DOT, or SVG/PNG with Graphviz)",
                      ['"u3 = u1 + u2; u4 = u2*u3" --at u1=2,u2=3 --out graph.svg',

@@ -363,9 +363,61 @@ def test_cli_full_and_hessian_assemble_the_matrices(capsys, tmp_path):
     (["f = x*y", "--out", "p.svg", "--hessian"], "the sparsity pattern is drawn as a .png"),
     (["f = x*y", "--out", "p.png"], "give one of them"),
     (["f = x*y", "--out", "/nonexistent-dir/p.png", "--hessian"], "no such directory"),
-    (["z = x*y", "--shape", "x=3", "--hessian"], "the Hessian is of a scalar output"),
+    (["z = x*y", "--shape", "x=3", "--hessian"], "the Hessian is of one scalar output"),
+    (["a = x*y", "--of", "a,q,r"], "q, r are not names in the expressions (x, y, a)"),
+    (["a = x*y", "--of", ","], "give a name, or several: y1,y2"),
 ])
 def test_cli_hessian_and_pattern_errors_are_one_line(capsys, argv, message):
     assert main(["jacobian", *argv]) == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1
+
+
+SEVERAL = "y1 = sin(x1)*x2; y2 = x1*x2**2 + exp(x3); y3 = x3*x1"
+
+
+def test_the_jacobian_of_several_outputs_stacks_their_rows():
+    """``assembled`` of three outputs: one row each, every input a column (y3 does not
+    read x2: a structural zero), against torch.func.jacrev and central differences."""
+    from symgrad.compiler.explain import assembled
+    from symgrad.runtime.cli import parse_program
+    from tests.oracle import torch
+    g, names, _ = parse_program(SEVERAL, {})
+    point = {"x1": 0.5, "x2": 2.0, "x3": -1.0}
+    m = assembled(g, [names["y1"], names["y2"], names["y3"]], at=point)
+    assert m.inputs == ["x1", "x2", "x3"]
+    assert m.pattern.tolist() == [[True, True, False], [True, True, True], [True, False, True]]
+    x1, x2, x3 = sp.symbols("x1 x2 x3", real=True)
+    assert sp.simplify(m.symbolic - sp.Matrix([[x2 * sp.cos(x1), sp.sin(x1), 0],
+                                               [x2 ** 2, 2 * x1 * x2, sp.exp(x3)],
+                                               [x3, 0, x1]])) == sp.zeros(3, 3)
+    t = torch()
+
+    def rhs(v):
+        return t.stack([t.sin(v[0]) * v[1], v[0] * v[1] ** 2 + t.exp(v[2]), v[2] * v[0]])
+    at = t.tensor([0.5, 2.0, -1.0], dtype=t.float64)
+    np.testing.assert_allclose(m.value, t.func.jacrev(rhs)(at).numpy(), rtol=1e-14)
+    step, base = 1e-6, np.array([0.5, 2.0, -1.0])
+    central = np.stack([(rhs(t.tensor(base + step * e)).numpy()
+                         - rhs(t.tensor(base - step * e)).numpy()) / (2 * step)
+                        for e in np.eye(3)], axis=1)
+    np.testing.assert_allclose(m.value, central, rtol=1e-8, atol=1e-9)
+
+
+def test_cli_of_several_outputs_reports_each_and_assembles_them(capsys):
+    assert main(["jacobian", SEVERAL, "--of", "y1,y2,y3", "--full", "--hessian",
+                 "--at", "x1=0.5,x2=2,x3=-1"]) == 0
+    out = capsys.readouterr().out
+    assert [line for line in out.splitlines() if line.startswith("━━━")] == \
+        ["━━━ y1 ━━━", "━━━ y2 ━━━", "━━━ y3 ━━━"]
+    assert "Jacobian ∂(y1, y2, y3)/∂x, columns (x1, x2, x3):" in out
+    assert "sparsity: 7 of 9 entries can be nonzero" in out
+    assert "[[ 1.755165  0.479426  0.      ]" in out and "[-1.        0.        0.5     ]]" in out
+    # a Hessian per output: y2 = x1·x2² + exp(x3) at (0.5, 2, -1)
+    assert "Hessian ∂²y2/∂x², columns (x1, x2, x3):" in out
+    assert "[[0.       4.       0.      ]" in out and "[4.       1.       0.      ]" in out
+    assert main(["jacobian", SEVERAL, "--of", "y1,y3", "--format", "json",
+                 "--at", "x1=0.5,x2=2,x3=-1"]) == 0
+    reports = json.loads(capsys.readouterr().out)
+    assert list(reports) == ["y1", "y3"]
+    assert {row["P"]: row["value"] for row in reports["y3"]["adjoints"]}["P_x1"] == -1.0
