@@ -626,8 +626,8 @@ def assembled(g: Graph, of, at=None, hessian=False, names=None) -> Assembled:
         work = g.copy()              # the gradient nodes stay out of the user's graph
         cache, wrt = {}, [Expr(work, i.id) for i in inputs]
         if hessian:
-            (grads,) = [work.grad([Expr(work, outputs[0].id)], wrt)]
-            entries = [work.grad([gr], wrt) for gr in grads]
+            entries = [work.grad([gr], wrt)
+                       for gr in work.grad([Expr(work, outputs[0].id)], wrt)]
         else:
             entries = [work.grad([Expr(work, o.id)], wrt) for o in outputs]
         symbolic = sp.Matrix([[ops.readable(closed_form(work, e, cache)) for e in row]

@@ -145,10 +145,12 @@ def _jacobian(args) -> int:
     if args.format == "json" and len(outs) > 1:
         print(json.dumps({k: r.as_dict() for k, r in reports.items()}, indent=2,
                          ensure_ascii=False))
-    for label, report in reports.items() if args.format != "json" or len(outs) == 1 else ():
-        if len(outs) > 1:
-            print(f"━━━ {label} ━━━")
-        print({"json": report.json, "latex": report.latex, "text": report.text}[args.format]())
+    else:
+        for label, report in reports.items():
+            if len(outs) > 1:
+                print(f"━━━ {label} ━━━")
+            print({"json": report.json, "latex": report.latex,
+                   "text": report.text}[args.format]())
     matrices = ([assembled(g, outs, at, names=labels)] if args.full else []) + \
         ([assembled(g, out, at, hessian=True, names=labels) for out in outs]
          if args.hessian else [])
