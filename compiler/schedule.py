@@ -248,6 +248,17 @@ def schedule(g: Graph, inputs: list[int], outputs: list[int], stream=None,
                                                    stream_from)
     streamed, open_kernels, bucket = [], [], None   # (see _streamable)
 
+    def buffer_of(x):
+        """``x``'s view for a step that reads a buffer.  A scalar constant has none (loops
+        inline it): it gets a buffer filled with it, made once — a Hessian's tangent of an
+        index's adjoint can be a constant embedded into zeros."""
+        v = view[x]
+        if v is None and attrs[x]["op"] == "const":
+            v = view[x] = temp_buffer(attrs[x]["shape"], attrs[x]["dtype"])
+            step = producer[v.buffer] = Assemble(v, attrs[x]["params"][0], [])
+            order.append(step)
+        return v
+
     def hand_over():        # the open scalar functions are complete
         for kernel in open_kernels:
             stream(kernel, prog)
@@ -286,17 +297,17 @@ def schedule(g: Graph, inputs: list[int], outputs: list[int], stream=None,
         if kind == "leaf" or i in fused:   # a fused scatter is written by its operand's loop
             continue
         if kind == "view":   # new strides over the operand's buffer
-            base = view[a["args"][0]]
+            base = buffer_of(a["args"][0])
             offset, strides = STRUCTURED[op].view(base.offset, base.strides, a["shape"],
                                                   a["params"])
             view[i] = View(base.buffer, a["shape"], strides, base.dtype, offset)
             continue
         if op == "embed" and _fusable_embed(i, a, readers(i), attrs, out_index):
-            view[i] = _masked(view[a["args"][0]], a)       # read in its consumers' loops
+            view[i] = _masked(buffer_of(a["args"][0]), a)  # read in its consumers' loops
             continue
         if op == "gather" and _fusable_gather(i, a, readers(i), attrs, out_index, view):
             x, *index = a["args"]                          # read in its consumers' loops
-            view[i] = _indirect(view[x], a["shape"], [view[k] for k in index])
+            view[i] = _indirect(buffer_of(x), a["shape"], [view[k] for k in index])
             continue
         materialise = i in out_index or i in crossing
         if materialise:
@@ -313,12 +324,10 @@ def schedule(g: Graph, inputs: list[int], outputs: list[int], stream=None,
                 view[i] = own_buffer(i)
             operands = []
             for x in a["args"]:         # the body reads whole contiguous buffers
-                v = view[x]
-                if v is None or not _plain(v):     # a constant, or a strided view: copied
+                v = buffer_of(x)
+                if not _plain(v):       # a strided view: copied
                     copy = temp_buffer(attrs[x]["shape"], attrs[x]["dtype"])
-                    step = Assemble(copy, attrs[x]["params"][0], []) if v is None else \
-                        Assemble(copy, None, [(v, copy)])
-                    producer[copy.buffer] = step
+                    step = producer[copy.buffer] = Assemble(copy, None, [(v, copy)])
                     order.append(step)
                     v = copy
                 operands.append(v)
@@ -330,18 +339,18 @@ def schedule(g: Graph, inputs: list[int], outputs: list[int], stream=None,
             continue
         if kind in ("contraction", "assemble", "gather", "scan"):
             if kind == "scan":
-                step = Scan(view[a["args"][0]], view[i], a["params"][0])
+                step = Scan(buffer_of(a["args"][0]), view[i], a["params"][0])
             elif kind == "contraction":
                 x, y = a["args"]
-                step = MatMul(view[x], view[y], view[i])
+                step = MatMul(buffer_of(x), buffer_of(y), view[i])
             elif kind == "gather":
                 x, *index = a["args"]
                 scatter = op == "scatter_add"
                 indexed = a["params"][0] if scatter else attrs[x]["shape"]
-                step = Gather(view[x], [view[k] for k in index], view[i],
+                step = Gather(buffer_of(x), [view[k] for k in index], view[i],
                               tuple(indexed[:len(index)]), scatter)
             else:
-                step = _assemble(a, [view[x] for x in a["args"]], view[i],
+                step = _assemble(a, [buffer_of(x) for x in a["args"]], view[i],
                                  [attrs[x]["shape"] for x in a["args"]])
             producer[view[i].buffer] = step
             order.append(step)

@@ -61,6 +61,19 @@ def test_hvp_and_hessian_match_torch_func():
     np.testing.assert_allclose(H[0][1], np.moveaxis(H[1][0], 2, 0), rtol=1e-12)   # symmetric
 
 
+def test_the_hessian_of_products_of_elements_has_constant_tangents_embedded():
+    """(x[0]·x[1] − x[-1])·0.7: the tangent of an element's adjoint is a constant (0.7
+    times the other element's tangent folds to one), which the hvp embeds into zeros —
+    a constant read by a step that reads buffers (found by the fuzzer's Hessians)."""
+    g = Graph()
+    x = g.input("x", (3,))
+    f = g.compile([(x[0] * x[1] - x[-1]) * 0.7], wrt=[x])
+    xv = np.array([0.3, -0.2, 0.5])
+    t_H = torch().func.hessian(lambda t: (t[0] * t[1] - t[-1]) * 0.7)(torch().tensor(xv))
+    np.testing.assert_array_equal(f.hessian(xv), t_H.numpy())
+    np.testing.assert_array_equal(f.hessian(xv, sparse=True).toarray(), t_H.numpy())
+
+
 @pytest.mark.parametrize("n", [2, 4, 8])
 def test_jacobians_of_several_outputs_choose_the_cheaper_mode(n):
     g = Graph()
