@@ -97,12 +97,16 @@ def test_compiled_graphs_match_torch(recipe, dtype, data_seed):
 
 def check_transform(recipe, transform, rng):
     """One transform of a random graph against torch.func, float64: forward mode (jvp),
-    the sparse Jacobian (its pattern holds every nonzero of torch's Jacobian, and its
-    values equal them), or vmap over a batch of 3 (values and vᵀJ)."""
+    the dense Jacobian (against jacfwd), the sparse Jacobian (its pattern holds every
+    nonzero of torch's Jacobian, and its values equal them), the Hessian of ⟨outputs, v⟩
+    (forward over reverse, dense and sparse), or vmap over a batch of 3 (values and
+    vᵀJ)."""
     import symgrad.compiler as C
     g = Graph()
     xs = [g.input(f"x{k}", s) for k, s in enumerate(recipe[0])]
     outs = replay(recipe, xs, SymgradOps())
+    if transform == "hessian":
+        return _check_hessian(recipe, g, xs, outs, rng)
     f = g.compile(outs, xs)
     values = _data(recipe, rng, np.float64)
     fn = torch.func
@@ -117,6 +121,12 @@ def check_transform(recipe, transform, rng):
                          tuple(map(torch.tensor, tangents)))
         for a, b in zip(ju if len(outs) > 1 else (ju,), t_ju):
             np.testing.assert_allclose(a, b.numpy(), **tol)
+    elif transform == "jacobian":
+        J = f.jacobian(*values)
+        t_J = fn.jacfwd(t_fn, argnums=tuple(range(len(xs))))(*map(torch.tensor, values))
+        for row, t_row in zip([J] if len(outs) == 1 else J, t_J):
+            for a, b in zip(row, t_row):
+                np.testing.assert_allclose(a, b.numpy(force=True), **tol)
     elif transform == "sparse":
         t_J = fn.jacrev(t_fn, argnums=tuple(range(len(xs))))(*map(torch.tensor, values))
         dense = np.block([[np.asarray(b).reshape(int(np.prod(o.shape)), int(np.prod(x.shape)))
@@ -140,9 +150,42 @@ def check_transform(recipe, transform, rng):
                 np.testing.assert_allclose(a[k], b, **tol)
 
 
+def _check_hessian(recipe, g, xs, outs, rng):
+    """The Hessian of L = Σ_k ⟨out_k, v_k⟩ (v fixed random weights): dense, and sparse
+    (its pattern holds every nonzero of torch.func.hessian's, and its values equal them)."""
+    weights = [rng.standard_normal(o.shape) for o in outs]
+    loss = None
+    for o, v in zip(outs, weights):
+        term = (o * g.const(v)).sum() if o.shape else o * float(v)
+        loss = term if loss is None else loss + term
+    f = g.compile([loss], xs)
+    values = _data(recipe, rng, np.float64)
+
+    def t_loss(*ts):
+        return sum((o * torch.tensor(v)).sum()
+                   for o, v in zip(replay(recipe, list(ts), TorchOps()), weights))
+    t_H = torch.func.hessian(t_loss, argnums=tuple(range(len(xs))))(*map(torch.tensor, values))
+    sizes = [int(np.prod(s)) for s in recipe[0]]
+    dense = np.block([[b.numpy(force=True).reshape(m, n) for b, n in zip(row, sizes)]
+                      for row, m in zip(t_H, sizes)])     # (force: torch's zero tensors)
+    H = f.hessian(*values)
+    H = [[H]] if len(xs) == 1 else H
+    mine = np.block([[np.asarray(b).reshape(m, n) for b, n in zip(row, sizes)]
+                     for row, m in zip(H, sizes)])
+    tol = {k: v * 10 for k, v in TOL[np.float64].items()}
+    np.testing.assert_allclose(mine, dense, **tol)
+    assert not np.any((dense != 0) & ~f.hessian_sparsity(*values).toarray()), \
+        "a nonzero outside the Hessian's pattern"
+    blocks = f.hessian(*values, sparse=True)
+    blocks = [[blocks]] if len(xs) == 1 else blocks
+    np.testing.assert_allclose(np.block([[b.toarray() for b in row] for row in blocks]),
+                               dense, **tol)
+
+
 @settings(FUZZ, max_examples=max(EXAMPLES // 3, 20))
 @given(recipe=recipes(max_steps=6, loops=True),
-       transform=st.sampled_from(["jvp", "sparse", "vmap"]), data_seed=st.integers(0, 2**32 - 1))
+       transform=st.sampled_from(["jvp", "jacobian", "sparse", "hessian", "vmap"]),
+       data_seed=st.integers(0, 2**32 - 1))
 def test_transforms_match_torch_func(recipe, transform, data_seed):
     check_transform(recipe, transform, np.random.default_rng(data_seed))
 
