@@ -96,32 +96,34 @@ def test_compiled_graphs_match_torch(recipe, dtype, data_seed):
 
 
 def check_transform(recipe, transform, rng):
-    """One transform of a random graph against torch.func, float64: forward mode (jvp),
-    the dense Jacobian (against jacfwd), the sparse Jacobian (its pattern holds every
-    nonzero of torch's Jacobian, and its values equal them), the Hessian of ⟨outputs, v⟩
-    (forward over reverse, dense and sparse), or vmap over a batch of 3 (values and
-    vᵀJ)."""
+    """One transform of a random graph against torch.func, float64: forward mode (jvp;
+    "forward": compiled for it alone, its jvp and Jacobian), the dense Jacobian (against
+    jacfwd), the sparse Jacobian (its pattern holds every nonzero of torch's Jacobian,
+    and its values equal them), the Hessian of ⟨outputs, v⟩
+    (forward over reverse, dense and sparse), or vmap over a batch of 3 with some inputs
+    unbatched (values and vᵀJ)."""
     import symgrad.compiler as C
     g = Graph()
     xs = [g.input(f"x{k}", s) for k, s in enumerate(recipe[0])]
     outs = replay(recipe, xs, SymgradOps())
     if transform == "hessian":
         return _check_hessian(recipe, g, xs, outs, rng)
-    f = g.compile(outs, xs)
+    # forward mode alone (mode="jvp": no reverse pass) for its jvp and Jacobian
+    f = g.compile(outs, xs, mode="jvp" if transform == "forward" else "reverse")
     values = _data(recipe, rng, np.float64)
     fn = torch.func
 
     def t_fn(*ts):
         return tuple(replay(recipe, list(ts), TorchOps()))
     tol = TOL[np.float64]
-    if transform == "jvp":
+    if transform in ("jvp", "forward"):
         tangents = [rng.standard_normal(s) for s in recipe[0]]
         mine, ju = f.jvp(*values, tangent=tangents)
         _, t_ju = fn.jvp(t_fn, tuple(map(torch.tensor, values)),
                          tuple(map(torch.tensor, tangents)))
         for a, b in zip(ju if len(outs) > 1 else (ju,), t_ju):
             np.testing.assert_allclose(a, b.numpy(), **tol)
-    elif transform == "jacobian":
+    if transform in ("jacobian", "forward"):
         J = f.jacobian(*values)
         t_J = fn.jacfwd(t_fn, argnums=tuple(range(len(xs))))(*map(torch.tensor, values))
         for row, t_row in zip([J] if len(outs) == 1 else J, t_J):
@@ -137,15 +139,18 @@ def check_transform(recipe, transform, rng):
         blocks = [blocks] if len(outs) == 1 else blocks
         mine = np.block([[b.toarray() for b in row] for row in blocks])
         np.testing.assert_allclose(mine, dense, **tol)
-    else:
-        batch = [np.stack([rng.standard_normal(s) for _ in range(3)]) for s in recipe[0]]
+    elif transform == "vmap":     # some inputs unbatched (in_axes None), one at least not
+        in_axes = [0] + [None if rng.random() < 0.3 else 0 for _ in xs[1:]]
+        batch = [np.stack([rng.standard_normal(s) for _ in range(3)]) if ax == 0 else v
+                 for s, ax, v in zip(recipe[0], in_axes, values)]
         seeds = [rng.standard_normal((3,) + o.shape) for o in outs]
-        mine, grads = C.vmap(f).vjp(*batch, seed=seeds)
-        theirs = fn.vmap(t_fn)(*map(torch.tensor, batch))
+        mine, grads = C.vmap(f, in_axes=tuple(in_axes)).vjp(*batch, seed=seeds)
+        theirs = fn.vmap(t_fn, in_dims=tuple(in_axes))(*map(torch.tensor, batch))
         for a, b in zip(mine if len(outs) > 1 else (mine,), theirs):
             np.testing.assert_allclose(a, b.numpy(), **tol)
         for k in range(3):
-            _, one = f.vjp(*[b[k] for b in batch], seed=[s[k] for s in seeds])
+            _, one = f.vjp(*[b[k] if ax == 0 else b for b, ax in zip(batch, in_axes)],
+                           seed=[s[k] for s in seeds])
             for a, b in zip(grads, one):
                 np.testing.assert_allclose(a[k], b, **tol)
 
@@ -184,7 +189,7 @@ def _check_hessian(recipe, g, xs, outs, rng):
 
 @settings(FUZZ, max_examples=max(EXAMPLES // 3, 20))
 @given(recipe=recipes(max_steps=6, loops=True),
-       transform=st.sampled_from(["jvp", "jacobian", "sparse", "hessian", "vmap"]),
+       transform=st.sampled_from(["jvp", "forward", "jacobian", "sparse", "hessian", "vmap"]),
        data_seed=st.integers(0, 2**32 - 1))
 def test_transforms_match_torch_func(recipe, transform, data_seed):
     check_transform(recipe, transform, np.random.default_rng(data_seed))
