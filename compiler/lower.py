@@ -46,6 +46,14 @@ REDUCTION_START = {"sum": 0.0, "prod": 1.0, "amax": -math.inf, "amin": math.inf}
 # vector call (see jit.add_vector_variants), so a 1,000-element loop of sin spent a tenth
 # of its time on its last 8 elements, and a 40-element one two thirds on its last 8.
 TAIL_FOLDED = ("llvm.loop.vectorize.predicate.enable", True)
+# Such a loop runs up to 8 vector iterations side by side where the registers hold them
+# (elsewhere 4, see Lowerer._interleave): each call's latency is hidden behind the others'
+# work, and with the last iteration masked the 8 vectors leave no elements to run one by
+# one.  1,000-step chains over 1,000 elements, forward pass: sin 0.73 -> 0.51 ms, exp
+# 0.64 -> 0.56, tanh 1.43 -> 1.35 (their JVPs' live values fill the registers at 4).  A
+# loop of arithmetic alone gained nothing from 8 and lost to its leftover elements (a
+# 100-element polynomial chain: 4x slower).
+LIBM_INTERLEAVE = 8
 
 # Kernel members per part when a large program is compiled in parts (``Lowerer.program``)
 PART_MEMBERS = 2000
@@ -548,13 +556,15 @@ class Lowerer:
                     b.store(combine(r.op, rty, b.load(at, typ=rty), val), at)
 
         if lanes == 1:
-            hints = list(self._loop_hints(k, shape[-1] if shape else 1))
+            extent = shape[-1] if shape else 1
+            hints = list(self._loop_hints(k, extent))
             self.calls_libm = False
             with loop_nest(b, shape, "i", hints) as ix:     # (hints are read at its end)
                 indices[:] = ix
                 body("")
                 if self.calls_libm:
-                    hints.append(TAIL_FOLDED)
+                    hints[:] = (*self._width(k, extent),
+                                *self._interleave(k, extent, calls=True), TAIL_FOLDED)
             b.ret_void()
             return fn, buffers
 
@@ -614,7 +624,7 @@ class Lowerer:
             return ()
         return (("llvm.loop.vectorize.width", lanes),)
 
-    def _interleave(self, k: Kernel, extent: int) -> tuple:
+    def _interleave(self, k: Kernel, extent: int, calls: bool = False) -> tuple:
         """Vector iterations to run side by side.  LLVM interleaves only loops of under
         ~20 instructions, but a long body is often one chain of dependent operations per
         element (an unrolled recurrence, a step's value and its tangent): run alone, each
@@ -623,14 +633,16 @@ class Lowerer:
         chain's forward pass runs 2.6x faster and its JVP 2.1x.  Only where the body
         computes much for what it loads and stores: a VJP's loops store each step's
         value for the reverse pass, wait on memory, gain nothing and took LLVM 4x as long
-        to compile (W5's unrolled gradient +0.9 s)."""
+        to compile (W5's unrolled gradient +0.9 s).  ``calls``: the body calls libm, and
+        may run LIBM_INTERLEAVE side by side; its constants are not counted, as every
+        call leaves them to be read from memory again."""
         if self.operations is None or k.scatters or \
                 len(k.members) < 16 * max(1, len(k.loads) + len(k.stores)):
             return ()       # small, or busy with memory: side by side gains nothing there
         peak = _peak_live(self.operations(k), set(k.loads), set(k.stores))
         registers = 32 if self.vector_bits >= 512 else 16     # AVX-512's, else AVX's or SSE's
-        count = 4
-        while count > 1 and (count * peak + len(k.consts) > registers
+        count, constants = (LIBM_INTERLEAVE, 0) if calls else (4, len(k.consts))
+        while count > 1 and (count * peak + constants > registers
                              or count * self._vector_lanes(k) > extent):
             count //= 2
         return (("llvm.loop.interleave.count", count),) if count > 1 else ()
