@@ -15,7 +15,8 @@ def vmap(f: NativeFunction, in_axes=0, out_axes=0) -> "Batched":
     """``f`` mapped over a batch axis, as ``jax.vmap``: ``in_axes`` gives the batch axis
     of each input (an int for all, or one int or None per input; None: shared by every
     element), ``out_axes`` where the batch axis goes in every result.  The result is
-    called like ``f`` (``__call__``, ``vjp``, ``jvp``) and returns batched results."""
+    called like ``f`` (``__call__``, ``vjp``, ``jvp``, ``hvp``, ``jacobian``,
+    ``hessian``) and returns batched results."""
     return Batched(f, in_axes, out_axes)
 
 
@@ -124,3 +125,84 @@ class Batched:
                                           "tangent")
         results = f._run_batch("jvp", arrays + t_arrays, steps + t_steps, count)
         return self._out(results, f._out_ids), self._out(results, f._tangent_ids["jvp"])
+
+    def hvp(self, *args, tangent=None, **kwargs):
+        """Gradients and ``H·u`` per element, of a function with one scalar output; a
+        tangent of a wrt node's shape is shared, one with a leading batch axis is per
+        element."""
+        f = self.f
+        f._forward_mode("hvp")
+        arrays, steps, count = self._bind(args, kwargs)
+        s_arrays, s_steps = self._vectors(f._seeds_given(None, count), f.seeds, count, "seed")
+        t_arrays, t_steps = self._vectors(f._tangents_given(tangent, count), f.wrt, count,
+                                          "tangent")
+        results = f._run_batch("hvp", arrays + s_arrays + t_arrays,
+                               steps + s_steps + t_steps, count)
+        grads, hu = self._out(results, f._grad_ids), self._out(results, f._tangent_ids["hvp"])
+        if len(f.wrt) == 1:
+            return (grads,), (hu,)
+        return grads, hu
+
+    def jacobian(self, *args, **kwargs):
+        """``f.jacobian`` per element: blocks of shape ``output.shape + wrt.shape`` with the
+        batch axis at ``out_axes`` (as ``jax.vmap(jax.jacfwd(f))``).  One sweep per wrt
+        element (forward mode) or per output element (reverse), whichever is fewer, each
+        sweep one native call over the whole batch."""
+        f = self.f
+        if not f.wrt:
+            raise TypeError("jacobian() needs wrt=[...] at compile time")
+        arrays, steps, count = self._bind(args, kwargs)
+        m, n = _size(f.outputs), _size(f.wrt)
+        if "vjp" not in f._specs or n <= m:
+            f._forward_mode("jvp")
+            blocks = self._columns("jvp", arrays, steps, count, f._tangent_ids["jvp"],
+                                   f.outputs)
+        else:         # a row e_kᵀJ per sweep: stacked along the output elements
+            rows = [f._run_batch("vjp", arrays + f._basis(f.seeds, k), steps + [0] * len(f.seeds),
+                                 count) for k in range(m)]
+            blocks = [[None] * len(f.wrt) for _ in f.outputs]
+            for s, (i, (_, w, _)) in enumerate(zip(f._grad_ids, f.wrt)):
+                stacked = np.stack([r[i].reshape(count, -1) for r in rows], axis=1)
+                for r, (part, (_, o, _)) in enumerate(zip(
+                        np.split(stacked, f._offsets(f.outputs), axis=1), f.outputs)):
+                    blocks[r][s] = part.reshape((count,) + tuple(o) + tuple(w))
+        blocks = [tuple(self._moved(b) for b in row) for row in blocks]
+        return blocks[0] if len(f.outputs) == 1 else tuple(blocks)
+
+    def hessian(self, *args, **kwargs):
+        """``f.hessian`` per element (one scalar output): blocks of shape ``w_i.shape +
+        w_j.shape`` with the batch axis at ``out_axes``, one native call over the batch
+        per wrt element."""
+        f = self.f
+        f._forward_mode("hvp")
+        arrays, steps, count = self._bind(args, kwargs)
+        s_arrays, s_steps = self._vectors(f._seeds_given(None, count), f.seeds, count, "seed")
+        blocks = self._columns("hvp", arrays + s_arrays, steps + s_steps, count,
+                               f._tangent_ids["hvp"], f.wrt)
+        blocks = [tuple(self._moved(b) for b in row) for row in blocks]
+        return blocks[0][0] if len(f.wrt) == 1 else tuple(blocks)
+
+    def _columns(self, kind, arrays, steps, count, ids, results) -> list:
+        """Blocks ``[r][s]`` of shape ``(count,) + results[r].shape + wrt[s].shape``: entry
+        ``kind`` over the batch once per wrt element, its unit tangent shared."""
+        f = self.f
+        cols = [f._run_batch(kind, arrays + f._basis(f.wrt, k), steps + [0] * len(f.wrt),
+                             count) for k in range(_size(f.wrt))]
+        blocks = []
+        for i, (_, shape, _) in zip(ids, results):
+            stacked = np.stack([c[i].reshape(count, -1) for c in cols], axis=-1)
+            blocks.append([part.reshape((count,) + tuple(shape) + tuple(w)) for part, (_, w, _)
+                           in zip(np.split(stacked, f._offsets(f.wrt), axis=-1), f.wrt)])
+        return blocks
+
+    def _moved(self, block):
+        """A per-element block with its batch axis at ``out_axes``."""
+        if not -block.ndim <= self.out_axes < block.ndim:
+            raise ArgumentError(f"out_axes={self.out_axes} is out of range for a result "
+                                f"of shape {block.shape[1:]} (batched: {block.ndim} axes)")
+        return np.ascontiguousarray(np.moveaxis(block, 0, self.out_axes))
+
+
+def _size(slots) -> int:
+    return sum(int(np.prod(shape)) for _, shape, _ in slots)
+
