@@ -101,7 +101,7 @@ def check_transform(recipe, transform, rng):
     jacfwd), the sparse Jacobian (its pattern holds every nonzero of torch's Jacobian,
     and its values equal them), the Hessian of ⟨outputs, v⟩
     (forward over reverse, dense and sparse), or vmap over a batch of 3 with some inputs
-    unbatched (values and vᵀJ)."""
+    unbatched (values, vᵀJ and the Jacobians)."""
     import symgrad.compiler as C
     g = Graph()
     xs = [g.input(f"x{k}", s) for k, s in enumerate(recipe[0])]
@@ -153,6 +153,12 @@ def check_transform(recipe, transform, rng):
                            seed=[s[k] for s in seeds])
             for a, b in zip(grads, one):
                 np.testing.assert_allclose(a[k], b, **tol)
+        J = C.vmap(f, in_axes=tuple(in_axes)).jacobian(*batch)     # per element
+        t_J = fn.vmap(fn.jacrev(t_fn, argnums=tuple(range(len(xs)))),
+                      in_dims=tuple(in_axes))(*map(torch.tensor, batch))
+        for row, t_row in zip([J] if len(outs) == 1 else J, t_J):
+            for a, b in zip(row, t_row):
+                np.testing.assert_allclose(a, b.numpy(force=True), **tol)
 
 
 def _check_hessian(recipe, g, xs, outs, rng):
