@@ -35,6 +35,11 @@ MAX_DENSE = 2**28
 # call (W3's 10^7-element sums) would spend more on the reverse pass, and on gradient
 # arrays nobody asked for, than the compile it saves.
 FIRST_CALL_WORK = 10**6
+# A dense Jacobian or Hessian asked for again (a solver's every iteration) of this many
+# sweeps or more runs them as batches of SWEEP_CHUNK in one native call each (the entry's
+# batch form, compiled on that second request) instead of one call each.
+BATCHED_SWEEPS = 8
+SWEEP_CHUNK = 256
 
 
 def _check_dense(m: int, n: int, what: str) -> None:
@@ -191,6 +196,7 @@ class NativeFunction:
         self._tangent_lock = threading.Lock()     # forward mode is added on first use
         self._tangent_ids = {}
         self._jacobians = 0              # dense Jacobians asked for (see _forward_pays)
+        self._swept = set()              # entries dense sweeps have run (see _sweeps)
         self._called = False             # called once (see _value_by_vjp)
         self._default_seed = (1.0,) if len(self.seeds) == 1 and self.seeds[0][1] == () \
             and self.seeds[0][2] == np.float64 else None
@@ -626,11 +632,34 @@ class NativeFunction:
         """Entry ``kind`` once per unit vector e_k over the elements of ``slots`` (tangents
         or seeds), after ``arrays`` (bound once): the results at ``ids`` of each sweep.
         (Through ``jvp``/``vjp`` each sweep bound and checked the arguments again: half
-        the time of a 1,000-sweep Hessian.)"""
+        the time of a 1,000-sweep Hessian.)  Asked again, many sweeps run in batches."""
+        n = sum(int(np.prod(s)) for _, s, _ in slots)
+        again = kind in self._swept
+        self._swept.add(kind)
+        if again and n >= BATCHED_SWEEPS:
+            return self._batched_sweeps(kind, arrays, slots, ids, n)
         sweeps = []
-        for k in range(sum(int(np.prod(s)) for _, s, _ in slots)):
+        for k in range(n):
             results = self._run(kind, arrays + self._basis(slots, k))
             sweeps.append([results[i] for i in ids])
+        return sweeps
+
+    def _batched_sweeps(self, kind, arrays, slots, ids, n) -> list:
+        """``_sweeps`` through the batch form of entry ``kind``: the unit vectors of a
+        chunk are the batch, ``arrays`` shared by all of it.  The same bits: each element
+        runs the same program."""
+        sweeps, shared = [], [0] * len(arrays)
+        for start in range(0, n, SWEEP_CHUNK):
+            count = min(SWEEP_CHUNK, n - start)
+            unit = np.zeros((count, n))
+            unit[np.arange(count), start + np.arange(count)] = 1.0
+            parts = [np.ascontiguousarray(p.reshape((count,) + tuple(shape)), dtype)
+                     for p, (_, shape, dtype) in zip(np.split(unit, self._offsets(slots), axis=1),
+                                                     slots)]
+            results = self._run_batch(kind, arrays + parts,
+                                      shared + [p.itemsize * (p.size // count) for p in parts],
+                                      count)
+            sweeps += [[results[i][j] for i in ids] for j in range(count)]
         return sweeps
 
     # ---- compressed sweeps (the sparse Jacobians of CompiledFunction) --------------------

@@ -107,6 +107,38 @@ def test_jacobians_of_several_outputs_choose_the_cheaper_mode(n):
     assert ("jvp" in f._artifacts) == (n < 6)
 
 
+def test_dense_jacobians_and_hessians_asked_again_run_their_sweeps_in_batches(monkeypatch):
+    """A solver's repeated dense Jacobian (and Hessian) runs its sweeps through the entry's
+    batch form, chunks of SWEEP_CHUNK in one native call each: the same bits as the first
+    call's one-by-one sweeps, and torch.func's values."""
+    from symgrad.compiler.backend import function as native
+    monkeypatch.setattr(native, "SWEEP_CHUNK", 7)       # several chunks and a partial one
+    g = Graph()
+    y = g.input("y", (20,))
+    # 11 output elements, 20 wrt elements: reverse mode (11 sweeps) both times
+    f = g.compile([(C.tanh(y) * 2.0 - C.concatenate([y[1:], y[:1]]) * 0.5)[:10],
+                   (C.exp(-y * y) * y).sum()], wrt=[y])
+    yv = np.linspace(-1.0, 1.0, 20)
+    first = f.jacobian(yv)
+    assert not any(k.startswith("batch:") for k in f._artifacts)
+    again = f.jacobian(yv)
+    assert "batch:vjp" in f._artifacts
+    for (a,), (b,) in zip(first, again):
+        np.testing.assert_array_equal(a, b)
+    t = torch()
+    t_J = t.func.jacrev(lambda v: ((t.tanh(v) * 2.0 - t.roll(v, -1) * 0.5)[:10],
+                                   (t.exp(-v * v) * v).sum()))(t.tensor(yv))
+    for (mine,), theirs in zip(again, t_J):
+        np.testing.assert_allclose(mine, theirs.numpy(), rtol=1e-13, atol=1e-15)
+    h = g.compile([(C.exp(-y * y) * y).sum() + (y[1:] * y[:-1]).sum()], wrt=[y])
+    H1, H2 = h.hessian(yv), h.hessian(yv)
+    assert "batch:hvp" in h._artifacts
+    np.testing.assert_array_equal(H1, H2)
+    t_H = t.func.hessian(lambda v: (t.exp(-v * v) * v).sum() + (v[1:] * v[:-1]).sum())(
+        t.tensor(yv))
+    np.testing.assert_allclose(H2, t_H.numpy(), rtol=1e-12, atol=1e-14)
+
+
 def test_graph_jvp_nodes_differentiate_again():
     g = Graph()
     x, u = g.input("x", (3,)), g.input("u", (3,))
