@@ -556,15 +556,11 @@ class Lowerer:
                     b.store(combine(r.op, rty, b.load(at, typ=rty), val), at)
 
         if lanes == 1:
-            extent = shape[-1] if shape else 1
-            hints = list(self._loop_hints(k, extent))
-            self.calls_libm = False
+            hints, self.calls_libm = [], False
             with loop_nest(b, shape, "i", hints) as ix:     # (hints are read at its end)
                 indices[:] = ix
                 body("")
-                if self.calls_libm:
-                    hints[:] = (*self._width(k, extent),
-                                *self._interleave(k, extent, calls=True), TAIL_FOLDED)
+                hints += self._loop_hints(k, shape[-1] if shape else 1, self.calls_libm)
             b.ret_void()
             return fn, buffers
 
@@ -607,11 +603,13 @@ class Lowerer:
         b.ret_void()
         return fn, buffers
 
-    def _loop_hints(self, k: Kernel, extent: int) -> tuple:
+    def _loop_hints(self, k: Kernel, extent: int, calls: bool = False) -> tuple:
         """What the loop vectoriser is told about ``k``'s innermost loop (of ``extent``
-        iterations): its width and interleaving.  Neither changes a result: elementwise
-        lanes are independent, and sums write their order out (see ``kernel``)."""
-        return self._width(k, extent) + self._interleave(k, extent)
+        iterations): its width and interleaving, and for a body that ``calls`` libm its
+        last iteration masked (TAIL_FOLDED).  None changes a result: elementwise lanes are
+        independent, and sums write their order out (see ``kernel``)."""
+        return self._width(k, extent) + self._interleave(k, extent, calls) + \
+            ((TAIL_FOLDED,) if calls else ())
 
     def _width(self, k: Kernel, extent: int) -> tuple:
         """The host's vector width for a long body whose loads and stores are all

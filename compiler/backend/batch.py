@@ -87,14 +87,20 @@ class Batched:
         return arrays, steps
 
     def _out(self, results, ids):
-        for i in ids:
-            if not -results[i].ndim <= self.out_axes < results[i].ndim:
-                raise ArgumentError(f"out_axes={self.out_axes} is out of range for a result "
-                                    f"of shape {results[i].shape[1:]} (batched: "
-                                    f"{results[i].ndim} axes)")
-        moved = [np.moveaxis(results[i], 0, self.out_axes) if self.out_axes else results[i]
-                 for i in ids]
+        for i in ids:       # (every result checked before any is moved)
+            self._check_out_axes(results[i])
+        moved = [self._moved(results[i]) for i in ids]
         return moved[0] if len(moved) == 1 else tuple(moved)
+
+    def _check_out_axes(self, block):
+        if not -block.ndim <= self.out_axes < block.ndim:
+            raise ArgumentError(f"out_axes={self.out_axes} is out of range for a result "
+                                f"of shape {block.shape[1:]} (batched: {block.ndim} axes)")
+
+    def _moved(self, block):
+        """A batched result (batch axis first) with its batch axis at ``out_axes``."""
+        self._check_out_axes(block)
+        return np.moveaxis(block, 0, self.out_axes) if self.out_axes else block
 
     # ---- calling -------------------------------------------------------------------------
     def __call__(self, *args, **kwargs):
@@ -152,22 +158,18 @@ class Batched:
         if not f.wrt:
             raise TypeError("jacobian() needs wrt=[...] at compile time")
         arrays, steps, count = self._bind(args, kwargs)
-        m, n = _size(f.outputs), _size(f.wrt)
+        m, n = f._elements(f.outputs), f._elements(f.wrt)
         if "vjp" not in f._specs or n <= m:
             f._forward_mode("jvp")
-            blocks = self._columns("jvp", arrays, steps, count, f._tangent_ids["jvp"],
-                                   f.outputs)
-        else:         # a row e_kᵀJ per sweep: stacked along the output elements
-            rows = [f._run_batch("vjp", arrays + f._basis(f.seeds, k), steps + [0] * len(f.seeds),
-                                 count) for k in range(m)]
-            blocks = [[None] * len(f.wrt) for _ in f.outputs]
-            for s, (i, (_, w, _)) in enumerate(zip(f._grad_ids, f.wrt)):
-                stacked = np.stack([r[i].reshape(count, -1) for r in rows], axis=1)
-                for r, (part, (_, o, _)) in enumerate(zip(
-                        np.split(stacked, f._offsets(f.outputs), axis=1), f.outputs)):
-                    blocks[r][s] = part.reshape((count,) + tuple(o) + tuple(w))
-        blocks = [tuple(self._moved(b) for b in row) for row in blocks]
-        return blocks[0] if len(f.outputs) == 1 else tuple(blocks)
+            blocks = self._sweeps("jvp", arrays, steps, count, f.wrt, f._tangent_ids["jvp"],
+                                  f.outputs)
+        else:         # a row e_kᵀJ per sweep: the blocks of Jᵀ, each transposed back
+            transposed = self._sweeps("vjp", arrays, steps, count, f.seeds, f._grad_ids, f.wrt)
+            blocks = [[np.moveaxis(transposed[s][r], range(1, 1 + len(w)),
+                                   range(-len(w), 0)) for s, (_, w, _) in enumerate(f.wrt)]
+                      for r in range(len(f.outputs))]
+        blocks = self._placed(blocks)
+        return blocks[0] if len(f.outputs) == 1 else blocks
 
     def hessian(self, *args, **kwargs):
         """``f.hessian`` per element (one scalar output): blocks of shape ``w_i.shape +
@@ -177,32 +179,27 @@ class Batched:
         f._forward_mode("hvp")
         arrays, steps, count = self._bind(args, kwargs)
         s_arrays, s_steps = self._vectors(f._seeds_given(None, count), f.seeds, count, "seed")
-        blocks = self._columns("hvp", arrays + s_arrays, steps + s_steps, count,
-                               f._tangent_ids["hvp"], f.wrt)
-        blocks = [tuple(self._moved(b) for b in row) for row in blocks]
-        return blocks[0][0] if len(f.wrt) == 1 else tuple(blocks)
+        blocks = self._sweeps("hvp", arrays + s_arrays, steps + s_steps, count, f.wrt,
+                              f._tangent_ids["hvp"], f.wrt)
+        blocks = self._placed(blocks)
+        return blocks[0][0] if len(f.wrt) == 1 else blocks
 
-    def _columns(self, kind, arrays, steps, count, ids, results) -> list:
-        """Blocks ``[r][s]`` of shape ``(count,) + results[r].shape + wrt[s].shape``: entry
-        ``kind`` over the batch once per wrt element, its unit tangent shared."""
+    def _sweeps(self, kind, arrays, steps, count, swept, ids, results) -> list:
+        """Blocks ``[r][s]`` of shape ``(count,) + results[r].shape + swept[s].shape``:
+        entry ``kind`` over the batch once per element of the ``swept`` slots (tangents or
+        seeds), its unit vector shared by the batch; ``ids``: the results' nodes."""
         f = self.f
-        cols = [f._run_batch(kind, arrays + f._basis(f.wrt, k), steps + [0] * len(f.wrt),
-                             count) for k in range(_size(f.wrt))]
+        sweeps = [f._run_batch(kind, arrays + f._basis(swept, k), steps + [0] * len(swept),
+                               count) for k in range(f._elements(swept))]
         blocks = []
         for i, (_, shape, _) in zip(ids, results):
-            stacked = np.stack([c[i].reshape(count, -1) for c in cols], axis=-1)
+            stacked = np.stack([c[i].reshape(count, -1) for c in sweeps], axis=-1)
             blocks.append([part.reshape((count,) + tuple(shape) + tuple(w)) for part, (_, w, _)
-                           in zip(np.split(stacked, f._offsets(f.wrt), axis=-1), f.wrt)])
+                           in zip(np.split(stacked, f._offsets(swept), axis=-1), swept)])
         return blocks
 
-    def _moved(self, block):
-        """A per-element block with its batch axis at ``out_axes``."""
-        if not -block.ndim <= self.out_axes < block.ndim:
-            raise ArgumentError(f"out_axes={self.out_axes} is out of range for a result "
-                                f"of shape {block.shape[1:]} (batched: {block.ndim} axes)")
-        return np.ascontiguousarray(np.moveaxis(block, 0, self.out_axes))
-
-
-def _size(slots) -> int:
-    return sum(int(np.prod(shape)) for _, shape, _ in slots)
-
+    def _placed(self, blocks) -> tuple:
+        """Blocks ``[r][s]`` (batch axis first) as tuples, each contiguous with its batch
+        axis at ``out_axes`` (as ``f.jacobian``'s blocks are contiguous)."""
+        return tuple(tuple(np.ascontiguousarray(self._moved(b)) for b in row)
+                     for row in blocks)

@@ -587,8 +587,7 @@ class NativeFunction:
         halves the sweeps (see ``_forward_pays``)."""
         if not self.wrt:
             raise TypeError("jacobian() needs wrt=[...] at compile time")
-        m = sum(int(np.prod(s)) for _, s, _ in self.outputs)
-        n = sum(int(np.prod(s)) for _, s, _ in self.wrt)
+        m, n = self._elements(self.outputs), self._elements(self.wrt)
         _check_dense(m, n, "jacobian")
         first, self._jacobians = self._jacobians == 0, self._jacobians + 1
         arrays = self._bind(args, kwargs)
@@ -620,7 +619,7 @@ class NativeFunction:
     def hessian(self, *args, **kwargs):
         """The dense Hessian of a scalar output: ``H[i][j] = ∂²f/∂w_i∂w_j`` of shape
         ``w_i.shape + w_j.shape`` (one array for one wrt node), one H·e per sweep."""
-        n = sum(int(np.prod(s)) for _, s, _ in self.wrt)
+        n = self._elements(self.wrt)
         _check_dense(n, n, "hessian")
         self._forward_mode("hvp")
         arrays = self._bind(args, kwargs) + self._seed_arrays(None)
@@ -633,7 +632,7 @@ class NativeFunction:
         or seeds), after ``arrays`` (bound once): the results at ``ids`` of each sweep.
         (Through ``jvp``/``vjp`` each sweep bound and checked the arguments again: half
         the time of a 1,000-sweep Hessian.)  Asked again, many sweeps run in batches."""
-        n = sum(int(np.prod(s)) for _, s, _ in slots)
+        n = self._elements(slots)
         again = kind in self._swept
         self._swept.add(kind)
         if again and n >= BATCHED_SWEEPS:
@@ -704,6 +703,11 @@ class NativeFunction:
             blocks.append([np.ascontiguousarray(c).reshape(shape + cshape) for c, (_, cshape, _) in
                            zip(np.split(full, self._offsets(swept), axis=1), swept)])
         return blocks
+
+    @staticmethod
+    def _elements(slots) -> int:
+        """The elements of ``slots`` (name, shape, dtype) in all."""
+        return sum(int(np.prod(s)) for _, s, _ in slots)
 
     @staticmethod
     def _offsets(slots):
