@@ -108,6 +108,74 @@ def _zeros(owner, like):
 
 
 # ---- the forward-mode pass on a Graph -------------------------------------------------------
+class Scaled:
+    """A tangent not yet a node: ``coefficient · source``.  ``source`` is a tangent that
+    is a node; ``coefficient`` (a number, or a node of primal values) is the derivative
+    of this node with respect to the source's along elementwise operators.
+
+    Forward mode carries tangents in this form through elementwise operators and
+    multiplies their partials into the coefficient instead of into the tangent
+    (preaccumulation of the local Jacobian, as Griewank and Walther describe).  Partials
+    that are numbers fold away: for ``h' = sin(h)·1.0001 + 0.1·h·h`` the step's tangent
+    is ``(cos h·1.0001 + (0.1·h + 0.1·h))·ḣ``, where ``0.1·h`` is the primal's own node.
+    That is four operations where the tangents term by term take seven (``ḣ·cos h``,
+    ``·1.0001``, ``0.1·ḣ``, ``·h``, ``0.1h·ḣ`` and two sums).
+
+    A tangent becomes a node (``made``) where a structured operator reads it, where it
+    is an output, where it meets a tangent of another source, where more than one
+    operator reads it (each would multiply by its coefficient again), and where its
+    coefficient is a node and would be multiplied by a partial that is one."""
+    __slots__ = ("source", "coefficient")
+
+    def __init__(self, source: Expr, coefficient=1.0):
+        self.source, self.coefficient = source, coefficient
+
+    def made(self) -> Expr:
+        c = self.coefficient
+        return self.source if type(c) is float and c == 1.0 else self.source * c
+
+    def fixed(self) -> bool:
+        """Whether the coefficient is a number."""
+        return type(self.coefficient) is float
+
+
+def _scaled_jvp(op: str, moving, args, out, owner):
+    """The tangent of elementwise ``out`` from its operands' (``Scaled``, or None where
+    constant) as a ``Scaled`` of their one source; None when they have several, or an
+    operand's shape or dtype is not ``out``'s."""
+    templates = ELEMENTWISE[op].templates
+    source, coefficient = None, None
+    for slot, (arg, t) in enumerate(zip(args, moving)):
+        if t is None or templates[slot] == 0.0:
+            continue
+        partial = _number(instantiate(op, slot, args, out, owner))
+        if type(partial) is not float and not t.fixed():
+            t = Scaled(t.made())          # (a node times a node: the tangent is as cheap)
+        if arg.shape != out.shape or arg.dtype != out.dtype or \
+                (source is not None and t.source.id != source.id):
+            return None
+        term = _times(t.coefficient, partial)
+        source = t.source
+        coefficient = term if coefficient is None else coefficient + term
+    return None if source is None else Scaled(source, coefficient)
+
+
+def _number(partial):
+    """A partial as a float when it is a number or a scalar constant node."""
+    if isinstance(partial, (int, float)):
+        return float(partial)
+    return float(partial.params[0]) if partial.op == "const" else partial
+
+
+def _times(a, b):
+    """A coefficient times a partial, numbers folded (1·x is x)."""
+    if type(a) is float and a == 1.0:
+        return b
+    if type(b) is float and b == 1.0:
+        return a
+    return a * b        # (a number first: ``0.1·h`` as written is found again, one node)
+
+
 def tangents(g: Graph, outputs, wrt, inputs) -> list[Expr]:
     """``J·u``: the tangents of ``outputs`` when each ``wrt`` node moves along its
     tangent ``inputs`` (one per wrt node, of its shape) — one forward sweep."""
@@ -115,23 +183,34 @@ def tangents(g: Graph, outputs, wrt, inputs) -> list[Expr]:
     if len(inputs) != len(wrt):
         raise GraphError(f"{len(wrt)} wrt nodes but {len(inputs)} tangents: give one each")
     live = relevant_nodes(g, outputs, wrt)
-    tangent: dict[int, Expr] = {}
+    tangent: dict = {}
     for w, u in zip(wrt, inputs):
         if u.shape != w.shape:
             raise GraphError(f"the tangent for {w.name} has shape {u.shape}; {w.name} has "
                              f"shape {w.shape}")
-        tangent[w.id] = tangent[w.id] + u if w.id in tangent else u
+        tangent[w.id] = Scaled(tangent[w.id].made() + u) if w.id in tangent else Scaled(u)
+    readers = dict.fromkeys(live, 0)        # live operators reading each live node
+    for i in live:
+        for a in set(g.attrs[i]["args"]):
+            if a in readers:
+                readers[a] += 1
     for i in sorted(live):              # ids are a topological order
         node = Expr(g, i)
         if i in tangent or node.op in ("input", "const", "array"):
             continue
         args = node.args
         moving = [tangent.get(a.id) for a in args]
-        if any(t is not None for t in moving):
-            t = jvp(node.op, node.params, moving, args, node, g)
-            if t is not None:
-                tangent[i] = t
-    return [tangent[o.id] if o.id in tangent else _zeros(g, o) for o in outputs]
+        if all(t is None for t in moving):
+            continue
+        t = _scaled_jvp(node.op, moving, args, node, g) if node.op in ELEMENTWISE else None
+        if t is None:
+            t = jvp(node.op, node.params, [m and m.made() for m in moving], args, node, g)
+            t = None if t is None else Scaled(t)
+        elif readers[i] > 1 and not t.fixed():
+            t = Scaled(t.made())
+        if t is not None:
+            tangent[i] = t
+    return [tangent[o.id].made() if o.id in tangent else _zeros(g, o) for o in outputs]
 
 
 # ---- the reverse pass on a Graph ------------------------------------------------------------

@@ -152,6 +152,58 @@ def test_graph_jvp_nodes_differentiate_again():
     np.testing.assert_allclose(hu, t_hu.numpy(), rtol=1e-13)
 
 
+def test_forward_mode_multiplies_partials_into_a_coefficient_before_the_tangent():
+    """The chain step h' = sin(h)·1.0001 + 0.1·h·h: its tangent is (cos h·1.0001 +
+    (0.1·h + 0.1·h))·ḣ, five nodes a step with the cosine (term by term: eight), reusing
+    the primal's 0.1·h; and J·u as torch.func.jvp gives it."""
+    steps = 6
+    g = Graph()
+    h0, u = g.input("h", (4,)), g.input("u", (4,))
+    h = h0
+    for _ in range(steps):
+        h = C.sin(h) * 1.0001 + 0.1 * h * h
+    before = len(g.attrs)
+    (tangent,) = g.jvp([h], [h0], [u])
+    assert len(g.attrs) - before == 5 * steps
+    f = g.compile([h, tangent], wrt=[h0])
+    hv, uv = np.linspace(-0.9, 1.3, 4), np.array([1.0, -2.0, 0.5, 3.0])
+    _, t_tangent = torch().func.jvp(
+        lambda x: _chain_torch(x, steps), _torch((hv,)), _torch((uv,)))
+    np.testing.assert_allclose(f(hv, uv)[1], t_tangent.numpy(), rtol=1e-13)
+
+
+def _chain_torch(h, steps):
+    for _ in range(steps):
+        h = h.sin() * 1.0001 + 0.1 * h * h
+    return h
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_forward_mode_coefficients_meet_broadcasts_fan_out_and_two_sources(dtype):
+    """Tangents of two sources (x and a scalar w broadcast against it), a value read by
+    three operators, a structured operator in between: J·u as torch.func.jvp gives it,
+    in the graph's dtype."""
+    g = Graph()
+    x, w = g.input("x", (6,), dtype), g.input("w", (), dtype)
+    a = C.sin(x) * w
+    b = a * a + C.exp(-a) * x / (1.0 + w * w)
+    y = C.tanh(b.cumsum()) * b
+    f = g.compile(y, wrt=[x, w], mode="jvp")
+    xv, wv = np.linspace(-1.0, 1.0, 6, dtype=dtype), np.array(0.7, dtype)
+    tx, tw = (np.arange(6.0) / 3).astype(dtype), np.array(-0.4, dtype)
+    value, tangent = f.jvp(xv, wv, tangent=(tx, tw))
+    assert value.dtype == tangent.dtype == dtype
+
+    def model(x, w):
+        a = x.sin() * w
+        b = a * a + (-a).exp() * x / (1 + w * w)
+        return b.cumsum(0).tanh() * b
+    _, t_tangent = torch().func.jvp(model, _torch((xv.astype(float), wv.astype(float))),
+                                    _torch((tx.astype(float), tw.astype(float))))
+    tolerance = 1e-13 if dtype == np.float64 else 2e-5
+    np.testing.assert_allclose(tangent, t_tangent.numpy(), rtol=tolerance, atol=tolerance)
+
+
 def test_forward_mode_errors_name_the_fix():
     g = Graph()
     x = g.input("x", (3,))
