@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .backend.batch import vmap
+from .backend.batch import Batched
 
 
 def _dask():
@@ -59,6 +59,7 @@ def map_blocks(f, *args, in_axes=0, seed=None):
                         "from_array(x, chunks=...) for a numpy array)")
     rows = first.chunks[0]
     blocks = {k: _rows(da, args[k], rows, f.inputs[k][0]) for k in batched}
+    seed = f._flat("outputs", seed)
     seeds = _seed_blocks(da, f, seed, rows) if seed is not None else None
     fn = dask.delayed(f, pure=True)
     outputs = [(s, d) for _, s, d in f.outputs]
@@ -73,7 +74,7 @@ def map_blocks(f, *args, in_axes=0, seed=None):
             fn, axes, call, block_seed, sorted(shared_wrt)), count))
     values = [_stack(da, [(d[0], c) for d, c in per_block], k, shape, dtype)
               for k, (shape, dtype) in enumerate(outputs)]
-    values = values[0] if len(values) == 1 else tuple(values)
+    values = f._shaped("outputs", values[0] if len(values) == 1 else tuple(values))
     if seeds is None:
         return values
     grads = []
@@ -84,7 +85,7 @@ def map_blocks(f, *args, in_axes=0, seed=None):
             grads.append(da.stack(parts).sum(axis=0, split_every=8))
         else:
             grads.append(_stack(da, [(d[1], c) for d, c in per_block], k, shape, dtype))
-    return values, tuple(grads)
+    return values, f._shaped("wrt", tuple(grads))
 
 
 def _rows(da, x, rows, name):
@@ -122,7 +123,7 @@ def _stack(da, parts, k, shape, dtype):
 
 def _run_block(f, axes, args, seed, shared):
     """One chunk (in a worker): the batched call, shared gradients summed over it."""
-    batched = vmap(f, axes)
+    batched = Batched(f, axes, shaped=False)
     if seed is None:
         values = batched(*args)
         return (list(values) if isinstance(values, tuple) else [values]), []

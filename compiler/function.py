@@ -175,3 +175,75 @@ class CompiledFunction(NativeFunction):
         blocks = [tuple(matrix[r[i]:r[i + 1], c[j]:c[j + 1]] for j in range(len(self.wrt)))
                   for i in range(len(row_slots))]
         return blocks[0] if len(row_slots) == 1 else tuple(blocks)
+
+
+class Structured(CompiledFunction):
+    """A compiled function whose outputs or wrt nodes were given as dicts, as jax's
+    pytrees: what is per output (values, ``J·u``, the Jacobian's outer level) is a dict
+    with the outputs' keys, what is per wrt node (gradients, ``H·u``, the Jacobian's inner
+    level, both levels of the Hessian) one with the wrt keys, also through ``vmap``.
+    Seeds and tangents may be given as such dicts too.  (A list stays a tuple, as in
+    :class:`CompiledFunction`.)"""
+
+    out_keys = None         # the outputs dict's keys in order, or None
+    wrt_keys = None
+
+    def __call__(self, *args, **kwargs):
+        return self._shaped("outputs", super().__call__(*args, **kwargs))
+
+    def vjp(self, *args, seed=None, **kwargs):
+        values, grads = super().vjp(*args, seed=self._flat("outputs", seed), **kwargs)
+        return self._shaped("outputs", values), self._shaped("wrt", grads)
+
+    def jvp(self, *args, tangent=None, **kwargs):
+        values, tangents = super().jvp(*args, tangent=self._flat("wrt", tangent), **kwargs)
+        return self._shaped("outputs", values), self._shaped("outputs", tangents)
+
+    def hvp(self, *args, tangent=None, **kwargs):
+        grads, hu = super().hvp(*args, tangent=self._flat("wrt", tangent), **kwargs)
+        return self._shaped("wrt", grads), self._shaped("wrt", hu)
+
+    def jacobian(self, *args, sparse=False, **kwargs):
+        return self._shaped("jacobian", super().jacobian(*args, sparse=sparse, **kwargs))
+
+    def hessian(self, *args, sparse=False, **kwargs):
+        return self._shaped("hessian", super().hessian(*args, sparse=sparse, **kwargs))
+
+    def _specialised_vjp(self):
+        fast = super()._specialised_vjp()
+
+        def vjp(*args, seed=None, **kwargs):
+            values, grads = fast(*args, seed=self._flat("outputs", seed), **kwargs)
+            return self._shaped("outputs", values), self._shaped("wrt", grads)
+        vjp.__doc__ = fast.__doc__
+        return vjp
+
+    def _shaped(self, kind, result):
+        outs, wrts = self.out_keys, self.wrt_keys
+        if kind == "outputs":
+            return result if outs is None else \
+                dict(zip(outs, result if len(outs) > 1 else (result,)))
+        if kind == "wrt":
+            return result if wrts is None else dict(zip(wrts, result))
+        if kind == "jacobian":          # [output][wrt]; one output: the [wrt] row alone
+            rows = [result] if len(self.outputs) == 1 else list(result)
+            rows = [r if wrts is None else dict(zip(wrts, r)) for r in rows]
+            if outs is None:
+                return rows[0] if len(rows) == 1 else tuple(rows)
+            return dict(zip(outs, rows))
+        if wrts is None:                # "hessian": [wrt][wrt]; one wrt: the block alone
+            return result
+        rows = [[result]] if len(wrts) == 1 else result
+        return {a: dict(zip(wrts, row)) for a, row in zip(wrts, rows)}
+
+    def _flat(self, kind, given):
+        keys = self.out_keys if kind == "outputs" else self.wrt_keys
+        if keys is None or not isinstance(given, dict):
+            return given
+        if set(given) != set(keys):
+            what = "seed" if kind == "outputs" else "tangent"
+            raise TypeError(f"a {what} dict needs the keys {list(keys)} (the "
+                            f"{'outputs' if kind == 'outputs' else 'wrt'} dict's), got "
+                            f"{list(given)}")
+        values = [given[k] for k in keys]
+        return values[0] if len(values) == 1 else tuple(values)

@@ -364,22 +364,48 @@ def compile_graph(g: Graph, outputs, wrt=(), inputs=None, fast_math=False, mode=
     FMA: fewer operations, results that may differ from IEEE evaluation of the graph.
     ``mode="jvp"`` compiles forward mode (``f.jvp``) instead of the reverse pass: no
     adjoints are built, and ``f.jacobian`` sweeps columns."""
-    from .function import CompiledFunction
+    from .function import CompiledFunction, Structured
     if not isinstance(fast_math, bool):
         raise TypeError(f"fast_math must be True or False, got {fast_math!r}")
     if mode not in ("reverse", "jvp"):
         raise ValueError(f"mode must be 'reverse' (vjp, and jvp on first use) or 'jvp' "
                          f"(forward mode only), got {mode!r}")
+    out_keys, wrt_keys = _keys(outputs, "outputs"), _keys(wrt, "wrt")
+    flat = [list(x.values()) if isinstance(x, dict) else x for x in (outputs, wrt)]
     with jit.collector_paused(), progress.compiling(len(g)):
-        f = CompiledFunction(prepare(g, outputs, wrt, inputs, fast_math, mode))
+        plan = prepare(g, *flat, inputs, fast_math, mode)
+        if out_keys is None and wrt_keys is None:
+            f = CompiledFunction(plan)
+        else:          # results keyed as the dicts given
+            f = Structured(plan)
+            f.out_keys, f.wrt_keys = out_keys, wrt_keys
     f.recipe = (g, _ids(outputs), _ids(wrt), None if inputs is None else _ids(inputs),
                 fast_math, mode, uuid.uuid4().hex)
     return f
 
 
-def _ids(exprs) -> list:
-    """Node ids of an Expr or a list of them (how a pickled function names its nodes)."""
+def _keys(exprs, what: str):
+    """A dict's keys, in order (None for anything else)."""
+    if not isinstance(exprs, dict):
+        return None
+    if not exprs:
+        raise GraphError(f"{what} is an empty dict: give at least one expression")
+    return tuple(exprs)
+
+
+def _ids(exprs):
+    """Node ids of an Expr or a list of them, or a dict of them by key (how a pickled
+    function names its nodes)."""
+    if isinstance(exprs, dict):
+        return {k: e.id for k, e in exprs.items()}
     return [e.id for e in (exprs if isinstance(exprs, (list, tuple)) else [exprs])]
+
+
+def _nodes(g: Graph, ids):
+    """``_ids`` made nodes again."""
+    if isinstance(ids, dict):
+        return {k: g.node(i) for k, i in ids.items()}
+    return [g.node(i) for i in ids]
 
 
 _rebuilt: collections.OrderedDict = collections.OrderedDict()   # token -> function
@@ -399,9 +425,8 @@ def rebuild(g: Graph, outputs, wrt, inputs, fast_math, mode, token, shipped=()):
             return f
     for key, data in shipped:
         cache.offer(key, data)
-    node = g.node
-    f = compile_graph(g, [node(i) for i in outputs], [node(i) for i in wrt],
-                      None if inputs is None else [node(i) for i in inputs],
+    f = compile_graph(g, _nodes(g, outputs), _nodes(g, wrt),
+                      None if inputs is None else _nodes(g, inputs),
                       fast_math=fast_math, mode=mode)
     f.recipe = f.recipe[:-1] + (token,)
     with _rebuilt_lock:

@@ -23,7 +23,7 @@ def vmap(f: NativeFunction, in_axes=0, out_axes=0) -> "Batched":
 class Batched:
     """A compiled function over a batch axis (made by :func:`vmap`)."""
 
-    def __init__(self, f: NativeFunction, in_axes=0, out_axes=0):
+    def __init__(self, f: NativeFunction, in_axes=0, out_axes=0, shaped=True):
         if not isinstance(f, NativeFunction):
             raise TypeError(f"vmap takes a compiled function (Graph.compile), got {f!r}")
         n = len(f.inputs)
@@ -38,6 +38,9 @@ class Batched:
         if not isinstance(out_axes, int):
             raise TypeError(f"out_axes must be an int, got {out_axes!r}")
         self.f, self.in_axes, self.out_axes = f, axes, out_axes
+        # results keyed as the dicts f was compiled from, or (shaped=False) as lists
+        self._shaped = f._shaped if shaped else (lambda kind, result: result)
+        self._flat = f._flat
 
     def __repr__(self):
         return f"vmap({self.f!r}, in_axes={self.in_axes}, out_axes={self.out_axes})"
@@ -106,7 +109,8 @@ class Batched:
     def __call__(self, *args, **kwargs):
         arrays, steps, count = self._bind(args, kwargs)
         self.f._load("forward")
-        return self._out(self.f._run_batch("forward", arrays, steps, count), self.f._out_ids)
+        return self._shaped("outputs", self._out(self.f._run_batch("forward", arrays, steps,
+                                                                     count), self.f._out_ids))
 
     def vjp(self, *args, seed=None, **kwargs):
         """Outputs and ``vᵀJ`` per element; a seed of an output's shape is shared, one with a
@@ -115,11 +119,12 @@ class Batched:
         if "vjp" not in f._specs:
             f._vjp()                      # raises the reason
         arrays, steps, count = self._bind(args, kwargs)
-        seeds = f._seeds_given(seed, count)
+        seeds = f._seeds_given(self._flat("outputs", seed), count)
         s_arrays, s_steps = self._vectors(seeds, f.seeds, count, "seed")
         results = f._run_batch("vjp", arrays + s_arrays, steps + s_steps, count)
         grads = self._out(results, f._grad_ids)
-        return self._out(results, f._out_ids), grads if len(f._grad_ids) > 1 else (grads,)
+        return (self._shaped("outputs", self._out(results, f._out_ids)),
+                self._shaped("wrt", grads if len(f._grad_ids) > 1 else (grads,)))
 
     def jvp(self, *args, tangent=None, **kwargs):
         """Outputs and ``J·u`` per element; a tangent of a wrt node's shape is shared, one
@@ -127,10 +132,11 @@ class Batched:
         f = self.f
         f._forward_mode("jvp")
         arrays, steps, count = self._bind(args, kwargs)
-        t_arrays, t_steps = self._vectors(f._tangents_given(tangent, count), f.wrt, count,
-                                          "tangent")
+        t_arrays, t_steps = self._vectors(f._tangents_given(self._flat("wrt", tangent), count),
+                                          f.wrt, count, "tangent")
         results = f._run_batch("jvp", arrays + t_arrays, steps + t_steps, count)
-        return self._out(results, f._out_ids), self._out(results, f._tangent_ids["jvp"])
+        return (self._shaped("outputs", self._out(results, f._out_ids)),
+                self._shaped("outputs", self._out(results, f._tangent_ids["jvp"])))
 
     def hvp(self, *args, tangent=None, **kwargs):
         """Gradients and ``H·u`` per element, of a function with one scalar output; a
@@ -140,14 +146,14 @@ class Batched:
         f._forward_mode("hvp")
         arrays, steps, count = self._bind(args, kwargs)
         s_arrays, s_steps = self._vectors(f._seeds_given(None, count), f.seeds, count, "seed")
-        t_arrays, t_steps = self._vectors(f._tangents_given(tangent, count), f.wrt, count,
-                                          "tangent")
+        t_arrays, t_steps = self._vectors(f._tangents_given(self._flat("wrt", tangent), count),
+                                          f.wrt, count, "tangent")
         results = f._run_batch("hvp", arrays + s_arrays + t_arrays,
                                steps + s_steps + t_steps, count)
         grads, hu = self._out(results, f._grad_ids), self._out(results, f._tangent_ids["hvp"])
         if len(f.wrt) == 1:
-            return (grads,), (hu,)
-        return grads, hu
+            grads, hu = (grads,), (hu,)
+        return self._shaped("wrt", grads), self._shaped("wrt", hu)
 
     def jacobian(self, *args, **kwargs):
         """``f.jacobian`` per element: blocks of shape ``output.shape + wrt.shape`` with the
@@ -169,7 +175,7 @@ class Batched:
                                    range(-len(w), 0)) for s, (_, w, _) in enumerate(f.wrt)]
                       for r in range(len(f.outputs))]
         blocks = self._placed(blocks)
-        return blocks[0] if len(f.outputs) == 1 else blocks
+        return self._shaped("jacobian", blocks[0] if len(f.outputs) == 1 else blocks)
 
     def hessian(self, *args, **kwargs):
         """``f.hessian`` per element (one scalar output): blocks of shape ``w_i.shape +
@@ -182,7 +188,7 @@ class Batched:
         blocks = self._sweeps("hvp", arrays + s_arrays, steps + s_steps, count, f.wrt,
                               f._tangent_ids["hvp"], f.wrt)
         blocks = self._placed(blocks)
-        return blocks[0][0] if len(f.wrt) == 1 else blocks
+        return self._shaped("hessian", blocks[0][0] if len(f.wrt) == 1 else blocks)
 
     def _sweeps(self, kind, arrays, steps, count, swept, ids, results) -> list:
         """Blocks ``[r][s]`` of shape ``(count,) + results[r].shape + swept[s].shape``:

@@ -421,6 +421,15 @@ class NativeFunction:
             raise MemoryError("the compiled function could not allocate its workspace")
         return results
 
+    # results keyed as dicts the user gave (compiler.function.Structured); here, as they are
+    def _shaped(self, kind: str, result):
+        """``result`` of ``kind`` ("outputs", "wrt", "jacobian", "hessian") as returned."""
+        return result
+
+    def _flat(self, kind: str, given):
+        """Seeds ("outputs") or tangents ("wrt") as the entries take them."""
+        return given
+
     @staticmethod
     def _unwrap(values):
         values = [v.item() if isinstance(v, np.ndarray) and v.ndim == 0 else v for v in values]
@@ -483,8 +492,8 @@ class NativeFunction:
         23 ms compile and first call).  As a tiered JIT does, the next call compiles the
         forward entry, which skips the reverse pass."""
         zeros = [np.zeros(shape, dtype) for _, shape, dtype in self.seeds]
-        return self.vjp(*args, seed=zeros[0] if len(zeros) == 1 else tuple(zeros),
-                        **kwargs)[0]
+        return self._vjp(*args, seed=zeros[0] if len(zeros) == 1 else tuple(zeros),
+                         **kwargs)[0]
 
     def vjp(self, *args, seed=None, **kwargs):
         """Outputs and ``vᵀJ`` for every ``wrt`` node, with ``seed`` = v (one per output)."""

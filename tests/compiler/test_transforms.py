@@ -204,6 +204,75 @@ def test_forward_mode_coefficients_meet_broadcasts_fan_out_and_two_sources(dtype
     np.testing.assert_allclose(tangent, t_tangent.numpy(), rtol=tolerance, atol=tolerance)
 
 
+def _keyed():
+    g = Graph()
+    x, y = g.input("x", (3,)), g.input("y", ())
+    outputs = {"wave": C.sin(x) * y, "energy": (x * x).sum() * C.exp(y)}
+    return g, x, y, outputs
+
+
+def _torch_keyed(p):
+    x, y = p["x"], p["y"]
+    return {"wave": x.sin() * y, "energy": (x * x).sum() * y.exp()}
+
+
+def test_dict_outputs_and_wrt_key_every_result_as_jax_pytrees():
+    """Outputs and wrt given as dicts: values, vᵀJ, J·u, Jacobians (output, then wrt),
+    Hessians, vmap and a pickled copy keyed alike, against torch.func on the same dicts."""
+    import pickle
+    g, x, y, outputs = _keyed()
+    f = g.compile(outputs, wrt={"x": x, "y": y})
+    xv, yv = np.array([0.3, -0.7, 1.1]), 0.4
+    tp = {"x": torch().tensor(xv), "y": torch().tensor(np.array(yv))}
+    fn = torch().func
+    value = f(xv, yv)
+    assert list(value) == ["wave", "energy"]
+    seed = {"wave": np.array([1.0, -2.0, 0.5]), "energy": 3.0}
+    t_value, pull = fn.vjp(_torch_keyed, tp)
+    (t_grads,) = pull({k: torch().tensor(np.asarray(v)) for k, v in seed.items()})
+    _, grads = f.vjp(xv, yv, seed=seed)
+    tangent = {"x": np.array([1.0, 0.0, -1.0]), "y": 2.0}
+    _, t_tangent = fn.jvp(_torch_keyed, (tp,), ({k: torch().tensor(np.asarray(v))
+                                                 for k, v in tangent.items()},))
+    _, tangents = f.jvp(xv, yv, tangent=tangent)
+    J, t_J = f.jacobian(xv, yv), fn.jacrev(_torch_keyed)(tp)
+    sparse = f.jacobian(xv, yv, sparse=True)
+    for out in outputs:
+        np.testing.assert_allclose(value[out], t_value[out].numpy(), rtol=1e-13)
+        np.testing.assert_allclose(tangents[out], t_tangent[out].numpy(), rtol=1e-13)
+        for w in ("x", "y"):
+            np.testing.assert_allclose(J[out][w], t_J[out][w].numpy(), rtol=1e-13)
+            np.testing.assert_allclose(sparse[out][w].toarray().reshape(np.shape(J[out][w])),
+                                       J[out][w], rtol=1e-13)
+    for w in ("x", "y"):
+        np.testing.assert_allclose(grads[w], t_grads[w].numpy(), rtol=1e-13)
+    batch = np.stack([xv, 2 * xv])
+    per_element = C.vmap(f, in_axes=(0, None)).jacobian(batch, yv)
+    np.testing.assert_allclose(per_element["wave"]["x"][1], f.jacobian(2 * xv, yv)["wave"]["x"],
+                               rtol=1e-13)
+    copy = pickle.loads(pickle.dumps(f))
+    assert copy(xv, yv)["energy"] == value["energy"]
+    with pytest.raises(TypeError, match=r"seed dict needs the keys \['wave', 'energy'\]"):
+        f.vjp(xv, yv, seed={"wave": np.ones(3)})
+
+
+def test_a_dict_wrt_keys_hessians_and_hvps():
+    g, x, y, outputs = _keyed()
+    f = g.compile(outputs["energy"], wrt={"x": x, "y": y})
+    xv, yv = np.array([0.3, -0.7, 1.1]), 0.4
+    tp = {"x": torch().tensor(xv), "y": torch().tensor(np.array(yv))}
+    H = f.hessian(xv, yv)
+    t_H = torch().func.hessian(lambda p: _torch_keyed(p)["energy"])(tp)
+    for a in ("x", "y"):
+        for b in ("x", "y"):
+            np.testing.assert_allclose(H[a][b], t_H[a][b].numpy(), rtol=1e-13)
+    grads, hu = f.hvp(xv, yv, tangent={"x": np.ones(3), "y": 0.0})
+    np.testing.assert_allclose(hu["y"], H["y"]["x"].sum(), rtol=1e-13)
+    assert set(grads) == {"x", "y"}
+    with pytest.raises(C.GraphError, match="wrt is an empty dict"):
+        g.compile(outputs, wrt={})
+
+
 def test_forward_mode_errors_name_the_fix():
     g = Graph()
     x = g.input("x", (3,))
