@@ -1167,19 +1167,28 @@ class Graph:
 
     # ---- derivatives and evaluation (implemented in their own modules) ---------------------
     def grad(self, outputs, wrt, seeds=None):
-        """Reverse pass: the adjoints ``P`` of ``wrt`` as nodes of this graph."""
+        """Reverse pass: the adjoints ``P`` of ``wrt`` as nodes of this graph (a list; a
+        dict keyed alike for a ``wrt`` dict).  ``outputs`` may be a dict, and ``seeds``
+        then one with its keys."""
         from .autodiff import grad
-        return grad(self, outputs, wrt, seeds)
+        outputs, seeds = _unkeyed(outputs, seeds, "seeds")
+        keys, wrt = (list(wrt), list(wrt.values())) if isinstance(wrt, dict) else (None, wrt)
+        adjoints = grad(self, outputs, wrt, seeds)
+        return adjoints if keys is None else dict(zip(keys, adjoints))
 
     def jvp(self, outputs, wrt, tangents):
         """Forward mode: the tangents ``J·u`` of ``outputs`` as nodes of this graph, when
-        each ``wrt`` node moves along its tangent (a node of its shape)."""
+        each ``wrt`` node moves along its tangent (a node of its shape).  A ``wrt`` dict
+        takes ``tangents`` as one with its keys; an ``outputs`` dict gives the tangents as
+        one with its keys."""
         from .autodiff import tangents as forward
+        wrt, tangents = _unkeyed(wrt, tangents, "tangents")
+        keys = list(outputs) if isinstance(outputs, dict) else None
         single = isinstance(outputs, Expr)
-        out = forward(self, outputs, wrt, [self._operand(t, self.dtype) for t in
-                                           (tangents if isinstance(tangents, (list, tuple))
-                                            else [tangents])])
-        return out[0] if single else out
+        out = forward(self, list(outputs.values()) if keys else outputs, wrt,
+                      [self._operand(t, self.dtype) for t in
+                       (tangents if isinstance(tangents, (list, tuple)) else [tangents])])
+        return dict(zip(keys, out)) if keys else out[0] if single else out
 
     def local_jacobian(self, source: Expr, target: Expr):
         """``J_{source→target} = ∂target/∂source`` along the edge(s) between them."""
@@ -1218,6 +1227,18 @@ class Graph:
         outputs use, in the order they were created."""
         from .pipeline import compile_graph
         return compile_graph(self, outputs, wrt, inputs, **options)
+
+
+def _unkeyed(exprs, given, what: str):
+    """``exprs`` as a list when it is a dict, and ``given`` (one per expression) as a list
+    in its order when that is a dict with its keys."""
+    if not isinstance(exprs, dict):
+        return exprs, given
+    if isinstance(given, dict):
+        if set(given) != set(exprs):
+            raise GraphError(f"{what} as a dict needs the keys {list(exprs)}, got {list(given)}")
+        given = [given[k] for k in exprs]
+    return list(exprs.values()), given
 
 
 # numpy ufunc -> operator (``Expr.__array_ufunc__``)

@@ -273,6 +273,21 @@ def test_a_dict_wrt_keys_hessians_and_hvps():
         g.compile(outputs, wrt={})
 
 
+def test_graph_grad_and_jvp_take_and_give_dicts():
+    """g.grad and g.jvp with dicts: the same nodes as with lists, keyed alike."""
+    g, x, y, outputs = _keyed()
+    seeds = {"energy": 2.0, "wave": g.input("v", (3,))}
+    keyed = g.grad(outputs, {"x": x, "y": y}, seeds)
+    listed = g.grad([outputs["wave"], outputs["energy"]], [x, y], [seeds["wave"], 2.0])
+    assert [keyed["x"].id, keyed["y"].id] == [e.id for e in listed]
+    u = {"y": g.input("uy", ()), "x": g.input("ux", (3,))}
+    forward = g.jvp(outputs, {"x": x, "y": y}, u)
+    assert [forward[k].id for k in ("wave", "energy")] == \
+        [e.id for e in g.jvp([outputs["wave"], outputs["energy"]], [x, y], [u["x"], u["y"]])]
+    with pytest.raises(C.GraphError, match=r"tangents as a dict needs the keys \['x', 'y'\]"):
+        g.jvp(outputs, {"x": x, "y": y}, {"x": u["x"]})
+
+
 def test_forward_mode_errors_name_the_fix():
     g = Graph()
     x = g.input("x", (3,))
