@@ -183,7 +183,7 @@ def tangents(g: Graph, outputs, wrt, inputs) -> list[Expr]:
     if len(inputs) != len(wrt):
         raise GraphError(f"{len(wrt)} wrt nodes but {len(inputs)} tangents: give one each")
     live = relevant_nodes(g, outputs, wrt)
-    tangent: dict = {}
+    tangent: dict[int, Scaled] = {}
     for w, u in zip(wrt, inputs):
         if u.shape != w.shape:
             raise GraphError(f"the tangent for {w.name} has shape {u.shape}; {w.name} has "
