@@ -236,6 +236,10 @@ class Structured(CompiledFunction):
         rows = [[result]] if len(wrts) == 1 else result
         return {a: dict(zip(wrts, row)) for a, row in zip(wrts, rows)}
 
+    def _keyed_hint(self, kind):
+        keys = self.out_keys if kind == "outputs" else self.wrt_keys
+        return "" if keys is None else f" (or a dict with the keys {list(keys)})"
+
     def _flat(self, kind, given):
         keys = self.out_keys if kind == "outputs" else self.wrt_keys
         if keys is None or not isinstance(given, dict):

@@ -430,6 +430,10 @@ class NativeFunction:
         """Seeds ("outputs") or tangents ("wrt") as the entries take them."""
         return given
 
+    def _keyed_hint(self, kind: str) -> str:
+        """The end of an error about seeds ("outputs") or tangents ("wrt")."""
+        return ""
+
     @staticmethod
     def _unwrap(values):
         values = [v.item() if isinstance(v, np.ndarray) and v.ndim == 0 else v for v in values]
@@ -570,7 +574,8 @@ class NativeFunction:
         tangent = None if tangent is None else self._one_each(tangent, self.wrt, count)
         if tangent is None or len(tangent) != len(self.wrt):
             raise ArgumentError(f"pass tangent= one array per wrt node "
-                                f"({', '.join(n for n, _, _ in self.wrt)}), of its shape")
+                                f"({', '.join(n for n, _, _ in self.wrt)}), of its shape"
+                                + self._keyed_hint("wrt"))
         return tangent
 
     def _tangent_arrays(self, tangent):
@@ -741,7 +746,7 @@ class NativeFunction:
         seed = self._one_each(seed, self.seeds, count)
         if len(seed) != len(self.seeds):
             raise ArgumentError(f"{len(self.seeds)} outputs need {len(self.seeds)} seeds, "
-                                f"got {len(seed)}")
+                                f"got {len(seed)}" + self._keyed_hint("outputs"))
         for k, (s, (_, shape, _), (oname, _, _)) in enumerate(
                 zip(seed, self.seeds, self.outputs)):
             if s is None:

@@ -271,6 +271,8 @@ def test_a_dict_wrt_keys_hessians_and_hvps():
     assert set(grads) == {"x", "y"}
     with pytest.raises(C.GraphError, match="wrt is an empty dict"):
         g.compile(outputs, wrt={})
+    with pytest.raises(ValueError, match=r"of its shape \(or a dict with the keys \['x', 'y'\]\)"):
+        f.hvp(xv, yv)
 
 
 def test_graph_grad_and_jvp_take_and_give_dicts():
